@@ -1,0 +1,37 @@
+"""infer: ONNX models compiled by Apache TVM, checked against ONNX Runtime, run from Python.
+
+art = infer.compile("model.onnx", shapes={"x": (1, 3, 224, 224)}, output="model.infer")
+sess = infer.load("model.infer", threads=2)
+outputs = sess.run(None, {"x": x})
+"""
+
+from infer._version import __version__
+from infer.api import Artifact, check, compile, load
+from infer.errors import (
+    ArtifactError,
+    CompileError,
+    InferError,
+    InputError,
+    ModelError,
+    PipelineError,
+    UnsupportedOpError,
+)
+from infer.runtime.session import Session
+from infer.signature import TensorSpec
+
+__all__ = [
+    "Artifact",
+    "ArtifactError",
+    "CompileError",
+    "InferError",
+    "InputError",
+    "ModelError",
+    "PipelineError",
+    "Session",
+    "TensorSpec",
+    "UnsupportedOpError",
+    "__version__",
+    "check",
+    "compile",
+    "load",
+]

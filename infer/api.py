@@ -1,0 +1,221 @@
+"""The embedded API: compile a model into an artifact, load it, check it against ONNX Runtime."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from infer.artifact.cache import CompileCache, cache_key
+from infer.artifact.manifest import ArtifactManifest
+from infer.artifact.store import publish, staging_dir
+from infer.build import BuildOptions, build_artifact, prepare_model, tool_versions
+from infer.config import cache_dir, default_num_threads
+from infer.errors import ArtifactError, CompileError, InferError, ModelError
+from infer.graph.load import LoadedModel, load_model
+from infer.graph.shapes import apply_shape_overrides
+from infer.parity import DEFAULT_SEED, ParityReport, compare_outputs, random_feeds
+from infer.progress import Progress
+from infer.reference import ReferenceSession
+from infer.runtime.session import Session
+from infer.sources import ModelSource, resolve_model
+from infer.target import parse_target
+
+__all__ = ["Artifact", "check", "compile", "load", "load_onnx", "source_model"]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A compiled artifact directory and its manifest."""
+
+    path: Path
+    manifest: ArtifactManifest
+    cache_hit: bool = False
+
+    def load(self, threads: int | None = None) -> Session:
+        """Return a Session on this artifact."""
+        return Session(self.path, threads=threads)
+
+    @property
+    def parity(self) -> dict[str, Any] | None:
+        """Return the parity result recorded in the manifest."""
+        return self.manifest.parity
+
+
+def load_onnx(model: ModelSource, progress: Progress | None = None) -> tuple[LoadedModel, Any]:
+    """Return (the loaded, checked ONNX model, its recipe or None) for a path, name, bytes or proto."""
+    ref = resolve_model(model, progress)
+    if ref.kind == "artifact":
+        raise ModelError(f"{ref.display}: is a compiled artifact; an ONNX model is needed here")
+    loaded = load_model(ref.model)
+    if ref.recipe is not None:
+        loaded.source = loaded.name = ref.recipe.name
+    return loaded, ref.recipe
+
+
+def _parity(
+    proto: onnx.ModelProto,
+    artifact_dir: Path,
+    threads: int,
+    seed: int,
+    dims: Mapping[str, int] | None,
+    name: str,
+) -> ParityReport:
+    session = Session(artifact_dir, threads=threads)
+    feeds = random_feeds(session.get_inputs(), seed=seed, dims=dims)
+    reference = ReferenceSession(proto, threads)
+    want = reference.run(feeds)
+    got = session.run(None, feeds)
+    return compare_outputs(session.get_outputs(), got, want, reference.version, seed)
+
+
+def compile(
+    model: ModelSource,
+    *,
+    target: str | dict[str, Any] | None = "llvm",
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    check: bool = True,
+    seed: int = DEFAULT_SEED,
+    check_dims: Mapping[str, int] | None = None,
+    threads: int | None = None,
+    dump_ir: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
+) -> Artifact:
+    """Return the compiled artifact of model, checked against ONNX Runtime unless check=False.
+
+    model is an .onnx path, a recipe name from models/, bytes or a ModelProto. With output the
+    artifact is written there (replacing an older artifact); without, it goes to the compile
+    cache and is reused on the next call with the same model, shapes, target and versions.
+    """
+    progress = progress or Progress("quiet")
+    threads = threads or default_num_threads()
+    with progress.stage("load"):
+        loaded, recipe = load_onnx(model, progress)
+    shape_overrides = {
+        **(recipe.shapes if recipe else {}),
+        **{k: tuple(v) for k, v in (shapes or {}).items()},
+    }
+    spec = parse_target(target, num_cores=threads)
+    options = BuildOptions.make(spec, shape_overrides, Path(dump_ir) if dump_ir else None)
+
+    def build_into(staged: Path) -> None:
+        manifest = build_artifact(loaded, options, staged, progress.stage)
+        manifest.model_source = (
+            str(Path(loaded.source).resolve()) if Path(loaded.source).is_file() else loaded.source
+        )
+        if check and spec.kind == "cuda":
+            progress.log("parity check skipped: target cuda needs a CUDA device to run (none here)")
+            manifest.parity = {
+                "status": "skipped",
+                "reason": "no CUDA device on the compiling host",
+            }
+        elif check:
+            with progress.stage("check against ONNX Runtime"):
+                proto = prepare_model(loaded, options)
+                report = _parity(proto, staged, threads, seed, check_dims, loaded.name)
+                manifest.parity = report.to_json()
+                report.raise_for_mismatch(loaded.name)
+            worst = max((o.max_abs for o in report.outputs), default=0.0)
+            progress.log(
+                f"parity ok vs {report.reference} ({len(report.outputs)} outputs, max abs error {worst:.3g})"
+            )
+        else:
+            manifest.parity = {"status": "not checked", "reason": "--no-check"}
+        manifest.write(staged)
+
+    if output is not None:
+        final = Path(output)
+        staged = staging_dir(final)
+        try:
+            build_into(staged)
+            publish(staged, final)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        return Artifact(final, ArtifactManifest.read(final), cache_hit=False)
+
+    key = cache_key(
+        {
+            "model_sha256": loaded.sha256,
+            "shape_overrides": {k: list(v) for k, v in sorted(options.shape_overrides.items())},
+            "target": spec.to_json(),
+            "pipeline": {"name": options.pipeline.name, "passes": list(options.pipeline.passes)},
+            "tuning_database": None,
+            "check": check,
+            "versions": tool_versions(),
+        }
+    )
+    cache = CompileCache(cache_dir())
+    path, hit = cache.get_or_build(key, build_into)
+    if hit:
+        progress.log(f"cache hit: {path}")
+    return Artifact(path, ArtifactManifest.read(path), cache_hit=hit)
+
+
+def load(model: ModelSource, *, threads: int | None = None, **compile_options: Any) -> Session:
+    """Return a Session: an artifact directory is loaded; an ONNX model is compiled (cached) first."""
+    if isinstance(model, str | os.PathLike):
+        ref = resolve_model(model, compile_options.get("progress"))
+        if ref.kind == "artifact":
+            if compile_options:
+                raise InferError(
+                    f"{model}: is already compiled; compile options {sorted(compile_options)} do not apply"
+                )
+            return Session(Path(model), threads=threads)
+    return compile(model, threads=threads, **compile_options).load(threads=threads)
+
+
+def source_model(
+    artifact: str | os.PathLike[str],
+    model: ModelSource | None = None,
+    progress: Progress | None = None,
+) -> onnx.ModelProto:
+    """Return the ONNX model an artifact was compiled from, shape overrides applied.
+
+    It is the model recorded in the manifest unless model is given; its sha256 must match.
+    """
+    path = Path(artifact)
+    manifest = ArtifactManifest.read(path)
+    source = model if model is not None else manifest.model_source
+    if not source:
+        raise ArtifactError(f"{path}: the manifest records no source model; pass it with --model")
+    try:
+        loaded, _ = load_onnx(source, progress)
+    except ModelError as exc:
+        raise ModelError(f"{exc} (the source model of {path}; pass another with --model)") from None
+    if loaded.sha256 != manifest.model_sha256:
+        raise ArtifactError(
+            f"{path}: field model.sha256 is {manifest.model_sha256[:16]}..., the model {loaded.source} "
+            f"has {loaded.sha256[:16]}...; it was compiled from another model"
+        )
+    return apply_shape_overrides(loaded.proto, manifest.shape_overrides)
+
+
+def check(
+    artifact: str | os.PathLike[str],
+    *,
+    model: ModelSource | None = None,
+    seed: int = DEFAULT_SEED,
+    check_dims: Mapping[str, int] | None = None,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> ParityReport:
+    """Return the parity report of an artifact against ONNX Runtime on its source model."""
+    progress = progress or Progress("quiet")
+    path = Path(artifact)
+    manifest = ArtifactManifest.read(path)
+    if manifest.target.get("kind") == "cuda":
+        raise CompileError(
+            f"{path}: target cuda; the check needs a CUDA device to run the artifact"
+        )
+    with progress.stage("load source model"):
+        proto = source_model(path, model, progress)
+    with progress.stage("check against ONNX Runtime"):
+        return _parity(
+            proto, path, threads or default_num_threads(), seed, check_dims, manifest.model_name
+        )

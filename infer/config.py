@@ -1,0 +1,51 @@
+"""Defaults, and the only place that reads INFER_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from infer.errors import InferError
+
+__all__ = ["bind_threads", "cache_dir", "default_num_threads"]
+
+CACHE_DIR_ENV = "INFER_CACHE_DIR"
+NUM_THREADS_ENV = "INFER_NUM_THREADS"
+BIND_THREADS_ENV = "INFER_BIND_THREADS"
+
+
+def cache_dir() -> Path:
+    """Return the cache root: $INFER_CACHE_DIR, else $XDG_CACHE_HOME/infer, else ~/.cache/infer."""
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "infer"
+
+
+def default_num_threads() -> int:
+    """Return $INFER_NUM_THREADS, else the number of CPUs this process may use."""
+    raw = os.environ.get(NUM_THREADS_ENV)
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InferError(
+                f"{NUM_THREADS_ENV}: expected a positive integer, got {raw!r}"
+            ) from None
+        if value < 1:
+            raise InferError(f"{NUM_THREADS_ENV}: expected a positive integer, got {value}")
+        return value
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
+
+
+def bind_threads() -> bool:
+    """Return whether TVM may pin its threads to cores ($INFER_BIND_THREADS=1; default off).
+
+    Pinning also pins the calling thread, which changes the CPU affinity of the embedding
+    application's thread and of every thread it starts later (ONNX Runtime's pool included).
+    """
+    return os.environ.get(BIND_THREADS_ENV, "0") == "1"

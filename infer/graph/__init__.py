@@ -1,0 +1,1 @@
+"""ONNX-level work: loading, checks, shapes, names, and which ops the importer takes."""

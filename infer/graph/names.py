@@ -1,0 +1,73 @@
+"""Renaming ONNX values to C identifiers, so that generated code (CUDA, C) accepts them."""
+
+from __future__ import annotations
+
+import re
+
+import onnx
+
+__all__ = ["sanitize_value_names"]
+
+_INVALID = re.compile(r"[^A-Za-z0-9_]")
+
+
+def _all_names(graph: onnx.GraphProto, names: list[str]) -> None:
+    for seq in (graph.input, graph.output, graph.value_info):
+        names.extend(v.name for v in seq)
+    names.extend(t.name for t in graph.initializer)
+    names.extend(s.values.name for s in graph.sparse_initializer)
+    for node in graph.node:
+        names.extend(node.input)
+        names.extend(node.output)
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                _all_names(attr.g, names)
+            for sub in attr.graphs:
+                _all_names(sub, names)
+
+
+def _rename(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
+    for seq in (graph.input, graph.output, graph.value_info):
+        for v in seq:
+            v.name = mapping.get(v.name, v.name)
+    for t in graph.initializer:
+        t.name = mapping.get(t.name, t.name)
+    for s in graph.sparse_initializer:
+        s.values.name = mapping.get(s.values.name, s.values.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = mapping.get(name, name)
+        for i, name in enumerate(node.output):
+            node.output[i] = mapping.get(name, name)
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                _rename(attr.g, mapping)
+            for sub in attr.graphs:
+                _rename(sub, mapping)
+
+
+def sanitize_value_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy of model whose value names are unique C identifiers; the empty name stays."""
+    names: list[str] = []
+    _all_names(model.graph, names)
+    taken: set[str] = set()
+    mapping: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        if not name:
+            continue
+        clean = _INVALID.sub("_", name)
+        if not clean[0].isalpha() and clean[0] != "_":
+            clean = "v_" + clean
+        # onnx:: prefixes are stripped by TVM's importer; keep names distinct after that.
+        if clean.startswith("onnx__"):
+            clean = "t_" + clean
+        candidate, n = clean, 1
+        while candidate in taken:
+            candidate = f"{clean}_{n}"
+            n += 1
+        taken.add(candidate)
+        mapping[name] = candidate
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    _rename(out.graph, mapping)
+    return out

@@ -1,0 +1,123 @@
+"""Input/output signatures of an ONNX graph, and user shape overrides applied to it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from infer.errors import ModelError
+from infer.signature import Dim, TensorSpec
+
+__all__ = [
+    "ShapeOverrides",
+    "apply_shape_overrides",
+    "graph_inputs",
+    "graph_outputs",
+    "parse_shape_option",
+]
+
+ShapeOverrides = Mapping[str, Sequence[int]]
+
+
+def _dtype_name(elem_type: int, what: str) -> str:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except (KeyError, ValueError, TypeError):
+        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type else "UNDEFINED"
+        raise ModelError(f"{what}: element type {name} has no numpy dtype") from None
+
+
+def _spec(value: onnx.ValueInfoProto, what: str) -> TensorSpec:
+    if not value.type.HasField("tensor_type"):
+        kind = value.type.WhichOneof("value") or "no type"
+        raise ModelError(f"{what} {value.name!r}: only tensors are supported, got {kind}")
+    tensor_type = value.type.tensor_type
+    dtype = _dtype_name(tensor_type.elem_type, f"{what} {value.name!r}")
+    if not tensor_type.HasField("shape"):
+        raise ModelError(
+            f"{what} {value.name!r} has unknown rank; give its shape with --shape {value.name}=d0,d1,..."
+        )
+    dims: list[Dim] = []
+    for i, dim in enumerate(tensor_type.shape.dim):
+        if dim.HasField("dim_value") and dim.dim_value >= 0:
+            dims.append(int(dim.dim_value))
+        elif dim.dim_param:
+            dims.append(dim.dim_param)
+        else:
+            dims.append(f"{value.name}_dim{i}")
+    return TensorSpec(value.name, dtype, tuple(dims))
+
+
+def graph_inputs(graph: onnx.GraphProto) -> list[TensorSpec]:
+    """Return the graph's real inputs (those not backed by an initializer), in order."""
+    initialized = {t.name for t in graph.initializer} | {
+        s.values.name for s in graph.sparse_initializer
+    }
+    return [_spec(v, "input") for v in graph.input if v.name not in initialized]
+
+
+def graph_outputs(graph: onnx.GraphProto) -> list[TensorSpec]:
+    """Return the graph's outputs, in order."""
+    return [_spec(v, "output") for v in graph.output]
+
+
+def parse_shape_option(text: str) -> tuple[str, tuple[int, ...]]:
+    """Return (name, dims) parsed from 'name=d0,d1,...' as given to --shape."""
+    name, sep, dims_text = text.rpartition("=")
+    if not sep or not name:
+        raise ModelError(f"--shape {text!r}: expected NAME=d0,d1,... (e.g. x=1,3,224,224)")
+    try:
+        dims = tuple(int(d) for d in dims_text.split(",")) if dims_text.strip() else ()
+    except ValueError:
+        raise ModelError(f"--shape {text!r}: dims must be integers, got {dims_text!r}") from None
+    return name, dims
+
+
+def apply_shape_overrides(model: onnx.ModelProto, overrides: ShapeOverrides) -> onnx.ModelProto:
+    """Return a copy of model whose inputs have the given fixed shapes, checked against the graph.
+
+    TVM's importer silently ignores unknown names, so every name and rank is checked here.
+    """
+    graph = model.graph
+    by_name = {}
+    initialized = {t.name for t in graph.initializer}
+    for value in graph.input:
+        if value.name not in initialized:
+            by_name[value.name] = value
+    for name, dims in overrides.items():
+        if name not in by_name:
+            valid = ", ".join(repr(n) for n in by_name) or "none"
+            raise ModelError(
+                f"shape override for unknown input {name!r}; the model's inputs are: {valid}"
+            )
+        bad = [d for d in dims if int(d) < 1]
+        if bad:
+            raise ModelError(
+                f"shape override for input {name!r}: dims must be >= 1, got {list(dims)}"
+            )
+        tensor_type = by_name[name].type.tensor_type
+        if tensor_type.HasField("shape"):
+            current = tensor_type.shape.dim
+            if len(current) != len(dims):
+                now = _spec(by_name[name], "input").shape
+                raise ModelError(
+                    f"shape override for input {name!r}: expected rank {len(current)} "
+                    f"{list(now)}, got rank {len(dims)} {list(dims)}"
+                )
+            for i, (dim, new) in enumerate(zip(current, dims, strict=True)):
+                if dim.HasField("dim_value") and dim.dim_value > 0 and dim.dim_value != new:
+                    raise ModelError(
+                        f"shape override for input {name!r}: dim {i} is fixed at {dim.dim_value} "
+                        f"in the model, got {new}"
+                    )
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for value in out.graph.input:
+        if value.name in overrides:
+            shape = value.type.tensor_type.shape
+            shape.ClearField("dim")
+            for d in overrides[value.name]:
+                shape.dim.add().dim_value = int(d)
+    return out

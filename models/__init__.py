@@ -1,0 +1,1 @@
+"""Model recipes shipped with infer (installed as the package infer.recipes)."""

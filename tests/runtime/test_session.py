@@ -1,0 +1,173 @@
+"""Session: input checks with ONNX Runtime-grade messages, threads, and thread safety."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import infer
+from infer.errors import InputError
+from tests import onnx_models
+from tests.conftest import save
+
+
+@pytest.fixture(scope="module")
+def multi_io_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("multi")
+    path = save(onnx_models.multi_io(), directory)
+    return infer.compile(path, output=directory / "m.infer", check_dims={"N": 4, "K": 2}).path
+
+
+def feeds() -> dict[str, np.ndarray]:
+    return {
+        "a": np.ones((4, 4), np.float32),
+        "idx": np.array([0, 3], np.int64),
+        "mask": np.ones((4, 4), bool),
+    }
+
+
+def test_missing_inputs_are_listed(multi_io_artifact: Path) -> None:
+    sess = infer.load(multi_io_artifact)
+    f = feeds()
+    del f["idx"], f["mask"]
+    with pytest.raises(InputError, match=r"missing input\(s\): 'idx', 'mask'"):
+        sess.run(None, f)
+
+
+def test_unknown_input_names_list_the_valid_ones(multi_io_artifact: Path) -> None:
+    sess = infer.load(multi_io_artifact)
+    with pytest.raises(
+        InputError, match=r"unknown input name\(s\) 'b'; the model's inputs are 'a', 'idx', 'mask'"
+    ):
+        sess.run(None, {**feeds(), "b": np.ones(1)})
+
+
+def test_wrong_dtype(multi_io_artifact: Path) -> None:
+    sess = infer.load(multi_io_artifact)
+    with pytest.raises(InputError, match=r"^input 'a': expected float32, got float64$"):
+        sess.run(None, {**feeds(), "a": np.ones((4, 4))})
+
+
+def test_wrong_rank(multi_io_artifact: Path) -> None:
+    sess = infer.load(multi_io_artifact)
+    with pytest.raises(
+        InputError, match=r"input 'a': expected rank 2 \(N, 4\), got rank 3 \(1, 4, 4\)"
+    ):
+        sess.run(None, {**feeds(), "a": np.ones((1, 4, 4), np.float32)})
+
+
+def test_each_mismatched_dim_is_named_with_its_index(multi_io_artifact: Path) -> None:
+    sess = infer.load(multi_io_artifact)
+    with pytest.raises(
+        InputError,
+        match=r"input 'a': shape \(4, 5\) does not match \(N, 4\): dim 1: expected 4, got 5",
+    ):
+        sess.run(None, {**feeds(), "a": np.ones((4, 5), np.float32)})
+
+
+def test_symbolic_dims_must_agree_across_inputs(multi_io_artifact: Path) -> None:
+    sess = infer.load(multi_io_artifact)
+    with pytest.raises(
+        InputError, match=r"input 'mask': .*dim 0 \('N'\): expected 4 as in input 'a' dim 0, got 3"
+    ):
+        sess.run(None, {**feeds(), "mask": np.ones((3, 4), bool)})
+
+
+def test_unknown_output_name(multi_io_artifact: Path) -> None:
+    sess = infer.load(multi_io_artifact)
+    with pytest.raises(
+        InputError,
+        match=r"unknown output name\(s\) 'nope'; the model's outputs are 'gathered', 'count'",
+    ):
+        sess.run(["nope"], feeds())
+
+
+def test_not_an_array(multi_io_artifact: Path) -> None:
+    sess = infer.load(multi_io_artifact)
+    with pytest.raises(
+        InputError, match=r"input 'a': expected a numpy array of float32, got object"
+    ):
+        sess.run(None, {**feeds(), "a": object()})
+    with pytest.raises(InputError, match=r"feeds must be a dict"):
+        sess.run(None, [np.ones(1)])  # type: ignore[arg-type]
+
+
+def test_run_from_many_threads_matches_serial(tmp_path: Path) -> None:
+    path = save(onnx_models.conv_net(batch=1), tmp_path)
+    sess = infer.compile(path, output=tmp_path / "c.infer").load(threads=2)
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((1, 3, 16, 16)).astype(np.float32) for _ in range(8)]
+    serial = [sess.run(None, {"x": x})[0] for x in inputs]
+    results: dict[int, list[np.ndarray]] = {}
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            results[i] = [sess.run(None, {"x": inputs[i]})[0] for _ in range(200)]
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(8):
+        for out in results[i]:
+            np.testing.assert_array_equal(out, serial[i])
+
+
+def test_threads_argument_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = save(onnx_models.mlp(), tmp_path)
+    art = infer.compile(path, output=tmp_path / "m.infer")
+    assert infer.load(art.path, threads=1).threads == 1
+    monkeypatch.setenv("INFER_NUM_THREADS", "2")
+    assert infer.load(art.path).threads == 2
+    monkeypatch.setenv("INFER_NUM_THREADS", "zero")
+    with pytest.raises(
+        infer.InferError, match=r"INFER_NUM_THREADS: expected a positive integer, got 'zero'"
+    ):
+        infer.load(art.path)
+    with pytest.raises(infer.InferError, match=r"threads: expected a positive integer, got 0"):
+        infer.load(art.path, threads=0)
+
+
+def test_outputs_that_alias_a_weight_are_copies(tmp_path: Path) -> None:
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["W"], ["w_out"]), helper.make_node("Relu", ["x"], ["y"])],
+        "alias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [
+            helper.make_tensor_value_info("w_out", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]),
+        ],
+        [numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    sess = infer.compile(save(model, tmp_path), output=tmp_path / "a.infer").load()
+    x = np.ones((2, 3), np.float32)
+    first, _ = sess.run(None, {"x": x})
+    first += 100.0
+    second, _ = sess.run(None, {"x": x})
+    np.testing.assert_array_equal(
+        second, ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    )
+
+
+def test_running_does_not_pin_the_calling_thread(tmp_path: Path) -> None:
+    import os
+
+    before = os.sched_getaffinity(0)
+    sess = infer.compile(save(onnx_models.mlp(), tmp_path), output=tmp_path / "m.infer").load(
+        threads=2
+    )
+    sess.run(None, {"input:0": np.zeros((2, 16), np.float32)})
+    assert os.sched_getaffinity(0) == before

@@ -1,0 +1,79 @@
+"""The comparison rule, checked against numpy written from its definition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from infer.errors import CompileError, InputError
+from infer.parity import compare_outputs, random_feeds
+from infer.signature import TensorSpec
+
+F32 = TensorSpec("y", "float32", (4,))
+
+
+def report(got: np.ndarray, want: np.ndarray, spec: TensorSpec = F32):  # type: ignore[no-untyped-def]
+    return compare_outputs([spec], [got], [want], "ref", 0)
+
+
+def test_within_tolerance_passes_and_errors_are_measured() -> None:
+    want = np.array([1.0, -2.0, 100.0, 0.0], np.float32)
+    got = want + np.array([1e-5, 0, 0.05, 5e-5], np.float32)
+    (out,) = report(got, want).outputs
+    assert out.ok
+    assert out.max_abs == pytest.approx(0.05, rel=1e-3)
+    assert out.max_rel == pytest.approx(
+        5e-4, rel=1e-2
+    )  # 0.05 / 100; the 0 reference is not counted
+
+
+def test_out_of_tolerance_names_the_output() -> None:
+    want = np.array([1.0, 1.0, 1.0, 1.0], np.float32)
+    r = report(want + np.array([0, 0, 0.01, 0.02], np.float32), want)
+    assert not r.ok and r.outputs[0].mismatches == 2
+    with pytest.raises(
+        CompileError,
+        match=r"m: does not match ref: output 'y': 2/4 elements out of tolerance \(max abs error 0\.02",
+    ):
+        r.raise_for_mismatch("m")
+
+
+def test_nan_and_inf_are_values() -> None:
+    want = np.array([np.nan, np.inf, -np.inf, 1.0], np.float32)
+    assert report(want.copy(), want).ok
+    assert not report(np.array([0.0, np.inf, -np.inf, 1.0], np.float32), want).ok  # NaN hidden as 0
+    assert not report(np.array([np.nan, -np.inf, -np.inf, 1.0], np.float32), want).ok  # sign of Inf
+    assert not report(
+        np.array([np.nan, np.inf, -np.inf, np.nan], np.float32), want
+    ).ok  # NaN invented
+
+
+def test_integers_and_bools_are_exact() -> None:
+    spec = TensorSpec("i", "int64", (3,))
+    assert report(np.array([1, 2, 3]), np.array([1, 2, 3]), spec).ok
+    assert report(np.array([1, 2, 4]), np.array([1, 2, 3]), spec).outputs[0].mismatches == 1
+    b = TensorSpec("b", "bool", (2,))
+    assert not report(np.array([True, True]), np.array([True, False]), b).ok
+
+
+def test_shape_or_dtype_mismatch_fails() -> None:
+    want = np.zeros(4, np.float32)
+    assert not report(np.zeros(5, np.float32), want).ok
+    assert not report(np.zeros(4, np.float64), want).ok
+
+
+def test_random_feeds_are_seeded_and_typed() -> None:
+    specs = [
+        TensorSpec("x", "float32", ("b", 3)),
+        TensorSpec("i", "int64", (2,)),
+        TensorSpec("m", "bool", ("b",)),
+    ]
+    a = random_feeds(specs, seed=3, dims={"b": 5})
+    b = random_feeds(specs, seed=3, dims={"b": 5})
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert a["x"].shape == (5, 3) and a["x"].dtype == np.float32
+    assert a["i"].dtype == np.int64 and a["m"].dtype == np.bool_
+    assert random_feeds(specs, seed=3)["x"].shape == (1, 3)
+    with pytest.raises(InputError, match=r"input 'x' has symbolic dim\(s\) 'b'"):
+        random_feeds(specs, default_dim=None)
