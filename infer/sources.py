@@ -11,7 +11,7 @@ import onnx
 from infer.artifact.manifest import MANIFEST_FILE
 from infer.errors import ModelError
 from infer.progress import Progress
-from infer.registry import ModelRecipe, get_recipe, list_recipes, pull
+from infer.registry import ModelRecipe, get_recipe, list_recipes, pull, pulled_path
 
 __all__ = ["ModelRef", "ModelSource", "resolve_model"]
 
@@ -40,7 +40,9 @@ def resolve_model(
             return ModelRef("artifact", path, str(path))
         raise ModelError(f"{path}: a directory without {MANIFEST_FILE}, so not an artifact")
     if path.is_file():
-        return ModelRef("onnx", path, str(path))
+        # A pulled model keeps its recipe (shapes, image input) when named by its path.
+        pulled = {pulled_path(r).resolve(): r for r in list_recipes()}
+        return ModelRef("onnx", path, str(path), pulled.get(path.resolve()))
     name = str(model)
     if os.sep not in name and not name.endswith(".onnx"):
         known = {r.name for r in list_recipes()}

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,23 +38,38 @@ def mlp_path(tmp_path: Path) -> Path:
     return save(onnx_models.mlp(batch="batch"), tmp_path, "mlp.onnx")
 
 
-@pytest.fixture(scope="session")
-def ppocr_det_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real PP-OCRv4 detection model, pulled with pip from rapidocr-onnxruntime."""
-    import os
-
-    from infer.registry import get_recipe, pull
-
+@contextlib.contextmanager
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point INFER_CACHE_DIR at a fresh cache sharing the pulled models (for session fixtures)."""
     shared = tmp_path_factory.getbasetemp() / "shared-models"
     shared.mkdir(exist_ok=True)
-    root = tmp_path_factory.mktemp("pull-cache")
+    root = tmp_path_factory.mktemp("session-cache")
     (root / "models").symlink_to(shared)
     old = os.environ.get("INFER_CACHE_DIR")
     os.environ["INFER_CACHE_DIR"] = str(root)
     try:
-        return pull(get_recipe("ppocr-det"))
+        yield root
     finally:
         if old is None:
             del os.environ["INFER_CACHE_DIR"]
         else:
             os.environ["INFER_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def ppocr_det_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real PP-OCRv4 detection model, pulled with pip from rapidocr-onnxruntime."""
+    from infer.registry import get_recipe, pull
+
+    with session_cache(tmp_path_factory):
+        return pull(get_recipe("ppocr-det"))
+
+
+@pytest.fixture(scope="session")
+def ppocr_det_artifact(ppocr_det_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real PP-OCRv4 detection model compiled for this CPU at 320 x 448."""
+    import infer
+
+    out = tmp_path_factory.mktemp("det") / "det.infer"
+    with session_cache(tmp_path_factory):
+        return infer.compile(ppocr_det_path, shapes={"x": (1, 3, 320, 448)}, output=out).path

@@ -133,7 +133,9 @@ def test_cache_list_verify_prune(mlp_path: Path, isolated_cache: Path) -> None:
     code, out, _ = invoke("cache", "list")
     assert code == 0 and "mlp" in out and "ok" in out
     (entry,) = (isolated_cache / "artifacts").iterdir()
-    (entry / "lib.so").write_bytes(b"damaged")
+    # Replace, never rewrite in place: this process has the library mapped since its parity check.
+    (entry / "lib.so.new").write_bytes(b"damaged")
+    (entry / "lib.so.new").replace(entry / "lib.so")
     code, out, _ = invoke("cache", "verify")
     assert code == 2 and "DAMAGED" in out and "1 entries, 1 damaged" in out
     code, out, _ = invoke("cache", "prune")
@@ -144,3 +146,30 @@ def test_cache_list_verify_prune(mlp_path: Path, isolated_cache: Path) -> None:
 def test_models_list() -> None:
     code, out, _ = invoke("models", "list")
     assert code == 0 and "ppocr-det" in out and "rapidocr-onnxruntime" in out
+
+
+def test_run_a_real_model_on_its_real_sample_image(
+    ppocr_det_path: Path, ppocr_det_artifact: Path, tmp_path: Path
+) -> None:
+    from infer.processors.image import image_to_tensor
+    from infer.registry import get_recipe, pull_sample
+
+    code, _, err = invoke(
+        "run", str(ppocr_det_artifact), "--sample", "-o", str(tmp_path / "det.npz")
+    )
+    assert code == 0, err
+    (got,) = np.load(tmp_path / "det.npz").values()
+    recipe = get_recipe("ppocr-det")
+    assert recipe.image_input is not None
+    x = image_to_tensor(pull_sample(recipe), recipe.image_input, (1, 3, 320, 448))
+    (want,) = ort.InferenceSession(str(ppocr_det_path)).run(None, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    assert (
+        0.05 < float((want > 0.3).mean()) < 0.5
+    )  # the page's text lines light up, the margins do not
+
+
+def test_image_needs_a_recipe_with_image_input(mlp_path: Path, tmp_path: Path) -> None:
+    (tmp_path / "x.png").write_bytes(b"")
+    code, _, err = invoke("run", str(mlp_path), "--image", str(tmp_path / "x.png"))
+    assert code == 2 and "has no recipe with an [image_input] section" in err

@@ -19,7 +19,9 @@ def test_recipes_are_complete() -> None:
     assert {"ppocr-det", "resnet50-light"} <= set(recipes)
     det = recipes["ppocr-det"]
     assert det.requirement == "rapidocr-onnxruntime==1.4.4" and det.license == "Apache-2.0"
-    assert len(det.sha256) == 64 and det.shapes == {"x": (1, 3, 640, 640)}
+    assert len(det.source.sha256) == 64 and det.shapes == {"x": (1, 3, 640, 640)}
+    assert det.sample is not None and det.sample.path == "skimage/data/page.png"
+    assert det.image_input is not None and det.image_input.channels == "BGR"
 
 
 def test_unknown_model_lists_the_known_ones() -> None:
@@ -43,8 +45,9 @@ def test_recipe_errors_name_the_field() -> None:
 
 
 def test_a_wrong_sha256_is_refused(tmp_path: Path) -> None:
+    det = get_recipe("ppocr-det")
     recipe = dataclasses.replace(
-        get_recipe("ppocr-det"), name="ppocr-det-tampered", sha256="0" * 64
+        det, name="ppocr-tampered", source=dataclasses.replace(det.source, sha256="0" * 64)
     )
     with pytest.raises(
         ModelError,
@@ -54,9 +57,9 @@ def test_a_wrong_sha256_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_path_missing_from_the_wheel_is_named() -> None:
-    recipe = dataclasses.replace(
-        get_recipe("ppocr-det"), name="ppocr-missing", path="rapidocr_onnxruntime/models/none.onnx"
-    )
+    det = get_recipe("ppocr-det")
+    missing = dataclasses.replace(det.source, path="rapidocr_onnxruntime/models/none.onnx")
+    recipe = dataclasses.replace(det, name="ppocr-missing", source=missing)
     with pytest.raises(ModelError, match=r"has no file 'rapidocr_onnxruntime/models/none\.onnx'"):
         pull(recipe)
 

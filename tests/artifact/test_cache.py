@@ -105,7 +105,9 @@ def test_verify_finds_and_prune_removes_damaged_entries(
 ) -> None:
     good = infer.compile(save(onnx_models.mlp(), tmp_path, "a.onnx"))
     bad = infer.compile(save(onnx_models.conv_net(), tmp_path, "b.onnx"))
-    (bad.path / "lib.so").write_bytes(b"not a library")
+    # Replace, never rewrite in place: this process has the library mapped since its parity check.
+    (bad.path / "lib.so.new").write_bytes(b"not a library")
+    os.replace(bad.path / "lib.so.new", bad.path / "lib.so")
     cache = CompileCache(isolated_cache)
     states = {e.path: e.ok for e in cache.verify()}
     assert states == {good.path: True, bad.path: False}
