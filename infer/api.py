@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import onnx
 
 from infer.artifact.cache import CompileCache, cache_key
 from infer.artifact.manifest import ArtifactManifest
-from infer.artifact.store import publish, staging_dir
+from infer.artifact.store import build_atomically
 from infer.build import BuildOptions, build_artifact, prepare_model, tool_versions
 from infer.config import cache_dir, default_num_threads
 from infer.errors import ArtifactError, CompileError, InferError, ModelError
@@ -131,12 +130,7 @@ def compile(
 
     if output is not None:
         final = Path(output)
-        staged = staging_dir(final)
-        try:
-            build_into(staged)
-            publish(staged, final)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
+        build_atomically(final, build_into)
         return Artifact(final, ArtifactManifest.read(final), cache_hit=False)
 
     key = cache_key(

@@ -16,7 +16,7 @@ from typing import Any
 from filelock import FileLock
 
 from infer.artifact.manifest import MANIFEST_FILE, ArtifactManifest
-from infer.artifact.store import STAGING_MARK, publish, staging_dir
+from infer.artifact.store import STAGING_MARK, build_atomically
 from infer.errors import ArtifactError, InferError
 
 __all__ = ["CacheEntry", "CompileCache", "cache_key"]
@@ -109,12 +109,7 @@ class CompileCache:
                 return found, True
             if final.exists():  # damaged (no manifest): rebuild it
                 shutil.rmtree(final, ignore_errors=True)
-            staged = staging_dir(final)
-            try:
-                build(staged)
-                publish(staged, final)
-            finally:
-                shutil.rmtree(staged, ignore_errors=True)
+            build_atomically(final, build)
         return final, False
 
     def entries(self) -> Iterator[CacheEntry]:

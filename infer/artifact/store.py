@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from infer.artifact.manifest import MANIFEST_FILE
 from infer.errors import ArtifactError
 
-__all__ = ["STAGING_MARK", "publish", "staging_dir"]
+__all__ = ["STAGING_MARK", "build_atomically", "publish", "staging_dir"]
 
 # Staging folders carry this in their name; they are never a complete artifact.
 STAGING_MARK = ".staging-"
@@ -41,3 +42,13 @@ def publish(staged: Path, final: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staged, final)
+
+
+def build_atomically(final: Path, build: Callable[[Path], None]) -> None:
+    """Run build(staging folder), then publish it as final; on failure nothing is left behind."""
+    staged = staging_dir(final)
+    try:
+        build(staged)
+        publish(staged, final)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
