@@ -84,6 +84,7 @@ def compile(
     check_dims: Mapping[str, int] | None = None,
     threads: int | None = None,
     dump_ir: str | os.PathLike[str] | None = None,
+    pipeline: str | None = None,
     progress: Progress | None = None,
 ) -> Artifact:
     """Return the compiled artifact of model, checked against ONNX Runtime unless check=False.
@@ -101,7 +102,7 @@ def compile(
         **{k: tuple(v) for k, v in (shapes or {}).items()},
     }
     spec = parse_target(target, num_cores=threads)
-    options = BuildOptions.make(spec, shape_overrides, Path(dump_ir) if dump_ir else None)
+    options = BuildOptions.make(spec, shape_overrides, Path(dump_ir) if dump_ir else None, pipeline)
 
     def build_into(staged: Path) -> None:
         manifest = build_artifact(loaded, options, staged, progress.stage)
@@ -138,7 +139,7 @@ def compile(
             "model_sha256": loaded.sha256,
             "shape_overrides": {k: list(v) for k, v in sorted(options.shape_overrides.items())},
             "target": spec.to_json(),
-            "pipeline": {"name": options.pipeline.name, "passes": list(options.pipeline.passes)},
+            "pipeline": options.pipeline.to_json(),
             "tuning_database": None,
             "check": check,
             "versions": tool_versions(),

@@ -17,15 +17,25 @@ import onnx
 
 from infer.artifact.manifest import LIBRARY_FILE, PARAMS_FILE, ArtifactManifest
 from infer.errors import CompileError
-from infer.graph.cleanup import constant_initializers
+from infer.graph.cleanup import constant_initializers, constants_to_initializers, sum_to_add
 from infer.graph.load import LoadedModel
 from infer.graph.names import sanitize_value_names
 from infer.graph.shapes import ShapeOverrides, apply_shape_overrides, graph_inputs, graph_outputs
 from infer.graph.support import check_supported
-from infer.optimize.pipeline import Pipeline, pipeline_for, run_pipeline
+from infer.native_stderr import drop_tvm_scope_warnings
+from infer.optimize.pipeline import (
+    PIPELINES,
+    Pipeline,
+    lowering_pipeline,
+    pipeline_for,
+    run_pipeline,
+)
 from infer.target import TargetSpec
 
 __all__ = ["BuildOptions", "Stage", "build_artifact", "prepare_model", "tool_versions"]
+
+# The function LiftTransformParams adds: original weights in, the weights main takes out.
+TRANSFORM_PARAMS = "main_transform_params"
 
 Stage = Callable[[str], Any]
 """A progress callback: called with a stage name, returns a context manager timing that stage."""
@@ -46,10 +56,20 @@ class BuildOptions:
         target: TargetSpec,
         shape_overrides: ShapeOverrides | None = None,
         dump_ir: Path | None = None,
+        pipeline: str | None = None,
     ) -> BuildOptions:
-        """Return options with the default pipeline for the target."""
+        """Return options with the named pipeline, or the default one for the target."""
         shapes = {k: tuple(int(d) for d in v) for k, v in (shape_overrides or {}).items()}
-        return cls(target, shapes, pipeline_for(target.kind), dump_ir)
+        if pipeline is None:
+            chosen = pipeline_for(target.kind)
+        elif pipeline in PIPELINES and PIPELINES[pipeline].target_kind == target.kind:
+            chosen = PIPELINES[pipeline]
+        else:
+            valid = ", ".join(n for n, p in PIPELINES.items() if p.target_kind == target.kind)
+            raise CompileError(
+                f"pipeline {pipeline!r} does not exist for target {target.kind}; valid: {valid}"
+            )
+        return cls(target, shapes, chosen, dump_ir)
 
 
 def tool_versions() -> dict[str, str]:
@@ -79,7 +99,9 @@ def _import(proto: onnx.ModelProto, name: str) -> tuple[Any, list[Any]]:
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    clean = sanitize_value_names(constant_initializers(proto))
+    clean = sanitize_value_names(
+        sum_to_add(constants_to_initializers(constant_initializers(proto)))
+    )
     printed = io.StringIO()  # the importer prints the failing op to stdout
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(printed):
@@ -112,11 +134,6 @@ def build_artifact(
         proto = prepare_model(model, options)
     with stage("import"):
         mod, params = _import(proto, model.name)
-        main = mod["main"]
-        num_input = int(main.attrs["num_input"])
-        param_names = [str(p.name) for p in main.params[num_input:]]
-        if len(set(param_names)) != len(param_names):
-            param_names = [f"p{i}:{n}" for i, n in enumerate(param_names)]
     target = options.target.tvm_target()
     with stage("optimize"):
         try:
@@ -126,11 +143,26 @@ def build_artifact(
                 f"{model.name}: pass pipeline {options.pipeline.name!r} failed: {exc}"
             ) from None
     with stage(f"compile ({options.target})"):
-        ex = _compile(mod, target, options.target, model.name)
+        ex = _compile(
+            mod, target, options.target, model.name, lowering_pipeline(options.pipeline, target)
+        )
+    if any(gv.name_hint == TRANSFORM_PARAMS for gv in mod.get_global_vars()):
+        with stage("transform weights"):
+            params = _transform_params(ex, params, model.name)
+    main = mod["main"]
+    num_input = int(main.attrs["num_input"])
+    param_names = [str(p.name) for p in main.params[num_input:]]
+    if len(set(param_names)) != len(param_names):
+        param_names = [f"p{i}:{n}" for i, n in enumerate(param_names)]
+    if len(param_names) != len(params):
+        raise CompileError(
+            f"{model.name}: main takes {len(param_names)} weights, the build has {len(params)}"
+        )
     with stage("export"):
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            ex.export_library(str(out_dir / LIBRARY_FILE))
+            with drop_tvm_scope_warnings():
+                ex.export_library(str(out_dir / LIBRARY_FILE))
         except Exception as exc:
             raise CompileError(f"{model.name}: exporting {LIBRARY_FILE} failed: {exc}") from None
         save_file(
@@ -144,7 +176,7 @@ def build_artifact(
         outputs=graph_outputs(proto.graph),
         target=options.target.to_json(),
         versions=tool_versions(),
-        pipeline={"name": options.pipeline.name, "passes": list(options.pipeline.passes)},
+        pipeline=options.pipeline.to_json(),
         params=param_names,
         shape_overrides={k: list(v) for k, v in options.shape_overrides.items()},
         compile_seconds=round(time.perf_counter() - started, 3),
@@ -155,7 +187,19 @@ def build_artifact(
     return manifest
 
 
-def _compile(mod: Any, target: Any, spec: TargetSpec, name: str) -> Any:
+def _transform_params(ex: Any, params: list[Any], name: str) -> list[Any]:
+    """Return the weights main takes: the lifted weight transforms run once, here, on the CPU."""
+    import tvm
+    from tvm import relax
+
+    try:
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        return list(vm[TRANSFORM_PARAMS](params))
+    except Exception as exc:
+        raise CompileError(f"{name}: transforming the weights failed: {exc}") from None
+
+
+def _compile(mod: Any, target: Any, spec: TargetSpec, name: str, relax_pipeline: Any) -> Any:
     import tvm
 
     previous = None
@@ -165,7 +209,7 @@ def _compile(mod: Any, target: Any, spec: TargetSpec, name: str) -> Any:
         previous = ensure_cuda_codegen(spec.cuda_archs)
     try:
         with target:
-            return tvm.compile(mod, target)
+            return tvm.compile(mod, target, relax_pipeline=relax_pipeline)
     except CompileError:
         raise
     except Exception as exc:

@@ -84,6 +84,11 @@ def _model_options(fn: F) -> F:
             click.option(
                 "--no-check", is_flag=True, help="Skip the parity check against ONNX Runtime."
             ),
+            click.option(
+                "--pipeline",
+                default=None,
+                help="Compile pipeline (default: the target's; cpu-naive = TVM's unscheduled lowering).",
+            ),
         ]
     ):
         fn = decorator(fn)
@@ -153,7 +158,7 @@ def cli(debug: bool, quiet: bool) -> None:
 )
 def compile_command(
     model: str, output: Path | None, target: str, shapes: tuple[str, ...], threads: int | None,
-    no_check: bool, seed: int, dims: tuple[str, ...], dump_ir: Path | None,
+    no_check: bool, pipeline: str | None, seed: int, dims: tuple[str, ...], dump_ir: Path | None,
 ) -> None:  # fmt: skip
     """Compile MODEL (an .onnx file or a model name) into an artifact directory."""
     import infer
@@ -161,7 +166,8 @@ def compile_command(
     started = time.perf_counter()
     artifact = infer.compile(
         model, target=target, shapes=_shape_options(shapes), output=output, check=not no_check,
-        seed=seed, check_dims=_dim_options(dims), threads=threads, dump_ir=dump_ir, progress=_progress(),
+        seed=seed, check_dims=_dim_options(dims), threads=threads, dump_ir=dump_ir, pipeline=pipeline,
+        progress=_progress(),
     )  # fmt: skip
     parity = (artifact.parity or {}).get("status", "not checked")
     click.echo(
@@ -292,7 +298,7 @@ def _output_table(title: str, names: Sequence[str], arrays: Sequence[np.ndarray]
 def run_command(
     model: str, inputs: Path | None, named_inputs: tuple[str, ...], use_random: bool, image: Path | None, sample: bool, seed: int,
     dims: tuple[str, ...], output: Path | None, repeat: int, warmup: int, compare_ort: bool, as_json: bool,
-    target: str, shapes: tuple[str, ...], threads: int | None, no_check: bool,
+    target: str, shapes: tuple[str, ...], threads: int | None, no_check: bool, pipeline: str | None,
 ) -> None:  # fmt: skip
     """Run MODEL (an artifact, an .onnx file or a model name; compiled into the cache on first use)."""
     import infer
@@ -315,6 +321,7 @@ def run_command(
             shapes=shape_overrides,
             check=not no_check,
             threads=threads,
+            pipeline=pipeline,
             progress=progress,
         )
         artifact_path = art.path

@@ -1,5 +1,5 @@
 """The Relax pass pipelines, one named pipeline per target kind."""
 
-from infer.optimize.pipeline import PIPELINES, pipeline_for, run_pipeline
+from infer.optimize.pipeline import PIPELINES, lowering_pipeline, pipeline_for, run_pipeline
 
-__all__ = ["PIPELINES", "pipeline_for", "run_pipeline"]
+__all__ = ["PIPELINES", "lowering_pipeline", "pipeline_for", "run_pipeline"]

@@ -1,4 +1,4 @@
-"""Named Relax pass pipelines run before tvm.compile, with an IR dump after each pass."""
+"""Named compile pipelines: Relax passes before lowering, then TVM's lowering with our scheduling."""
 
 from __future__ import annotations
 
@@ -7,15 +7,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PIPELINES", "Pipeline", "pipeline_for", "run_pipeline"]
+__all__ = ["PIPELINES", "Pipeline", "lowering_pipeline", "pipeline_for", "run_pipeline"]
 
 
 @dataclass(frozen=True)
 class Pipeline:
-    """A named list of Relax passes; tvm.compile's own lowering pipeline runs after them."""
+    """A named list of Relax passes, and how TIR is scheduled when tvm.compile lowers the module.
+
+    schedule: "parallel-vectorize" (infer's default CPU schedule for every PrimFunc) or
+    "tvm-default" (whatever tvm.compile does for the target: dlight rules on CUDA).
+    """
 
     name: str
+    target_kind: str
     passes: tuple[str, ...]
+    schedule: str
+    # Layouts for ConvertLayout, e.g. {"relax.nn.conv2d": ("NHWC", "HWIO")}.
+    layouts: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Lift weight-only computations (layout permutes, folded constants) out of main; the build
+    # runs them once and ships their results as the artifact's weights.
+    lift_params: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON form stored in manifests and cache keys."""
+        return {
+            "name": self.name,
+            "passes": list(self.passes),
+            "layouts": {op: list(layout) for op, layout in self.layouts},
+            "lift_params": self.lift_params,
+            "schedule": self.schedule,
+        }
 
 
 def _pass(name: str) -> Callable[[], Any]:
@@ -29,15 +50,21 @@ def _pass(name: str) -> Callable[[], Any]:
 
 # The pass names are those of tvm.relax.transform; each is applied in order.
 # DeadCodeElimination is left out: it rejects graphs with unused inputs (light ResNet-50).
+_PRE_PASSES = ("DecomposeOpsForInference", "CanonicalizeBindings", "EliminateCommonSubexpr")
+# NHWC activations with HWIO weights put output channels innermost: every convolution's output
+# vector is contiguous and a weight vector is reused across a row of output pixels.
+# conv2d_transpose stays NCHW (TVM cannot legalize it in NHWC); transposes go around it.
+_CPU_LAYOUTS = (
+    ("relax.nn.conv2d", ("NHWC", "HWIO")),
+    ("relax.nn.conv2d_transpose", ("NCHW", "IOHW")),
+)
 PIPELINES: dict[str, Pipeline] = {
     "cpu-default": Pipeline(
-        "cpu-default",
-        ("DecomposeOpsForInference", "CanonicalizeBindings", "EliminateCommonSubexpr"),
+        "cpu-default", "llvm", _PRE_PASSES, "parallel-vectorize", _CPU_LAYOUTS, lift_params=True
     ),
-    "cuda-default": Pipeline(
-        "cuda-default",
-        ("DecomposeOpsForInference", "CanonicalizeBindings", "EliminateCommonSubexpr"),
-    ),
+    # TVM's own CPU lowering, which schedules nothing: for comparison and as a fallback.
+    "cpu-naive": Pipeline("cpu-naive", "llvm", _PRE_PASSES, "tvm-default"),
+    "cuda-default": Pipeline("cuda-default", "cuda", _PRE_PASSES, "tvm-default"),
 }
 
 
@@ -53,9 +80,42 @@ def run_pipeline(mod: Any, pipeline: Pipeline, target: Any, dump_dir: Path | Non
     if dump_dir is not None:
         dump_dir.mkdir(parents=True, exist_ok=True)
         (dump_dir / "00-import.py").write_text(mod.script())
+    from tvm import relax
+
+    steps: list[tuple[str, Any]] = [(name, _pass(name)()) for name in pipeline.passes]
+    if pipeline.layouts:
+        layouts = {op: list(layout) for op, layout in pipeline.layouts}
+        steps.append(("ConvertLayout", relax.transform.ConvertLayout(layouts)))
+    if pipeline.lift_params:
+        steps.append(("LiftTransformParams", relax.transform.LiftTransformParams()))
     with target, tvm.transform.PassContext(opt_level=3):
-        for index, name in enumerate(pipeline.passes, start=1):
-            mod = _pass(name)()(mod)
+        for index, (name, step) in enumerate(steps, start=1):
+            mod = step(mod)
             if dump_dir is not None:
                 (dump_dir / f"{index:02d}-{name}.py").write_text(mod.script())
     return mod
+
+
+def lowering_pipeline(pipeline: Pipeline, target: Any) -> Any:
+    """Return the relax_pipeline for tvm.compile: TVM's CPU lowering with our schedule rule inserted."""
+    if pipeline.schedule == "tvm-default":
+        return "default"
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+    from tvm.s_tir import dlight
+
+    from infer.optimize.cpu_schedule import ParallelVectorize
+
+    @tvm.transform.module_pass(opt_level=0)  # type: ignore[untyped-decorator]
+    def lower(mod: Any, _ctx: Any) -> Any:
+        with target:
+            passes = [
+                *cpu_generic.library_dispatch_passes(target),
+                *cpu_generic.legalize_passes(target),
+                dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), ParallelVectorize()),
+                *cpu_generic.dataflow_lower_passes(target),
+                *cpu_generic.finalize_passes(target),
+            ]
+            return tvm.transform.Sequential(passes)(mod)
+
+    return lower

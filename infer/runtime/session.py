@@ -13,6 +13,7 @@ import numpy as np
 from infer.artifact.manifest import LIBRARY_FILE, PARAMS_FILE, ArtifactManifest
 from infer.config import bind_threads, default_num_threads
 from infer.errors import ArtifactError, InferError, InputError
+from infer.native_stderr import drop_tvm_scope_warnings
 from infer.runtime.compat import check_compatible
 from infer.runtime.feeds import check_feeds
 from infer.signature import TensorSpec
@@ -54,8 +55,9 @@ class Session:
                 f"{self.path}: field target.kind is 'cuda', and this host has no CUDA device"
             )
         try:
-            library = tvm.runtime.load_module(str(self.path / LIBRARY_FILE))
-            self._vm = VirtualMachine(library, self._device)
+            with drop_tvm_scope_warnings():
+                library = tvm.runtime.load_module(str(self.path / LIBRARY_FILE))
+                self._vm = VirtualMachine(library, self._device)
         except Exception as exc:
             raise ArtifactError(f"{self.path / LIBRARY_FILE}: cannot be loaded: {exc}") from None
         try:

@@ -1,0 +1,166 @@
+"""A default CPU schedule: every loop nest TVM generates runs parallel and vectorised.
+
+TVM's CPU pipeline legalizes and fuses but schedules nothing, so each operator is a naive
+single-threaded loop nest. This dlight rule gives every PrimFunc a fixed, shape-aware schedule
+(no search): producers are inlined into consumers, spatial loops are fused and run in parallel,
+and the innermost spatial loop is vectorised. Reductions (conv, matmul, pooling, norms) keep
+their reduction loops inside the parallel spatial ones, and the innermost output loop moves
+below the reduction loops so that each step updates a whole vector of outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import try_inline
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+
+__all__ = ["ParallelVectorize", "vector_bits"]
+
+# Below this many iterations a parallel loop costs more in dispatch than it saves.
+MIN_PARALLEL_EXTENT = 2
+# Rows of outputs a reduction computes per vector step (register blocking): the largest of
+# these that divides the loop; 8 accumulators + operands fit AVX2's 16 vector registers.
+BLOCK_ROWS = (8, 7, 6, 5, 4, 3, 2)
+
+
+def vector_bits(target: Target) -> int:
+    """Return the SIMD width in bits the target's CPU offers (512 for AVX-512, 256 for AVX2)."""
+    features = str(target.attrs.get("mattr", "")) + " " + str(target.attrs.get("mcpu", ""))
+    from infer.target import host_cpu_features, host_cpu_name
+
+    if str(target.attrs.get("mcpu", "")) == host_cpu_name():
+        flags = host_cpu_features()
+        if "avx512f" in flags:
+            return 512
+        if "avx2" in flags or "avx" in flags:
+            return 256
+    if "avx512" in features:
+        return 512
+    return 128
+
+
+def _is_reduction(sch: Any, block: Any) -> bool:
+    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def _inline(sch: Any, infos: list[Any]) -> list[Any]:
+    """Inline producers into consumers and epilogues into producers, except into reductions.
+
+    A producer inlined into a reduction (padding into a convolution) is recomputed at every
+    reduction step, with a branch in the innermost loop; materialised it costs one pass.
+    """
+    keep = [i for i in infos if any(_is_reduction(sch, c) for c in sch.get_consumers(i.block_rv))]
+    rest = [i for i in infos if i not in keep]
+    return [*keep, *try_inline(sch, rest)]
+
+
+def _vars_of(region: Any) -> list[Any]:
+    found: list[Any] = []
+    for r in region.region:
+        found.extend(tirx.analysis.undefined_vars(r.min))
+    return found
+
+
+def _static(extent: Any) -> int | None:
+    return int(extent) if isinstance(extent, tirx.IntImm | int) else None
+
+
+class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
+    """Parallel outer spatial loops, vectorised inner spatial loop, for every block of a PrimFunc."""
+
+    def apply(self, func: Any, target: Target, _tunable: bool) -> Any:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        bits = vector_bits(target)
+        for vectorize in (True, False):
+            try:
+                return self._schedule(func, bits, vectorize)
+            except Exception:  # a primitive refused this loop nest: try the plainer schedule
+                continue
+        return None
+
+    def _schedule(self, func: Any, bits: int, vectorize: bool) -> Any:
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        for info in _inline(sch, infos):
+            kinds = info.dom_kind()
+            if "O" in kinds or "S" not in kinds:
+                continue  # opaque loops, or a reduction to a scalar: leave as is
+            self._schedule_block(sch, info, kinds, bits, vectorize)
+        return sch
+
+    def _schedule_block(self, sch: Any, info: Any, kinds: str, bits: int, vectorize: bool) -> None:
+        block = info.block_rv
+        spatial = [it.loop_rv for it in info.iters if it.kind == "S"]
+        reduction = [it.loop_rv for it in info.iters if it.kind == "R"]
+        rows_loop = _reuse_loop(sch, info) if reduction else None
+        if reduction:
+            sch.reorder(*spatial, *reduction)
+        lanes = _lanes(sch, block, bits)
+        inner_extent = _static(sch.get(spatial[-1]).extent)
+        vector_loop = rows = None
+        if (
+            vectorize
+            and inner_extent is not None
+            and inner_extent >= lanes
+            and inner_extent % lanes == 0
+        ):
+            outer, vector_loop = sch.split(spatial[-1], factors=[None, lanes])
+            spatial = [*spatial[:-1], outer]
+            if reduction:
+                # Each reduction step updates a vector of outputs in BLOCK_ROWS rows at once,
+                # so that one vector load of the input feeds BLOCK_ROWS multiply-adds.
+                inner_order: list[Any] = [vector_loop]
+                if rows_loop is not None and rows_loop[0] is not spatial[-1]:
+                    loop, factor = rows_loop
+                    index = spatial.index(loop)
+                    spatial[index], rows = sch.split(loop, factors=[None, factor])
+                    inner_order = [rows, vector_loop]
+                sch.reorder(*spatial, *reduction, *inner_order)
+        fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        extent = _static(sch.get(fused).extent)
+        if extent is None or extent >= MIN_PARALLEL_EXTENT:
+            sch.parallel(fused)
+        if vector_loop is not None:
+            # before decompose_reduction: vectorize needs the block to still carry its init
+            sch.vectorize(vector_loop)
+        if rows is not None:
+            sch.unroll(rows)
+        if reduction:
+            init = sch.decompose_reduction(block, reduction[0])
+            if vector_loop is not None:
+                sch.vectorize(sch.get_loops(init)[-1])
+
+
+def _lanes(sch: Any, block: Any, bits: int) -> int:
+    writes = sch.get(block).writes
+    dtype_bits = writes[0].source.dtype.bits if writes else 32
+    return max(1, bits // max(dtype_bits, 8))
+
+
+def _reuse_loop(sch: Any, info: Any) -> tuple[Any, int] | None:
+    """Return (a spatial loop some input read in the inner loop ignores, its blocking factor).
+
+    Blocking that loop lets a loaded vector of that input serve several rows of outputs: the
+    output channels of a convolution, the rows of a matrix product.
+    """
+    spatial = [it for it in info.iters if it.kind == "S"]
+    if len(spatial) < 2:
+        return None
+    inner_var = spatial[-1].var
+    reads = [_vars_of(region) for region in sch.get(info.block_rv).reads]
+    vector_reads = [used for used in reads if any(v.same_as(inner_var) for v in used)]
+    for it in reversed(spatial[:-1]):
+        extent = _static(it.dom)
+        factor = next((r for r in BLOCK_ROWS if extent is not None and extent % r == 0), None)
+        if factor is None:
+            continue
+        if any(not any(v.same_as(it.var) for v in used) for used in vector_reads):
+            return it.loop_rv, factor
+    return None

@@ -1,0 +1,89 @@
+"""Import clean-ups, each checked by running the model before and after in ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from infer.graph.cleanup import constant_initializers, constants_to_initializers, sum_to_add
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+
+
+def test_sum_becomes_a_chain_of_adds_with_broadcasting() -> None:
+    graph = helper.make_graph(
+        [
+            helper.make_node("Sum", ["a", "b", "c"], ["s"], name="s3"),
+            helper.make_node("Sum", ["a"], ["t"]),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [3]),
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, [2, 1]),
+        ],
+        [
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("t", TensorProto.FLOAT, [2, 3]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rewritten = sum_to_add(model)
+    assert [n.op_type for n in rewritten.graph.node] == ["Add", "Add", "Identity"]
+    onnx.checker.check_model(rewritten, full_check=True)
+    rng = np.random.default_rng(0)
+    feeds = {
+        "a": rng.random((2, 3), np.float32),
+        "b": rng.random(3, np.float32),
+        "c": rng.random((2, 1), np.float32),
+    }
+    for got, want in zip(run(rewritten, feeds), run(model, feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_large_float_constants_become_initializers_small_ones_stay() -> None:
+    weight = numpy_helper.from_array(np.arange(32, dtype=np.float32).reshape(4, 8), "unused")
+    shape = numpy_helper.from_array(np.array([8, 4], np.int64), "unused")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["w"], value=weight),
+            helper.make_node("Constant", [], ["shape"], value=shape),
+            helper.make_node("MatMul", ["x", "w"], ["y"]),
+            helper.make_node("Reshape", ["y", "shape"], ["z"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [8, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rewritten = constants_to_initializers(model)
+    assert [t.name for t in rewritten.graph.initializer] == ["w"]
+    assert [n.op_type for n in rewritten.graph.node] == ["Constant", "MatMul", "Reshape"]
+    x = np.random.default_rng(1).random((4, 4), np.float32)
+    np.testing.assert_array_equal(run(rewritten, {"x": x})[0], run(model, {"x": x})[0])
+
+
+def test_initializers_listed_as_inputs_become_constants_and_unused_ones_go() -> None:
+    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    dead = numpy_helper.from_array(np.ones(3, np.float32), "dead")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2]),
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 2]),
+            helper.make_tensor_value_info("dead", TensorProto.FLOAT, [3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+        [w, dead],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    rewritten = constant_initializers(model)
+    assert [v.name for v in rewritten.graph.input] == ["x"]
+    assert [t.name for t in rewritten.graph.initializer] == ["w"]
+    assert rewritten.ir_version >= 4

@@ -1,0 +1,69 @@
+"""The default CPU schedule: every loop nest parallel, numbers unchanged (checked by ONNX Runtime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import infer
+from infer.target import parse_target
+from tests import onnx_models
+from tests.conftest import save
+
+
+def lowered_prim_funcs(pipeline_name: str) -> list[str]:
+    """Return the TIR of every PrimFunc of the conv net after the CPU lowering."""
+    import tvm
+
+    from infer.build import BuildOptions, _import, prepare_model
+    from infer.graph.load import load_model
+    from infer.optimize.cpu_schedule import ParallelVectorize
+    from infer.optimize.pipeline import run_pipeline
+
+    spec = parse_target("llvm", num_cores=2)
+    options = BuildOptions.make(spec, pipeline=pipeline_name)
+    proto = prepare_model(load_model(onnx_models.conv_net(batch=8)), options)
+    mod, _ = _import(proto, "conv_net")
+    target = spec.tvm_target()
+    mod = run_pipeline(mod, options.pipeline, target)
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+    from tvm.s_tir import dlight
+
+    with target:
+        mod = tvm.transform.Sequential(cpu_generic.legalize_passes(target))(mod)
+        if options.pipeline.schedule == "parallel-vectorize":
+            mod = dlight.ApplyDefaultSchedule(ParallelVectorize())(mod)
+    return [f.script() for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+
+
+def test_every_loop_nest_runs_parallel_and_most_are_vectorised() -> None:
+    funcs = [f for f in lowered_prim_funcs("cpu-default") if "for " in f]
+    assert funcs
+    # parallel, or so small that one vector is the whole loop (a per-channel weight transform)
+    scheduled = [f for f in funcs if "T.parallel(" in f or "T.vectorized(" in f]
+    assert scheduled == funcs, [f for f in funcs if f not in scheduled][:1]
+    assert sum("T.parallel(" in f for f in funcs) >= len(funcs) * 2 // 3
+    naive = lowered_prim_funcs("cpu-naive")
+    assert not any("T.parallel(" in f for f in naive)
+
+
+@pytest.mark.parametrize("pipeline", ["cpu-default", "cpu-naive"])
+def test_both_cpu_pipelines_match_onnxruntime(pipeline: str, tmp_path: Path) -> None:
+    path = save(onnx_models.conv_net(batch=3), tmp_path)
+    art = infer.compile(path, output=tmp_path / "c.infer", pipeline=pipeline)
+    assert art.manifest.pipeline["name"] == pipeline
+    x = np.random.default_rng(9).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    (got,) = art.load(threads=2).run(None, {"x": x})
+    (want,) = ort.InferenceSession(str(path)).run(None, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_pipeline_lists_the_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(
+        infer.CompileError,
+        match=r"pipeline 'fast' does not exist for target llvm; valid: cpu-default, cpu-naive",
+    ):
+        infer.compile(onnx_models.mlp(), pipeline="fast")
