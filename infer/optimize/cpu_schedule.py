@@ -18,13 +18,18 @@ from tvm.s_tir.dlight.base import try_inline
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-__all__ = ["ParallelVectorize", "vector_bits"]
+__all__ = ["SCHEDULE_REVISION", "ParallelVectorize", "vector_bits"]
+
+# Bumped whenever the rule's output changes, so that compile caches do not serve older code.
+SCHEDULE_REVISION = 4
 
 # Below this many iterations a parallel loop costs more in dispatch than it saves.
 MIN_PARALLEL_EXTENT = 2
 # Rows of outputs a reduction computes per vector step (register blocking): the largest of
 # these that divides the loop; 8 accumulators + operands fit AVX2's 16 vector registers.
 BLOCK_ROWS = (8, 7, 6, 5, 4, 3, 2)
+# A thread's slice of the weights per output block should stay in L1 (32 KiB on Zen 3).
+L1_WEIGHT_BYTES = 24 * 1024
 
 
 def vector_bits(target: Target) -> int:
@@ -48,12 +53,17 @@ def _is_reduction(sch: Any, block: Any) -> bool:
 
 
 def _inline(sch: Any, infos: list[Any]) -> list[Any]:
-    """Inline producers into consumers and epilogues into producers, except into reductions.
+    """Inline producers into consumers and epilogues into producers, but not padding into reductions.
 
-    A producer inlined into a reduction (padding into a convolution) is recomputed at every
-    reduction step, with a branch in the innermost loop; materialised it costs one pass.
+    Padding inlined into a convolution is recomputed at every reduction step, with a branch in
+    the innermost loop; materialised it costs one pass. A plain copy (padding of 0) is inlined.
     """
-    keep = [i for i in infos if any(_is_reduction(sch, c) for c in sch.get_consumers(i.block_rv))]
+    keep = [
+        i
+        for i in infos
+        if "if_then_else" in str(sch.get(i.block_rv).body)
+        and any(_is_reduction(sch, c) for c in sch.get_consumers(i.block_rv))
+    ]
     rest = [i for i in infos if i not in keep]
     return [*keep, *try_inline(sch, rest)]
 
@@ -97,14 +107,20 @@ class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
 
     def _schedule_block(self, sch: Any, info: Any, kinds: str, bits: int, vectorize: bool) -> None:
         block = info.block_rv
-        spatial = [it.loop_rv for it in info.iters if it.kind == "S"]
+        spatial_iters = [it for it in info.iters if it.kind == "S"]
+        spatial = [it.loop_rv for it in spatial_iters]
         reduction = [it.loop_rv for it in info.iters if it.kind == "R"]
-        rows_loop = _reuse_loop(sch, info) if reduction else None
+        reuse = _reuse_loop(sch, info) if reduction else None
+        # which spatial loops index the reused operand (the weights): they stay outermost
+        weight_deps = [
+            reuse is not None and any(v.same_as(it.var) for v in reuse[2]) for it in spatial_iters
+        ]
         if reduction:
             sch.reorder(*spatial, *reduction)
         lanes = _lanes(sch, block, bits)
         inner_extent = _static(sch.get(spatial[-1]).extent)
         vector_loop = rows = None
+        first_reduction = reduction[0] if reduction else None
         if (
             vectorize
             and inner_extent is not None
@@ -114,15 +130,20 @@ class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
             outer, vector_loop = sch.split(spatial[-1], factors=[None, lanes])
             spatial = [*spatial[:-1], outer]
             if reduction:
-                # Each reduction step updates a vector of outputs in BLOCK_ROWS rows at once,
-                # so that one vector load of the input feeds BLOCK_ROWS multiply-adds.
+                # Each reduction step updates a vector of outputs in several rows at once, so
+                # that one vector load of the weights feeds several multiply-adds.
                 inner_order: list[Any] = [vector_loop]
-                if rows_loop is not None and rows_loop[0] is not spatial[-1]:
-                    loop, factor = rows_loop
+                if reuse is not None and reuse[0] is not spatial[-1]:
+                    loop, factor, _ = reuse
                     index = spatial.index(loop)
                     spatial[index], rows = sch.split(loop, factors=[None, factor])
                     inner_order = [rows, vector_loop]
-                sch.reorder(*spatial, *reduction, *inner_order)
+                blocked = self._cache_block(sch, block, spatial, weight_deps, reduction, lanes)
+                if blocked is not None:
+                    spatial, middle, first_reduction = blocked
+                    sch.reorder(*spatial, *middle, *inner_order)
+                else:
+                    sch.reorder(*spatial, *reduction, *inner_order)
         fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
         extent = _static(sch.get(fused).extent)
         if extent is None or extent >= MIN_PARALLEL_EXTENT:
@@ -132,10 +153,52 @@ class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
             sch.vectorize(vector_loop)
         if rows is not None:
             sch.unroll(rows)
-        if reduction:
-            init = sch.decompose_reduction(block, reduction[0])
+        if first_reduction is not None:
+            init = sch.decompose_reduction(block, first_reduction)
             if vector_loop is not None:
                 sch.vectorize(sch.get_loops(init)[-1])
+
+    @staticmethod
+    def _cache_block(
+        sch: Any,
+        block: Any,
+        spatial: list[Any],
+        weight_deps: list[bool],
+        reduction: list[Any],
+        lanes: int,
+    ) -> tuple[list[Any], list[Any], Any] | None:
+        """Split the innermost reduction so a thread's slice of the weights stays in L1.
+
+        Returns (parallel loops, the loops between them and the rows/vector loops, the new
+        outermost reduction loop), or None when the weight slice already fits.
+        """
+        extents = [_static(sch.get(r).extent) for r in reduction]
+        if any(e is None for e in extents):
+            return None
+        item_bytes = max(sch.get(block).writes[0].source.dtype.bits // 8, 1)
+        total = 1
+        for e in extents:
+            total *= e  # type: ignore[operator]
+        if total * lanes * item_bytes <= L1_WEIGHT_BYTES:
+            return None
+        last = extents[-1]
+        assert last is not None
+        rest = total // last
+        chunk = next(
+            (
+                d
+                for d in range(last - 1, lanes - 1, -1)
+                if last % d == 0 and rest * d * lanes * item_bytes <= L1_WEIGHT_BYTES
+            ),
+            None,
+        )
+        deps = weight_deps[: len(spatial)]
+        outer = [lp for lp, dep in zip(spatial, deps, strict=False) if dep]
+        inner = [lp for lp, dep in zip(spatial, deps, strict=False) if not dep]
+        if chunk is None or not outer or not inner:
+            return None
+        r_outer, r_inner = sch.split(reduction[-1], factors=[None, chunk])
+        return outer, [r_outer, *inner, *reduction[:-1], r_inner], r_outer
 
 
 def _lanes(sch: Any, block: Any, bits: int) -> int:
@@ -144,8 +207,9 @@ def _lanes(sch: Any, block: Any, bits: int) -> int:
     return max(1, bits // max(dtype_bits, 8))
 
 
-def _reuse_loop(sch: Any, info: Any) -> tuple[Any, int] | None:
-    """Return (a spatial loop some input read in the inner loop ignores, its blocking factor).
+def _reuse_loop(sch: Any, info: Any) -> tuple[Any, int, list[Any]] | None:
+    """Return (a spatial loop some input read in the inner loop ignores, its blocking factor,
+    the variables that input is indexed by).
 
     Blocking that loop lets a loaded vector of that input serve several rows of outputs: the
     output channels of a convolution, the rows of a matrix product.
@@ -161,6 +225,7 @@ def _reuse_loop(sch: Any, info: Any) -> tuple[Any, int] | None:
         factor = next((r for r in BLOCK_ROWS if extent is not None and extent % r == 0), None)
         if factor is None:
             continue
-        if any(not any(v.same_as(it.var) for v in used) for used in vector_reads):
-            return it.loop_rv, factor
+        for used in vector_reads:
+            if not any(v.same_as(it.var) for v in used):
+                return it.loop_rv, factor, used
     return None

@@ -9,6 +9,9 @@ from typing import Any
 
 __all__ = ["PIPELINES", "Pipeline", "lowering_pipeline", "pipeline_for", "run_pipeline"]
 
+# Kept in step with infer.optimize.cpu_schedule.SCHEDULE_REVISION (which imports TVM).
+SCHEDULE_REVISION = 4
+
 
 @dataclass(frozen=True)
 class Pipeline:
@@ -36,6 +39,7 @@ class Pipeline:
             "layouts": {op: list(layout) for op, layout in self.layouts},
             "lift_params": self.lift_params,
             "schedule": self.schedule,
+            "schedule_revision": SCHEDULE_REVISION if self.schedule == "parallel-vectorize" else 0,
         }
 
 

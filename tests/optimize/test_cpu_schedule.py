@@ -67,3 +67,13 @@ def test_unknown_pipeline_lists_the_valid_ones(tmp_path: Path) -> None:
         match=r"pipeline 'fast' does not exist for target llvm; valid: cpu-default, cpu-naive",
     ):
         infer.compile(onnx_models.mlp(), pipeline="fast")
+
+
+def test_schedule_revision_is_in_the_cache_key() -> None:
+    from infer.optimize import cpu_schedule, pipeline
+
+    assert pipeline.SCHEDULE_REVISION == cpu_schedule.SCHEDULE_REVISION
+    assert (
+        pipeline.PIPELINES["cpu-default"].to_json()["schedule_revision"]
+        == cpu_schedule.SCHEDULE_REVISION
+    )
