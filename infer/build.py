@@ -16,10 +16,10 @@ from typing import Any
 import onnx
 
 from infer.artifact.manifest import LIBRARY_FILE, PARAMS_FILE, ArtifactManifest
+from infer.config import apply_tvm_thread_environment
 from infer.errors import CompileError
-from infer.graph.cleanup import constant_initializers, constants_to_initializers, sum_to_add
+from infer.graph.cleanup import for_import
 from infer.graph.load import LoadedModel
-from infer.graph.names import sanitize_value_names
 from infer.graph.shapes import ShapeOverrides, apply_shape_overrides, graph_inputs, graph_outputs
 from infer.graph.support import check_supported
 from infer.native_stderr import drop_tvm_scope_warnings
@@ -99,9 +99,7 @@ def _import(proto: onnx.ModelProto, name: str) -> tuple[Any, list[Any]]:
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    clean = sanitize_value_names(
-        sum_to_add(constants_to_initializers(constant_initializers(proto)))
-    )
+    clean = for_import(proto)
     printed = io.StringIO()  # the importer prints the failing op to stdout
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(printed):
@@ -129,6 +127,7 @@ def build_artifact(
     """Compile model into out_dir (lib.so, params.safetensors, manifest.json without parity)."""
     from safetensors.numpy import save_file
 
+    apply_tvm_thread_environment()
     started = time.perf_counter()
     with stage("check ops"):
         proto = prepare_model(model, options)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from infer.errors import InferError
 
-__all__ = ["bind_threads", "cache_dir", "default_num_threads"]
+__all__ = ["apply_tvm_thread_environment", "bind_threads", "cache_dir", "default_num_threads"]
 
 CACHE_DIR_ENV = "INFER_CACHE_DIR"
 NUM_THREADS_ENV = "INFER_NUM_THREADS"
@@ -49,3 +49,19 @@ def bind_threads() -> bool:
     application's thread and of every thread it starts later (ONNX Runtime's pool included).
     """
     return os.environ.get(BIND_THREADS_ENV, "0") == "1"
+
+
+def apply_tvm_thread_environment() -> None:
+    """Set the environment TVM's thread pool reads when it is created (call before running TVM code).
+
+    Without TVM_NUM_THREADS, TVM sizes its pool at half the hardware threads (it assumes SMT), so
+    on a 2-CPU machine every parallel loop runs on one thread whatever `threads=` asks. The pool
+    is sized for every CPU this process may use; each Session then uses its own `threads` of
+    them (more threads than CPUs would only oversubscribe). TVM_NUM_THREADS set by the user is
+    kept.
+    """
+    cpus = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
+    os.environ.setdefault("TVM_NUM_THREADS", str(cpus))
+    os.environ["TVM_BIND_THREADS"] = "1" if bind_threads() else "0"

@@ -6,7 +6,7 @@ import onnx
 
 from infer.graph.support import iter_nodes
 
-__all__ = ["constant_initializers", "constants_to_initializers", "sum_to_add"]
+__all__ = ["constant_initializers", "constants_to_initializers", "for_import", "sum_to_add"]
 
 # IR version 4 is the first where an initializer need not be listed as a graph input.
 IR_VERSION_INITIALIZERS_NOT_INPUTS = 4
@@ -103,3 +103,10 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(nodes)
     return out
+
+
+def for_import(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return the model as TVM's importer should see it: every clean-up above, C identifiers."""
+    from infer.graph.names import sanitize_value_names
+
+    return sanitize_value_names(sum_to_add(constants_to_initializers(constant_initializers(model))))

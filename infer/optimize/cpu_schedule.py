@@ -4,8 +4,14 @@ TVM's CPU pipeline legalizes and fuses but schedules nothing, so each operator i
 single-threaded loop nest. This dlight rule gives every PrimFunc a fixed, shape-aware schedule
 (no search): producers are inlined into consumers, spatial loops are fused and run in parallel,
 and the innermost spatial loop is vectorised. Reductions (conv, matmul, pooling, norms) keep
-their reduction loops inside the parallel spatial ones, and the innermost output loop moves
-below the reduction loops so that each step updates a whole vector of outputs.
+their reduction loops inside the parallel spatial ones; the innermost output loop moves below
+them so that each step updates a whole vector of outputs, in several output rows at once
+(register blocking: one loaded weight vector feeds several multiply-adds), and the reduction
+is split when a thread's slice of the weights would not stay in L1.
+
+With NHWC activations and HWIO weights (see pipeline.py) a convolution's vector runs over
+output channels and its rows over output pixels: the direct-convolution micro-kernel of
+hand-written libraries, derived here from the loop nest rather than written per operator.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
+
+from infer.target import host_cpu_features, host_cpu_name
 
 __all__ = ["SCHEDULE_REVISION", "ParallelVectorize", "vector_bits"]
 
@@ -35,8 +43,6 @@ L1_WEIGHT_BYTES = 24 * 1024
 def vector_bits(target: Target) -> int:
     """Return the SIMD width in bits the target's CPU offers (512 for AVX-512, 256 for AVX2)."""
     features = str(target.attrs.get("mattr", "")) + " " + str(target.attrs.get("mcpu", ""))
-    from infer.target import host_cpu_features, host_cpu_name
-
     if str(target.attrs.get("mcpu", "")) == host_cpu_name():
         flags = host_cpu_features()
         if "avx512f" in flags:
@@ -102,10 +108,10 @@ class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
             kinds = info.dom_kind()
             if "O" in kinds or "S" not in kinds:
                 continue  # opaque loops, or a reduction to a scalar: leave as is
-            self._schedule_block(sch, info, kinds, bits, vectorize)
+            self._schedule_block(sch, info, bits, vectorize)
         return sch
 
-    def _schedule_block(self, sch: Any, info: Any, kinds: str, bits: int, vectorize: bool) -> None:
+    def _schedule_block(self, sch: Any, info: Any, bits: int, vectorize: bool) -> None:
         block = info.block_rv
         spatial_iters = [it for it in info.iters if it.kind == "S"]
         spatial = [it.loop_rv for it in spatial_iters]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from infer.artifact.manifest import LIBRARY_FILE, PARAMS_FILE, ArtifactManifest
-from infer.config import bind_threads, default_num_threads
+from infer.config import apply_tvm_thread_environment, default_num_threads
 from infer.errors import ArtifactError, InferError, InputError
 from infer.native_stderr import drop_tvm_scope_warnings
 from infer.runtime.compat import check_compatible
@@ -34,6 +34,7 @@ class Session:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
+        apply_tvm_thread_environment()
         import tvm
         from safetensors.numpy import load_file
         from tvm.runtime.vm import VirtualMachine
@@ -93,9 +94,7 @@ class Session:
     def _ensure_threads(self) -> None:
         # TVM's pool is per calling thread: size it once in each thread that runs.
         if getattr(self._configured, "threads", None) != self.threads:
-            os.environ["TVM_BIND_THREADS"] = (
-                "1" if bind_threads() else "0"
-            )  # read by TVM right here
+            apply_tvm_thread_environment()  # read by TVM when it (re)configures its pool
             self._config_threadpool(_THREADPOOL_MODE_BIG, self.threads)
             self._configured.threads = self.threads
 

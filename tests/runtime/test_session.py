@@ -171,3 +171,24 @@ def test_running_does_not_pin_the_calling_thread(tmp_path: Path) -> None:
     )
     sess.run(None, {"input:0": np.zeros((2, 16), np.float32)})
     assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_tvm_pool_has_a_thread_per_cpu_not_half(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    path = save(onnx_models.mlp(), tmp_path)
+    infer.compile(path, output=tmp_path / "m.infer")
+    code = (
+        "import infer, tvm, numpy as np\n"
+        f"s = infer.load({str(tmp_path / 'm.infer')!r}, threads=2)\n"
+        "s.run(None, {'input:0': np.zeros((2, 16), np.float32)})\n"
+        "print(tvm.runtime.num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert int(out.stdout.strip().splitlines()[-1]) == len(os.sched_getaffinity(0))
