@@ -10,6 +10,7 @@ from infer.api import Artifact, check, compile, load
 from infer.errors import (
     ArtifactError,
     CompileError,
+    FallbackWarning,
     InferError,
     InputError,
     ModelError,
@@ -23,6 +24,7 @@ __all__ = [
     "Artifact",
     "ArtifactError",
     "CompileError",
+    "FallbackWarning",
     "InferError",
     "InputError",
     "ModelError",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +17,10 @@ from infer.artifact.manifest import ArtifactManifest
 from infer.artifact.store import build_atomically
 from infer.build import BuildOptions, build_artifact, prepare_model, tool_versions
 from infer.config import cache_dir, default_num_threads
-from infer.errors import ArtifactError, CompileError, InferError, ModelError
+from infer.errors import ArtifactError, CompileError, FallbackWarning, InferError, ModelError
 from infer.graph.load import LoadedModel, load_model
 from infer.graph.shapes import apply_shape_overrides
+from infer.optimize.pipeline import PIPELINES
 from infer.parity import DEFAULT_SEED, ParityReport, compare_outputs, random_feeds
 from infer.progress import Progress
 from infer.reference import ReferenceSession
@@ -73,6 +76,29 @@ def _parity(
     return compare_outputs(session.get_outputs(), got, want, reference.version, seed)
 
 
+def _build_with_fallback(
+    loaded: LoadedModel, options: BuildOptions, staged: Path, progress: Progress, *, explicit: bool
+) -> ArtifactManifest:
+    """Build with the default pipeline, falling back (out loud) when it cannot compile the model."""
+    while True:
+        try:
+            return build_artifact(loaded, options, staged, progress.stage)
+        except CompileError as exc:
+            fallback = options.pipeline.fallback
+            if explicit or fallback is None:
+                raise
+            warnings.warn(
+                f"pipeline {options.pipeline.name} cannot compile {loaded.name} ({exc}); "
+                f"compiling with {fallback} instead",
+                FallbackWarning,
+                stacklevel=2,
+            )
+            for leftover in staged.iterdir():
+                if leftover.is_file():
+                    leftover.unlink()
+            options = dataclasses.replace(options, pipeline=PIPELINES[fallback])
+
+
 def compile(
     model: ModelSource,
     *,
@@ -105,7 +131,9 @@ def compile(
     options = BuildOptions.make(spec, shape_overrides, Path(dump_ir) if dump_ir else None, pipeline)
 
     def build_into(staged: Path) -> None:
-        manifest = build_artifact(loaded, options, staged, progress.stage)
+        manifest = _build_with_fallback(
+            loaded, options, staged, progress, explicit=pipeline is not None
+        )
         manifest.model_source = (
             str(Path(loaded.source).resolve()) if Path(loaded.source).is_file() else loaded.source
         )

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -116,6 +117,17 @@ class InferGroup(click.Group):
             raise UserError(str(exc)) from exc
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: Any = None,
+) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
 @click.group(cls=InferGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="infer")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -124,6 +136,7 @@ def cli(debug: bool, quiet: bool) -> None:
     """Compile ONNX models with Apache TVM and run them, checked against ONNX Runtime."""
     _State.debug = debug
     _State.quiet = quiet
+    warnings.showwarning = _show_warning
 
 
 @cli.command("compile")

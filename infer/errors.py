@@ -8,6 +8,9 @@
     ├── InputError           a feed's name, dtype or shape is wrong
     └── PipelineError        pre/post-processing failed
 
+    InferWarning (a UserWarning)
+    └── FallbackWarning      a slower path was taken, and why
+
 Every message names what was wrong (the input, op, file or field) and, where it applies,
 the expected and the actual value.
 """
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 __all__ = [
     "ArtifactError",
     "CompileError",
+    "FallbackWarning",
     "InferError",
     "InferWarning",
     "InputError",
@@ -36,6 +40,10 @@ class InferError(Exception):
 
 class InferWarning(UserWarning):
     """Base class of infer's own warnings (the test suite turns them into errors)."""
+
+
+class FallbackWarning(InferWarning):
+    """A slower path was taken because the default one cannot handle this model."""
 
 
 class ModelError(InferError):

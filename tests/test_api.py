@@ -121,3 +121,29 @@ def test_parity_failure_is_a_compile_error_naming_the_output(
         api.compile(mlp_path, output=tmp_path / "bad.infer", check_dims={"batch": 2})
     assert not (tmp_path / "bad.infer").exists()
     assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
+
+
+def test_a_model_the_default_pipeline_cannot_compile_falls_back_out_loud(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from infer.optimize import pipeline as pipelines
+
+    # A layout ConvertLayout rejects stands for a graph the default pipeline cannot rewrite.
+    broken = dataclasses.replace(
+        pipelines.PIPELINES["cpu-default"], layouts=(("relax.nn.conv2d", ("NCHW", "XYZW")),)
+    )
+    monkeypatch.setitem(pipelines.PIPELINES, "cpu-default", broken)
+    path = save(onnx_models.conv_net(), tmp_path)
+    with pytest.warns(
+        infer.FallbackWarning,
+        match=r"pipeline cpu-default cannot compile model .*compiling with cpu-nchw instead",
+    ):
+        art = infer.compile(path, output=tmp_path / "f.infer")
+    assert art.manifest.pipeline["name"] == "cpu-nchw"
+    assert art.manifest.parity is not None and art.manifest.parity["status"] == "passed"
+    with pytest.raises(infer.CompileError, match=r"pass pipeline 'cpu-default' failed"):
+        infer.compile(
+            path, output=tmp_path / "g.infer", pipeline="cpu-default"
+        )  # asked for: no fallback

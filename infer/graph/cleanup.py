@@ -6,7 +6,13 @@ import onnx
 
 from infer.graph.support import iter_nodes
 
-__all__ = ["constant_initializers", "constants_to_initializers", "for_import", "sum_to_add"]
+__all__ = [
+    "constant_initializers",
+    "constants_to_initializers",
+    "dropout_to_identity",
+    "for_import",
+    "sum_to_add",
+]
 
 # IR version 4 is the first where an initializer need not be listed as a graph input.
 IR_VERSION_INITIALIZERS_NOT_INPUTS = 4
@@ -105,8 +111,33 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def dropout_to_identity(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy where inference-mode Dropouts whose mask nobody reads are Identity.
+
+    At inference Dropout passes its input through; TVM imports it as a (data, mask) tuple,
+    which blocks layout conversion. One with a training_mode input, or a mask in use, stays.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    used = {name for node in iter_nodes(out.graph) for name in node.input} | {
+        o.name for o in out.graph.output
+    }
+    for i, node in enumerate(out.graph.node):
+        if node.op_type != "Dropout" or node.domain not in ("", "ai.onnx") or len(node.input) > 2:
+            continue
+        if len(node.output) > 1 and node.output[1] and node.output[1] in used:
+            continue
+        out.graph.node[i].CopyFrom(
+            onnx.helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name)
+        )
+    return out
+
+
 def for_import(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return the model as TVM's importer should see it: every clean-up above, C identifiers."""
     from infer.graph.names import sanitize_value_names
 
-    return sanitize_value_names(sum_to_add(constants_to_initializers(constant_initializers(model))))
+    cleaned = dropout_to_identity(
+        sum_to_add(constants_to_initializers(constant_initializers(model)))
+    )
+    return sanitize_value_names(cleaned)

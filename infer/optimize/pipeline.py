@@ -30,6 +30,8 @@ class Pipeline:
     # Lift weight-only computations (layout permutes, folded constants) out of main; the build
     # runs them once and ships their results as the artifact's weights.
     lift_params: bool = False
+    # The pipeline to retry with when this one cannot compile a model (said out loud).
+    fallback: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form stored in manifests and cache keys."""
@@ -64,7 +66,22 @@ _CPU_LAYOUTS = (
 )
 PIPELINES: dict[str, Pipeline] = {
     "cpu-default": Pipeline(
-        "cpu-default", "llvm", _PRE_PASSES, "parallel-vectorize", _CPU_LAYOUTS, lift_params=True
+        "cpu-default",
+        "llvm",
+        _PRE_PASSES,
+        "parallel-vectorize",
+        _CPU_LAYOUTS,
+        lift_params=True,
+        fallback="cpu-nchw",
+    ),
+    # The same schedule on the model's own layouts, for graphs ConvertLayout cannot rewrite.
+    "cpu-nchw": Pipeline(
+        "cpu-nchw",
+        "llvm",
+        _PRE_PASSES,
+        "parallel-vectorize",
+        lift_params=True,
+        fallback="cpu-naive",
     ),
     # TVM's own CPU lowering, which schedules nothing: for comparison and as a fallback.
     "cpu-naive": Pipeline("cpu-naive", "llvm", _PRE_PASSES, "tvm-default"),

@@ -87,3 +87,29 @@ def test_initializers_listed_as_inputs_become_constants_and_unused_ones_go() -> 
     assert [v.name for v in rewritten.graph.input] == ["x"]
     assert [t.name for t in rewritten.graph.initializer] == ["w"]
     assert rewritten.ir_version >= 4
+
+
+def test_dropout_without_a_used_mask_becomes_identity() -> None:
+    from infer.graph.cleanup import dropout_to_identity
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Dropout", ["x"], ["d", "unused_mask"]),
+            helper.make_node("Dropout", ["d"], ["e", "mask"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [
+            helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("mask", TensorProto.BOOL, [2, 3]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    rewritten = dropout_to_identity(model)
+    assert [n.op_type for n in rewritten.graph.node] == [
+        "Identity",
+        "Dropout",
+    ]  # the second's mask is read
+    x = np.random.default_rng(2).random((2, 3), np.float32)
+    for got, want in zip(run(rewritten, {"x": x}), run(model, {"x": x}), strict=True):
+        np.testing.assert_array_equal(got, want)
