@@ -145,9 +145,16 @@ def build_artifact(
         ex = _compile(
             mod, target, options.target, model.name, lowering_pipeline(options.pipeline, target)
         )
+    with stage("export"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with drop_tvm_scope_warnings():
+                ex.export_library(str(out_dir / LIBRARY_FILE))
+        except Exception as exc:
+            raise CompileError(f"{model.name}: exporting {LIBRARY_FILE} failed: {exc}") from None
     if any(gv.name_hint == TRANSFORM_PARAMS for gv in mod.get_global_vars()):
         with stage("transform weights"):
-            params = _transform_params(ex, params, model.name)
+            params = _transform_params(out_dir / LIBRARY_FILE, params, model.name)
     main = mod["main"]
     num_input = int(main.attrs["num_input"])
     param_names = [str(p.name) for p in main.params[num_input:]]
@@ -157,17 +164,9 @@ def build_artifact(
         raise CompileError(
             f"{model.name}: main takes {len(param_names)} weights, the build has {len(params)}"
         )
-    with stage("export"):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            with drop_tvm_scope_warnings():
-                ex.export_library(str(out_dir / LIBRARY_FILE))
-        except Exception as exc:
-            raise CompileError(f"{model.name}: exporting {LIBRARY_FILE} failed: {exc}") from None
-        save_file(
-            {n: p.numpy() for n, p in zip(param_names, params, strict=True)},
-            str(out_dir / PARAMS_FILE),
-        )
+    save_file(
+        {n: p.numpy() for n, p in zip(param_names, params, strict=True)}, str(out_dir / PARAMS_FILE)
+    )
     manifest = ArtifactManifest(
         model_name=model.name,
         model_sha256=model.sha256,
@@ -186,13 +185,18 @@ def build_artifact(
     return manifest
 
 
-def _transform_params(ex: Any, params: list[Any], name: str) -> list[Any]:
-    """Return the weights main takes: the lifted weight transforms run once, here, on the CPU."""
+def _transform_params(library: Path, params: list[Any], name: str) -> list[Any]:
+    """Return the weights main takes: the lifted weight transforms run once, here, on the CPU.
+
+    They run from the exported library: running the in-memory executable would JIT the whole
+    module a second time.
+    """
     import tvm
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine
 
     try:
-        vm = relax.VirtualMachine(ex, tvm.cpu())
+        with drop_tvm_scope_warnings():
+            vm = VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
         return list(vm[TRANSFORM_PARAMS](params))
     except Exception as exc:
         raise CompileError(f"{name}: transforming the weights failed: {exc}") from None
