@@ -16,7 +16,7 @@ from infer.artifact.cache import CompileCache, cache_key
 from infer.artifact.manifest import ArtifactManifest
 from infer.artifact.store import build_atomically
 from infer.build import BuildOptions, build_artifact, prepare_model, tool_versions
-from infer.config import cache_dir, default_num_threads
+from infer.config import available_cpus, cache_dir, default_num_threads
 from infer.errors import ArtifactError, CompileError, FallbackWarning, InferError, ModelError
 from infer.graph.load import LoadedModel, load_model
 from infer.graph.shapes import apply_shape_overrides
@@ -127,7 +127,8 @@ def compile(
         **(recipe.shapes if recipe else {}),
         **{k: tuple(v) for k, v in (shapes or {}).items()},
     }
-    spec = parse_target(target, num_cores=threads)
+    # The host's core count, not `threads`: a build serves every thread count (and cache key).
+    spec = parse_target(target, num_cores=available_cpus())
     options = BuildOptions.make(spec, shape_overrides, Path(dump_ir) if dump_ir else None, pipeline)
 
     def build_into(staged: Path) -> None:

@@ -7,7 +7,13 @@ from pathlib import Path
 
 from infer.errors import InferError
 
-__all__ = ["apply_tvm_thread_environment", "bind_threads", "cache_dir", "default_num_threads"]
+__all__ = [
+    "apply_tvm_thread_environment",
+    "available_cpus",
+    "bind_threads",
+    "cache_dir",
+    "default_num_threads",
+]
 
 CACHE_DIR_ENV = "INFER_CACHE_DIR"
 NUM_THREADS_ENV = "INFER_NUM_THREADS"
@@ -37,9 +43,14 @@ def default_num_threads() -> int:
         if value < 1:
             raise InferError(f"{NUM_THREADS_ENV}: expected a positive integer, got {value}")
         return value
-    return (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    )
+    return available_cpus()
+
+
+def available_cpus() -> int:
+    """Return the number of CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def bind_threads() -> bool:
@@ -60,8 +71,5 @@ def apply_tvm_thread_environment() -> None:
     them (more threads than CPUs would only oversubscribe). TVM_NUM_THREADS set by the user is
     kept.
     """
-    cpus = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    )
-    os.environ.setdefault("TVM_NUM_THREADS", str(cpus))
+    os.environ.setdefault("TVM_NUM_THREADS", str(available_cpus()))
     os.environ["TVM_BIND_THREADS"] = "1" if bind_threads() else "0"

@@ -129,3 +129,10 @@ def test_a_cache_writable_by_others_is_not_trusted(tmp_path: Path, isolated_cach
             infer.compile(path)
     finally:
         os.chmod(isolated_cache / "artifacts", 0o700)
+
+
+def test_one_cache_entry_serves_every_thread_count(tmp_path: Path) -> None:
+    path = save(onnx_models.mlp(), tmp_path)
+    one = infer.compile(path, threads=1)
+    two = infer.compile(path, threads=2)
+    assert two.cache_hit and one.path == two.path
