@@ -1,8 +1,10 @@
-"""Graph clean-ups TVM's importer needs: initializers that are also inputs, unused initializers."""
+"""ONNX-level clean-ups before TVM's importer: what it mishandles, and what costs a pass at run time."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from infer.graph.support import iter_nodes
 
@@ -10,6 +12,7 @@ __all__ = [
     "constant_initializers",
     "constants_to_initializers",
     "dropout_to_identity",
+    "fold_batch_norm",
     "for_import",
     "sum_to_add",
 ]
@@ -133,11 +136,72 @@ def dropout_to_identity(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def fold_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy where each inference BatchNormalization after a Conv is folded into its weights.
+
+    BN(conv(x, W) + b) = conv(x, W * s) + (b - mean) * s + beta with s = scale / sqrt(var + eps),
+    per output channel: one pass over the activations and a division per element saved. Only a
+    Conv whose output nothing else reads, with every parameter an initializer, is folded.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in iter_nodes(graph):
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    for name in (o.name for o in graph.output):
+        readers[name] = readers.get(name, 0) + 1
+    producer = {node.output[0]: node for node in graph.node if node.output}
+    folded: set[str] = set()
+    for bn in graph.node:
+        if (
+            bn.op_type != "BatchNormalization"
+            or bn.domain not in ("", "ai.onnx")
+            or len(bn.output) != 1
+        ):
+            continue
+        conv = producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or readers.get(conv.output[0], 0) != 1:
+            continue
+        has_bias = len(conv.input) > 2 and bool(conv.input[2])
+        names = [conv.input[1], *bn.input[1:5]] + ([conv.input[2]] if has_bias else [])
+        if not all(n in inits for n in names):
+            continue
+        weight = numpy_helper.to_array(inits[conv.input[1]])
+        scale, beta, mean, var = (
+            numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5]
+        )
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if has_bias else 0.0
+        s = scale / np.sqrt(var + eps)
+        per_channel = s.reshape(-1, *([1] * (weight.ndim - 1)))
+        new_w = numpy_helper.from_array(
+            (weight * per_channel).astype(weight.dtype), f"{bn.output[0]}__folded_w"
+        )
+        new_b = numpy_helper.from_array(
+            ((bias - mean) * s + beta).astype(weight.dtype), f"{bn.output[0]}__folded_b"
+        )
+        graph.initializer.extend([new_w, new_b])
+        del conv.input[1:]
+        conv.input.extend([new_w.name, new_b.name])
+        conv.output[0] = bn.output[0]
+        folded.add(bn.output[0])
+    kept = [
+        n
+        for n in graph.node
+        if not (n.op_type == "BatchNormalization" and n.output and n.output[0] in folded)
+    ]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return out
+
+
 def for_import(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return the model as TVM's importer should see it: every clean-up above, C identifiers."""
     from infer.graph.names import sanitize_value_names
 
-    cleaned = dropout_to_identity(
-        sum_to_add(constants_to_initializers(constant_initializers(model)))
-    )
+    cleaned = constants_to_initializers(constant_initializers(model))
+    cleaned = fold_batch_norm(dropout_to_identity(sum_to_add(cleaned)))
     return sanitize_value_names(cleaned)

@@ -113,3 +113,27 @@ def test_dropout_without_a_used_mask_becomes_identity() -> None:
     x = np.random.default_rng(2).random((2, 3), np.float32)
     for got, want in zip(run(rewritten, {"x": x}), run(model, {"x": x}), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_batch_norm_after_conv_is_folded_into_its_weights() -> None:
+    from infer.graph.cleanup import fold_batch_norm
+    from tests import onnx_models
+
+    model = onnx_models.conv_net(batch=2)  # Conv (with bias) -> BatchNormalization -> Relu ...
+    folded = fold_batch_norm(model)
+    assert "BatchNormalization" not in [n.op_type for n in folded.graph.node]
+    onnx.checker.check_model(folded, full_check=True)
+    x = np.random.default_rng(3).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(
+        run(folded, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_batch_norm_whose_conv_output_is_read_elsewhere_stays() -> None:
+    from infer.graph.cleanup import fold_batch_norm
+    from tests import onnx_models
+
+    model = onnx_models.conv_net(batch=1)
+    conv_out = model.graph.node[0].output[0]
+    model.graph.output.append(helper.make_tensor_value_info(conv_out, TensorProto.FLOAT, None))
+    assert "BatchNormalization" in [n.op_type for n in fold_batch_norm(model).graph.node]
