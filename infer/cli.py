@@ -208,13 +208,11 @@ def _read_inputs(inputs: Path | None, named: Sequence[str]) -> dict[str, np.ndar
 
 
 def _recipe_of(recipe: Any, model_source: str) -> Any:
-    from infer.registry import get_recipe, list_recipes
+    from infer.registry import list_recipes
 
     if recipe is not None:
         return recipe
-    if model_source in {r.name for r in list_recipes()}:
-        return get_recipe(model_source)
-    return None
+    return next((r for r in list_recipes() if r.name == model_source), None)
 
 
 def _image_feeds(image: Any, config: Any, specs: Sequence[Any]) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ hand-written libraries, derived here from the loop nest rather than written per 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from tvm import s_tir, tirx
@@ -139,7 +140,7 @@ class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
                 # Each reduction step updates a vector of outputs in several rows at once, so
                 # that one vector load of the weights feeds several multiply-adds.
                 inner_order: list[Any] = [vector_loop]
-                if reuse is not None and reuse[0] is not spatial[-1]:
+                if reuse is not None:  # never the innermost spatial loop (see _reuse_loop)
                     loop, factor, _ = reuse
                     index = spatial.index(loop)
                     spatial[index], rows = sch.split(loop, factors=[None, factor])
@@ -182,9 +183,7 @@ class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
         if any(e is None for e in extents):
             return None
         item_bytes = max(sch.get(block).writes[0].source.dtype.bits // 8, 1)
-        total = 1
-        for e in extents:
-            total *= e  # type: ignore[operator]
+        total = math.prod(e for e in extents if e is not None)
         if total * lanes * item_bytes <= L1_WEIGHT_BYTES:
             return None
         last = extents[-1]
@@ -198,9 +197,8 @@ class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
             ),
             None,
         )
-        deps = weight_deps[: len(spatial)]
-        outer = [lp for lp, dep in zip(spatial, deps, strict=False) if dep]
-        inner = [lp for lp, dep in zip(spatial, deps, strict=False) if not dep]
+        outer = [lp for lp, dep in zip(spatial, weight_deps, strict=True) if dep]
+        inner = [lp for lp, dep in zip(spatial, weight_deps, strict=True) if not dep]
         if chunk is None or not outer or not inner:
             return None
         r_outer, r_inner = sch.split(reduction[-1], factors=[None, chunk])

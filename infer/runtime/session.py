@@ -34,7 +34,6 @@ class Session:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
-        apply_tvm_thread_environment()
         import tvm
         from safetensors.numpy import load_file
         from tvm.runtime.vm import VirtualMachine
