@@ -85,7 +85,9 @@ def _build_with_fallback(
             return build_artifact(loaded, options, staged, progress.stage)
         except CompileError as exc:
             fallback = options.pipeline.fallback
-            if explicit or fallback is None:
+            # Once lib.so is written this process may have it loaded, and a rebuild at the same
+            # path would be served the old library by the dynamic loader: no fallback then.
+            if explicit or fallback is None or any(staged.iterdir()):
                 raise
             warnings.warn(
                 f"pipeline {options.pipeline.name} cannot compile {loaded.name} ({exc}); "
@@ -93,9 +95,6 @@ def _build_with_fallback(
                 FallbackWarning,
                 stacklevel=2,
             )
-            for leftover in staged.iterdir():
-                if leftover.is_file():
-                    leftover.unlink()
             options = dataclasses.replace(options, pipeline=PIPELINES[fallback])
 
 
