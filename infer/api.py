@@ -15,7 +15,7 @@ import onnx
 from infer.artifact.cache import CompileCache, cache_key
 from infer.artifact.manifest import ArtifactManifest
 from infer.artifact.store import build_atomically
-from infer.build import BuildOptions, build_artifact, prepare_model, tool_versions
+from infer.build import BuildOptions, ImportFailure, build_artifact, prepare_model, tool_versions
 from infer.config import available_cpus, cache_dir, default_num_threads
 from infer.errors import ArtifactError, CompileError, FallbackWarning, InferError, ModelError
 from infer.graph.load import LoadedModel, load_model
@@ -77,25 +77,52 @@ def _parity(
 
 
 def _build_with_fallback(
-    loaded: LoadedModel, options: BuildOptions, staged: Path, progress: Progress, *, explicit: bool
+    loaded: LoadedModel,
+    options: BuildOptions,
+    staged: Path,
+    progress: Progress,
+    *,
+    explicit: bool,
+    fallback: bool,
 ) -> ArtifactManifest:
     """Build with the default pipeline, falling back (out loud) when it cannot compile the model."""
     while True:
         try:
-            return build_artifact(loaded, options, staged, progress.stage)
+            return build_artifact(loaded, options, staged, progress.stage, fallback=fallback)
         except CompileError as exc:
-            fallback = options.pipeline.fallback
+            next_pipeline = options.pipeline.fallback
             # Once lib.so is written this process may have it loaded, and a rebuild at the same
             # path would be served the old library by the dynamic loader: no fallback then.
-            if explicit or fallback is None or any(staged.iterdir()):
+            # Nor when the importer failed: that happens before any pipeline runs.
+            imported = not isinstance(exc, ImportFailure)
+            if explicit or next_pipeline is None or any(staged.iterdir()) or not imported:
                 raise
             warnings.warn(
                 f"pipeline {options.pipeline.name} cannot compile {loaded.name} ({exc}); "
-                f"compiling with {fallback} instead",
+                f"compiling with {next_pipeline} instead",
                 FallbackWarning,
                 stacklevel=2,
             )
-            options = dataclasses.replace(options, pipeline=PIPELINES[fallback])
+            options = dataclasses.replace(options, pipeline=PIPELINES[next_pipeline])
+
+
+def _report_fallback(manifest: ArtifactManifest, name: str) -> None:
+    """Say which nodes run on ONNX Runtime instead of TVM, when any do: never silently."""
+    fallback = [s for s in manifest.segments if s["kind"] == "onnxruntime"]
+    if not fallback:
+        return
+    nodes = sum(int(s["nodes"]) for s in fallback)
+    total = sum(int(s["nodes"]) for s in manifest.segments)
+    ops: dict[str, int] = {}
+    for segment in fallback:
+        for op, n in segment["op_types"].items():
+            ops[op] = ops.get(op, 0) + int(n)
+    listed = ", ".join(f"{op} x{n}" for op, n in sorted(ops.items(), key=lambda kv: -kv[1]))
+    message = (
+        f"{name}: {nodes} of {total} nodes run on ONNX Runtime ({listed}) in {len(fallback)} "
+        f"segment(s); TVM compiles the rest. Use fallback=False (--no-fallback) to refuse instead"
+    )
+    warnings.warn(message, FallbackWarning, stacklevel=3)  # the CLI prints it as a warning
 
 
 def compile(
@@ -110,6 +137,7 @@ def compile(
     threads: int | None = None,
     dump_ir: str | os.PathLike[str] | None = None,
     pipeline: str | None = None,
+    fallback: bool = True,
     progress: Progress | None = None,
 ) -> Artifact:
     """Return the compiled artifact of model, checked against ONNX Runtime unless check=False.
@@ -117,6 +145,8 @@ def compile(
     model is an .onnx path, a recipe name from models/, bytes or a ModelProto. With output the
     artifact is written there (replacing an older artifact); without, it goes to the compile
     cache and is reused on the next call with the same model, shapes, target and versions.
+    What TVM cannot take runs on ONNX Runtime, said in a FallbackWarning; with fallback=False
+    that is an UnsupportedOpError (or CompileError) instead.
     """
     progress = progress or Progress("quiet")
     threads = threads or default_num_threads()
@@ -132,8 +162,9 @@ def compile(
 
     def build_into(staged: Path) -> None:
         manifest = _build_with_fallback(
-            loaded, options, staged, progress, explicit=pipeline is not None
+            loaded, options, staged, progress, explicit=pipeline is not None, fallback=fallback
         )
+        _report_fallback(manifest, loaded.name)
         manifest.model_source = (
             str(Path(loaded.source).resolve()) if Path(loaded.source).is_file() else loaded.source
         )
@@ -170,6 +201,7 @@ def compile(
             "pipeline": options.pipeline.to_json(),
             "tuning_database": None,
             "check": check,
+            "fallback": fallback,
             "versions": tool_versions(),
         }
     )

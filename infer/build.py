@@ -15,11 +15,19 @@ from typing import Any
 
 import onnx
 
-from infer.artifact.manifest import LIBRARY_FILE, PARAMS_FILE, ArtifactManifest
+from infer.artifact.manifest import (
+    FALLBACK_DIR,
+    LIBRARY_FILE,
+    PARAMS_FILE,
+    TVM_SEGMENT_DIR,
+    ArtifactManifest,
+)
 from infer.config import apply_tvm_thread_environment
 from infer.errors import CompileError
-from infer.graph.cleanup import for_import
+from infer.graph.cleanup import clean
 from infer.graph.load import LoadedModel
+from infer.graph.names import sanitize_value_names
+from infer.graph.partition import TVM, Partition, node_key, partition
 from infer.graph.shapes import ShapeOverrides, apply_shape_overrides, graph_inputs, graph_outputs
 from infer.graph.support import check_supported
 from infer.native_stderr import drop_tvm_scope_warnings
@@ -32,10 +40,20 @@ from infer.optimize.pipeline import (
 )
 from infer.target import TargetSpec
 
-__all__ = ["BuildOptions", "Stage", "build_artifact", "prepare_model", "tool_versions"]
+__all__ = [
+    "BuildOptions",
+    "ImportFailure",
+    "Stage",
+    "build_artifact",
+    "prepare_model",
+    "tool_versions",
+]
 
 # The function LiftTransformParams adds: original weights in, the weights main takes out.
 TRANSFORM_PARAMS = "main_transform_params"
+
+# Distinct reasons for a fallback segment kept in the manifest.
+MAX_REASONS = 5
 
 Stage = Callable[[str], Any]
 """A progress callback: called with a stage name, returns a context manager timing that stage."""
@@ -88,85 +106,217 @@ def tool_versions() -> dict[str, str]:
 
 
 def prepare_model(model: LoadedModel, options: BuildOptions) -> onnx.ModelProto:
-    """Return the model with shape overrides applied, checked for ops the importer lacks."""
+    """Return the model with shape overrides applied, every input of known rank."""
     proto = apply_shape_overrides(model.proto, options.shape_overrides)
     graph_inputs(proto.graph)  # every input must have a known rank
-    check_supported(proto, name=model.name)
     return proto
 
 
+class ImportFailure(CompileError):
+    """TVM's importer failed; node_key names the top-level node it failed on, when known."""
+
+    def __init__(self, message: str, node_key: str | None) -> None:
+        super().__init__(message)
+        self.node_key = node_key
+
+
+def _failing_node(exc: BaseException) -> Any:
+    """Return the top-level ONNX node TVM's importer was converting when exc was raised."""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "_construct_nodes" and "node" in frame.f_locals:
+            return frame.f_locals["node"]  # the outermost graph's frame comes first
+        tb = tb.tb_next
+    return None
+
+
 def _import(proto: onnx.ModelProto, name: str) -> tuple[Any, list[Any]]:
+    """Return TVM's import of a cleaned model (Relax module, weights); ImportFailure names the node."""
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    clean = for_import(proto)
+    renamed: dict[str, str] = {}
+    prepared = sanitize_value_names(proto, renamed)
     printed = io.StringIO()  # the importer prints the failing op to stdout
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(printed):
             warnings.simplefilter("ignore")  # the importer re-runs the checker and warns on shapes
-            mod = from_onnx(clean, keep_params_in_input=True)
+            mod = from_onnx(prepared, keep_params_in_input=True)
     except Exception as exc:
+        node = _failing_node(exc)
         match = re.search(r"Error converting operator (\w+)", printed.getvalue())
-        where = f" on op {match.group(1)}" if match else ""
+        if node is not None:
+            where = f" on op {node.op_type} (node {node.name or node_key(node)!r})"
+        else:
+            where = f" on op {match.group(1)}" if match else ""
         symbolic = [s for s in graph_inputs(proto.graph) if not s.is_static]
         hint = ""
         if symbolic:
             listed = ", ".join(f"{s.name} {list(s.shape)}" for s in symbolic)
             hint = f"; inputs with symbolic dims: {listed} - fixing them with --shape may help"
         message = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-        raise CompileError(
-            f"{name}: TVM's ONNX importer failed{where}: {type(exc).__name__}: {message}{hint}"
+        raise ImportFailure(
+            f"{name}: TVM's ONNX importer failed{where}: {type(exc).__name__}: {message}{hint}",
+            renamed.get(node_key(node), node_key(node)) if node is not None else None,
         ) from None
     mod, params = relax.frontend.detach_params(mod)
     return mod, list(params.get("main", []))
 
 
-def build_artifact(
-    model: LoadedModel, options: BuildOptions, out_dir: Path, stage: Stage
-) -> ArtifactManifest:
-    """Compile model into out_dir (lib.so, params.safetensors, manifest.json without parity)."""
-    from safetensors.numpy import save_file
+@dataclass
+class _Compiled:
+    """A TVM segment imported, optimized and compiled, held in memory until export."""
 
-    apply_tvm_thread_environment()
-    started = time.perf_counter()
-    with stage("check ops"):
-        proto = prepare_model(model, options)
+    mod: Any
+    params: list[Any]
+    executable: Any
+
+
+def _compile_tvm(
+    proto: onnx.ModelProto, name: str, options: BuildOptions, stage: Stage
+) -> _Compiled:
     with stage("import"):
-        mod, params = _import(proto, model.name)
+        mod, params = _import(proto, name)
     target = options.target.tvm_target()
     with stage("optimize"):
         try:
             mod = run_pipeline(mod, options.pipeline, target, options.dump_ir)
         except Exception as exc:
             raise CompileError(
-                f"{model.name}: pass pipeline {options.pipeline.name!r} failed: {exc}"
+                f"{name}: pass pipeline {options.pipeline.name!r} failed: {exc}"
             ) from None
     with stage(f"compile ({options.target})"):
         ex = _compile(
-            mod, target, options.target, model.name, lowering_pipeline(options.pipeline, target)
+            mod, target, options.target, name, lowering_pipeline(options.pipeline, target)
         )
+    return _Compiled(mod, params, ex)
+
+
+def _export_tvm(compiled: _Compiled, directory: Path, name: str, stage: Stage) -> list[str]:
+    """Write lib.so and params.safetensors into directory; return the weight names main takes."""
+    from safetensors.numpy import save_file
+
     with stage("export"):
-        out_dir.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
         try:
             with drop_tvm_scope_warnings():
-                ex.export_library(str(out_dir / LIBRARY_FILE))
+                compiled.executable.export_library(str(directory / LIBRARY_FILE))
         except Exception as exc:
-            raise CompileError(f"{model.name}: exporting {LIBRARY_FILE} failed: {exc}") from None
-    if any(gv.name_hint == TRANSFORM_PARAMS for gv in mod.get_global_vars()):
+            raise CompileError(f"{name}: exporting {LIBRARY_FILE} failed: {exc}") from None
+    params = compiled.params
+    if any(gv.name_hint == TRANSFORM_PARAMS for gv in compiled.mod.get_global_vars()):
         with stage("transform weights"):
-            params = _transform_params(out_dir / LIBRARY_FILE, params, model.name)
-    main = mod["main"]
+            params = _transform_params(directory / LIBRARY_FILE, params, name)
+    main = compiled.mod["main"]
     num_input = int(main.attrs["num_input"])
     param_names = [str(p.name) for p in main.params[num_input:]]
     if len(set(param_names)) != len(param_names):
         param_names = [f"p{i}:{n}" for i, n in enumerate(param_names)]
     if len(param_names) != len(params):
         raise CompileError(
-            f"{model.name}: main takes {len(param_names)} weights, the build has {len(params)}"
+            f"{name}: main takes {len(param_names)} weights, the build has {len(params)}"
         )
     save_file(
-        {n: p.numpy() for n, p in zip(param_names, params, strict=True)}, str(out_dir / PARAMS_FILE)
+        {n: p.numpy() for n, p in zip(param_names, params, strict=True)},
+        str(directory / PARAMS_FILE),
     )
+    return param_names
+
+
+def _plan(
+    cleaned: onnx.ModelProto,
+    name: str,
+    options: BuildOptions,
+    stage: Stage,
+    fallback: bool,
+) -> tuple[Partition | None, list[_Compiled | None]]:
+    """Return the partition (None: the whole model on TVM) and each segment compiled for TVM.
+
+    cleaned is the model after clean-ups and legalization.
+    With fallback, a node TVM's importer rejects moves to ONNX Runtime and the model is
+    partitioned again; so does a segment TVM cannot compile once no other pipeline is left.
+    """
+    if not fallback:
+        return None, [_compile_tvm(cleaned, name, options, stage)]
+    forced: dict[str, str] = {}
+    while True:
+        with stage("partition"):
+            plan = partition(cleaned, forced)
+        index = 0
+        try:
+            if plan.single_tvm:  # the whole model, inputs TVM never reads included
+                return plan, [_compile_tvm(cleaned, name, options, stage)]
+            compiled: list[_Compiled | None] = []
+            for index, segment in enumerate(plan.segments):
+                if segment.kind != TVM:
+                    compiled.append(None)
+                    continue
+                label = name if plan.single_tvm else f"{name} segment {index}"
+                compiled.append(_compile_tvm(segment.model, label, options, stage))
+            return plan, compiled
+        except CompileError as exc:
+            keys = set(plan.segments[index].node_keys) if plan.segments else set()
+            node = getattr(exc, "node_key", None)
+            if node in keys:
+                forced[node] = str(exc).split(": ", 1)[-1]
+            elif isinstance(exc, ImportFailure) or options.pipeline.fallback is None:
+                forced.update(dict.fromkeys(keys, str(exc).split(": ", 1)[-1]))
+            else:
+                raise  # another pipeline may compile it: the caller retries with that one
+
+
+def build_artifact(
+    model: LoadedModel,
+    options: BuildOptions,
+    out_dir: Path,
+    stage: Stage,
+    *,
+    fallback: bool = True,
+) -> ArtifactManifest:
+    """Compile model into out_dir (lib.so, params.safetensors, manifest.json without parity).
+
+    With fallback, what TVM cannot take runs on ONNX Runtime: the artifact then holds one
+    directory per TVM segment and one .onnx file per ONNX Runtime segment, listed in the
+    manifest in execution order.
+    """
+    apply_tvm_thread_environment()
+    started = time.perf_counter()
+    with stage("check ops"):
+        proto = prepare_model(model, options)
+    with stage("legalize"):
+        cleaned = clean(proto)
+    if not fallback:
+        check_supported(cleaned, name=model.name)
+    plan, compiled = _plan(cleaned, model.name, options, stage, fallback)
+    segments: list[dict[str, Any]] = []
+    root_params: list[str] = []
+    if plan is None or plan.single_tvm:
+        assert compiled[0] is not None
+        root_params = _export_tvm(compiled[0], out_dir, model.name, stage)
+    else:
+        for index, (segment, built) in enumerate(zip(plan.segments, compiled, strict=True)):
+            entry: dict[str, Any] = {
+                "kind": segment.kind,
+                "inputs": segment.inputs,
+                "outputs": segment.outputs,
+                "nodes": segment.node_count,
+                "op_types": segment.op_types,
+            }
+            if built is not None:
+                entry["dir"] = f"{TVM_SEGMENT_DIR}{index}"
+                entry["params"] = _export_tvm(
+                    built, out_dir / entry["dir"], f"{model.name} segment {index}", stage
+                )
+                entry["output_dtypes"] = segment.output_dtypes()
+            else:
+                entry["file"] = f"{FALLBACK_DIR}/{index}.onnx"
+                (out_dir / FALLBACK_DIR).mkdir(parents=True, exist_ok=True)
+                onnx.save(segment.model, str(out_dir / entry["file"]))
+                entry["reasons"] = sorted(
+                    {plan.reasons[k] for k in segment.node_keys if k in plan.reasons}
+                )[:MAX_REASONS]
+            segments.append(entry)
     manifest = ArtifactManifest(
         model_name=model.name,
         model_sha256=model.sha256,
@@ -175,7 +325,8 @@ def build_artifact(
         target=options.target.to_json(),
         versions=tool_versions(),
         pipeline=options.pipeline.to_json(),
-        params=param_names,
+        params=root_params,
+        segments=segments,
         shape_overrides={k: list(v) for k, v in options.shape_overrides.items()},
         compile_seconds=round(time.perf_counter() - started, 3),
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

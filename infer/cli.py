@@ -86,6 +86,11 @@ def _model_options(fn: F) -> F:
                 "--no-check", is_flag=True, help="Skip the parity check against ONNX Runtime."
             ),
             click.option(
+                "--no-fallback",
+                is_flag=True,
+                help="Refuse what TVM cannot compile instead of running it on ONNX Runtime.",
+            ),
+            click.option(
                 "--pipeline",
                 default=None,
                 help="Compile pipeline (default: the target's; cpu-naive = TVM's unscheduled lowering).",
@@ -171,7 +176,8 @@ def cli(debug: bool, quiet: bool) -> None:
 )
 def compile_command(
     model: str, output: Path | None, target: str, shapes: tuple[str, ...], threads: int | None,
-    no_check: bool, pipeline: str | None, seed: int, dims: tuple[str, ...], dump_ir: Path | None,
+    no_check: bool, no_fallback: bool, pipeline: str | None, seed: int, dims: tuple[str, ...],
+    dump_ir: Path | None,
 ) -> None:  # fmt: skip
     """Compile MODEL (an .onnx file or a model name) into an artifact directory."""
     import infer
@@ -180,7 +186,7 @@ def compile_command(
     artifact = infer.compile(
         model, target=target, shapes=_shape_options(shapes), output=output, check=not no_check,
         seed=seed, check_dims=_dim_options(dims), threads=threads, dump_ir=dump_ir, pipeline=pipeline,
-        progress=_progress(),
+        fallback=not no_fallback, progress=_progress(),
     )  # fmt: skip
     parity = (artifact.parity or {}).get("status", "not checked")
     click.echo(
@@ -309,7 +315,8 @@ def _output_table(title: str, names: Sequence[str], arrays: Sequence[np.ndarray]
 def run_command(
     model: str, inputs: Path | None, named_inputs: tuple[str, ...], use_random: bool, image: Path | None, sample: bool, seed: int,
     dims: tuple[str, ...], output: Path | None, repeat: int, warmup: int, compare_ort: bool, as_json: bool,
-    target: str, shapes: tuple[str, ...], threads: int | None, no_check: bool, pipeline: str | None,
+    target: str, shapes: tuple[str, ...], threads: int | None, no_check: bool, no_fallback: bool,
+    pipeline: str | None,
 ) -> None:  # fmt: skip
     """Run MODEL (an artifact, an .onnx file or a model name; compiled into the cache on first use)."""
     import infer
@@ -333,6 +340,7 @@ def run_command(
             check=not no_check,
             threads=threads,
             pipeline=pipeline,
+            fallback=not no_fallback,
             progress=progress,
         )
         artifact_path = art.path
@@ -434,6 +442,17 @@ def inspect_command(model: str, as_json: bool) -> None:
             console.print(f"input   {spec}", markup=False)
         for spec in manifest.outputs:
             console.print(f"output  {spec}", markup=False)
+        for index, segment in enumerate(manifest.segments):
+            ops = ", ".join(f"{op} {n}" for op, n in segment["op_types"].items())
+            where = segment.get("dir") or segment.get("file")
+            console.print(
+                f"segment {index}: {segment['kind']:<11} {segment['nodes']} nodes ({ops})  {where}",
+                markup=False,
+            )
+            for reason in segment.get("reasons", []):
+                console.print(f"  why not TVM: {reason}", markup=False)
+        if not manifest.segments:
+            console.print("every node runs on TVM")
         console.print(f"parity: {(manifest.parity or {}).get('status', 'none')}")
         return
     from infer.api import load_onnx
@@ -462,6 +481,7 @@ def inspect_command(model: str, as_json: bool) -> None:
             "[red]unsupported by TVM's importer:[/] "
             + "; ".join(u.describe() for u in summary.unsupported)
         )
+        console.print("these run on ONNX Runtime (--no-fallback refuses them instead)")
     else:
         console.print("[green]every op is supported by TVM's importer[/]")
 

@@ -31,6 +31,9 @@ TOLERANCES: dict[str, tuple[float, float]] = {
 EXACT = (0.0, 0.0)
 # Symbolic dims without a value in the check get this size.
 DEFAULT_SYMBOLIC_DIM = 1
+# A symbolic dim never seen first in a shape (a length, a height) gets this size by default:
+# a size of 1 there is a degenerate case (1x1 images, one-token texts) no model is made for.
+DEFAULT_INNER_SYMBOLIC_DIM = 32
 # Integer inputs are drawn from [0, RANDOM_INT_HIGH): they are often indices (Gather), and must
 # stay in bounds even of a dim of size 2.
 RANDOM_INT_HIGH = 2
@@ -44,12 +47,20 @@ def random_feeds(
 ) -> dict[str, np.ndarray]:
     """Return seeded random inputs: floats ~ N(0, 1), ints in [0, RANDOM_INT_HIGH), fair bools.
 
-    Symbolic dims take their size from dims, else default_dim; with neither, InputError.
+    Symbolic dims take their size from dims, else default_dim when first in some shape (a
+    batch) and DEFAULT_INNER_SYMBOLIC_DIM otherwise; with default_dim None, InputError.
     """
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
+    sizes = dict(dims or {})
+    if default_dim is not None:
+        leading = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], str)}
+        for spec in specs:
+            for d in spec.shape:
+                if isinstance(d, str) and d not in sizes:
+                    sizes[d] = default_dim if d in leading else DEFAULT_INNER_SYMBOLIC_DIM
     for spec in specs:
-        shape = concrete_shape(spec, dims or {}, default=default_dim)
+        shape = concrete_shape(spec, sizes, default=default_dim)
         if shape is None:
             symbolic = [d for d in spec.shape if isinstance(d, str) and d not in (dims or {})]
             raise InputError(

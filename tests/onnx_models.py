@@ -150,3 +150,61 @@ def with_op(op_type: str, domain: str = "", count: int = 1) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
     return model
+
+
+def lstm_between(seq: int = 5, hidden: int = 4) -> onnx.ModelProto:
+    """Return Relu -> LSTM -> Add: an op TVM's importer lacks between two it has."""
+    rng = np.random.default_rng(3)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node(
+                "LSTM", ["r", "W", "R"], ["Y", "Y_h"], hidden_size=hidden, name="lstm"
+            ),
+            helper.make_node("Add", ["Y_h", "Y_h"], ["z"]),
+        ],
+        "lstm_between",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, 1, 3])],
+        [
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 1, hidden]),
+            helper.make_tensor_value_info("Y", TensorProto.FLOAT, [seq, 1, 1, hidden]),
+        ],
+        [_init(rng, "W", (1, 4 * hidden, 3)), _init(rng, "R", (1, 4 * hidden, hidden))],
+    )
+    return _model(graph)
+
+
+def reduce_with_input_axes() -> onnx.ModelProto:
+    """Return Relu -> ReduceSum whose axes are a graph input (TVM's importer wants constants)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("ReduceSum", ["r", "axes"], ["y"], keepdims=1, name="reduce"),
+            helper.make_node("Neg", ["y"], ["z"]),
+        ],
+        "reduce_with_input_axes",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4]),
+            helper.make_tensor_value_info("axes", TensorProto.INT64, [1]),
+        ],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["a", "b", "c"])],
+    )
+    return _model(graph)
+
+
+def celu_between(alpha: float = 0.7) -> onnx.ModelProto:
+    """Return Relu -> Celu -> Add: an op TVM lacks (and infer does not legalize) between two."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Neg", ["x"], ["r"]),
+            helper.make_node("Celu", ["r"], ["c"], alpha=alpha, name="celu"),
+            helper.make_node("Add", ["c", "c"], ["z"]),
+        ],
+        "celu_between",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, [2, 3]),
+        ],
+    )
+    return _model(graph)

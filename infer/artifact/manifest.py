@@ -12,13 +12,26 @@ from typing import Any
 from infer.errors import ArtifactError
 from infer.signature import TensorSpec
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_FILE", "ArtifactManifest", "sha256_file"]
+__all__ = [
+    "FALLBACK_DIR",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "TVM_SEGMENT_DIR",
+    "ArtifactManifest",
+    "sha256_file",
+]
 
 FORMAT_NAME = "infer-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 had no segments: it reads as one TVM segment at the root.
+READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 LIBRARY_FILE = "lib.so"
 PARAMS_FILE = "params.safetensors"
+# With segments: TVM segment i in tvm<i>/ (lib.so, params.safetensors), ONNX Runtime ones in here.
+TVM_SEGMENT_DIR = "tvm"
+FALLBACK_DIR = "fallback"
 HASH_CHUNK_BYTES = 1 << 20
 MAX_MANIFEST_BYTES = 16 << 20
 
@@ -44,6 +57,7 @@ class ArtifactManifest:
     versions: dict[str, str]
     pipeline: dict[str, Any]
     params: list[str]
+    segments: list[dict[str, Any]] = field(default_factory=list)
     shape_overrides: dict[str, list[int]] = field(default_factory=dict)
     model_source: str = ""
     files: dict[str, str] = field(default_factory=dict)
@@ -71,6 +85,7 @@ class ArtifactManifest:
             "pipeline": self.pipeline,
             "tuning_database": self.tuning_database,
             "params": self.params,
+            "segments": self.segments,
             "files": self.files,
             "parity": self.parity,
             "compile_seconds": self.compile_seconds,
@@ -86,10 +101,10 @@ class ArtifactManifest:
             raise ArtifactError(
                 f"{where}: field 'format' is {data.get('format')!r}, expected {FORMAT_NAME!r}"
             )
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") not in READABLE_FORMAT_VERSIONS:
             raise ArtifactError(
                 f"{where}: field 'format_version' is {data.get('format_version')!r}, "
-                f"this infer reads {FORMAT_VERSION}"
+                f"this infer reads {READABLE_FORMAT_VERSIONS}"
             )
         try:
             files = data["files"]
@@ -107,6 +122,7 @@ class ArtifactManifest:
                 versions={str(k): str(v) for k, v in data["versions"].items()},
                 pipeline=dict(data["pipeline"]),
                 params=[str(p) for p in data["params"]],
+                segments=[_segment(s) for s in data.get("segments", [])],
                 shape_overrides={
                     str(k): [int(d) for d in v] for k, v in data["shape_overrides"].items()
                 },
@@ -151,9 +167,21 @@ class ArtifactManifest:
             if p.is_file() and p.name != MANIFEST_FILE
         }
 
+    def required_files(self) -> list[str]:
+        """Return the files the runtime opens: libraries, weights and fallback models."""
+        if not self.segments:
+            return [LIBRARY_FILE, PARAMS_FILE]
+        files: list[str] = []
+        for segment in self.segments:
+            if segment["kind"] == "tvm":
+                files += [f"{segment['dir']}/{LIBRARY_FILE}", f"{segment['dir']}/{PARAMS_FILE}"]
+            else:
+                files.append(segment["file"])
+        return files
+
     def verify_files(self, directory: Path) -> None:
         """Check every listed file's sha256 and that no unlisted file is present; else ArtifactError."""
-        for required in (LIBRARY_FILE, PARAMS_FILE):
+        for required in self.required_files():
             if required not in self.files:
                 raise ArtifactError(f"{directory}: manifest lists no {required!r}")
         real_dir = directory.resolve()
@@ -181,3 +209,18 @@ class ArtifactManifest:
             raise ArtifactError(
                 f"{directory}: library files not listed in the manifest: {', '.join(code)}"
             )
+
+
+def _segment(data: Any) -> dict[str, Any]:
+    """Return a manifest segment entry, checked: TypeError/KeyError/ValueError when malformed."""
+    if not isinstance(data, dict):
+        raise TypeError("segments")
+    kind = data["kind"]
+    names = ("inputs", "outputs", *(("params",) if kind == "tvm" else ()))
+    for key in names:
+        if not isinstance(data[key], list) or not all(isinstance(n, str) for n in data[key]):
+            raise TypeError(f"segments.{key}")
+    where = data["dir"] if kind == "tvm" else data["file"] if kind == "onnxruntime" else None
+    if not isinstance(where, str) or not where:
+        raise ValueError(f"segments.kind {kind!r}")
+    return dict(data)

@@ -9,11 +9,11 @@ from onnx import numpy_helper
 from infer.graph.support import iter_nodes
 
 __all__ = [
+    "clean",
     "constant_initializers",
     "constants_to_initializers",
     "dropout_to_identity",
     "fold_batch_norm",
-    "for_import",
     "sum_to_add",
 ]
 
@@ -198,10 +198,11 @@ def fold_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def for_import(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return the model as TVM's importer should see it: every clean-up above, C identifiers."""
-    from infer.graph.names import sanitize_value_names
+def clean(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return the model with every clean-up above applied; value names are kept."""
+    from infer.graph.constants import fold_constants
+    from infer.graph.legalize import legalize
 
-    cleaned = constants_to_initializers(constant_initializers(model))
-    cleaned = fold_batch_norm(dropout_to_identity(sum_to_add(cleaned)))
-    return sanitize_value_names(cleaned)
+    cleaned = fold_constants(legalize(constant_initializers(model)))
+    cleaned = constants_to_initializers(cleaned)
+    return fold_batch_norm(dropout_to_identity(sum_to_add(cleaned)))

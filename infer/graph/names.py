@@ -46,8 +46,13 @@ def _rename(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
                 _rename(sub, mapping)
 
 
-def sanitize_value_names(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a copy of model whose value names are unique C identifiers; the empty name stays."""
+def sanitize_value_names(
+    model: onnx.ModelProto, renamed: dict[str, str] | None = None
+) -> onnx.ModelProto:
+    """Return a copy of model whose value names are unique C identifiers; the empty name stays.
+
+    renamed, when given, receives each new name mapped to the original.
+    """
     names: list[str] = []
     _all_names(model.graph, names)
     taken: set[str] = set()
@@ -70,4 +75,6 @@ def sanitize_value_names(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     _rename(out.graph, mapping)
+    if renamed is not None:
+        renamed.update({new: old for old, new in mapping.items()})
     return out

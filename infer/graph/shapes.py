@@ -43,7 +43,7 @@ def _spec(value: onnx.ValueInfoProto, what: str) -> TensorSpec:
     for i, dim in enumerate(tensor_type.shape.dim):
         if dim.HasField("dim_value") and dim.dim_value >= 0:
             dims.append(int(dim.dim_value))
-        elif dim.dim_param:
+        elif dim.dim_param and dim.dim_param.strip() not in _ANONYMOUS_DIM_NAMES:
             dims.append(dim.dim_param)
         else:
             dims.append(f"{value.name}_dim{i}")
@@ -120,4 +120,18 @@ def apply_shape_overrides(model: onnx.ModelProto, overrides: ShapeOverrides) -> 
             shape.ClearField("dim")
             for d in overrides[value.name]:
                 shape.dim.add().dim_value = int(d)
+        elif value.name in by_name and value.type.tensor_type.HasField("shape"):
+            for i, dim in enumerate(value.type.tensor_type.shape.dim):
+                if _anonymous(dim):
+                    dim.dim_param = f"{value.name}_dim{i}"
     return out
+
+
+# Names exporters give a dim of unknown size; as dim_param they would say "all these are equal".
+_ANONYMOUS_DIM_NAMES = frozenset({"", "?", "-1", "None", "unk", "unknown"})
+
+
+def _anonymous(dim: onnx.TensorShapeProto.Dimension) -> bool:
+    if dim.HasField("dim_value"):
+        return dim.dim_value < 0
+    return dim.dim_param.strip() in _ANONYMOUS_DIM_NAMES

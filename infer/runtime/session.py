@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,20 @@ _THREADPOOL_MODE_BIG = 1
 _DLPACK_CPU = 1
 
 
+TVM_KIND = "tvm"
+ORT_KIND = "onnxruntime"
+
+
+@dataclass
+class _Step:
+    """One segment of the model: which tensors it reads and writes, and how to run it."""
+
+    kind: str
+    inputs: list[str]
+    outputs: list[str]
+    run: Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
 class Session:
     """A compiled model loaded for inference.
 
@@ -35,8 +50,6 @@ class Session:
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
         import tvm
-        from safetensors.numpy import load_file
-        from tvm.runtime.vm import VirtualMachine
 
         self.path = Path(path)
         if not self.path.is_dir():
@@ -54,33 +67,133 @@ class Session:
             raise ArtifactError(
                 f"{self.path}: field target.kind is 'cuda', and this host has no CUDA device"
             )
-        try:
-            with drop_tvm_scope_warnings():
-                library = tvm.runtime.load_module(str(self.path / LIBRARY_FILE))
-                self._vm = VirtualMachine(library, self._device)
-        except Exception as exc:
-            raise ArtifactError(f"{self.path / LIBRARY_FILE}: cannot be loaded: {exc}") from None
-        try:
-            arrays = load_file(str(self.path / PARAMS_FILE))
-        except Exception as exc:
-            raise ArtifactError(f"{self.path / PARAMS_FILE}: cannot be read: {exc}") from None
-        missing = [p for p in self.manifest.params if p not in arrays]
-        if missing:
-            raise ArtifactError(
-                f"{self.path / PARAMS_FILE}: lacks parameter(s) {', '.join(missing[:5])}"
-            )
         self._empty = tvm.runtime.empty
-        self._params = [self._to_device(arrays[name]) for name in self.manifest.params]
-        # Outputs that alias a weight are copied, so that callers cannot write into the model.
-        self._param_addresses = (
-            {self._address(p) for p in self._params}
-            if self._device.dlpack_device_type() == _DLPACK_CPU
-            else set()
-        )
-        self._main = self._vm["main"]
+        self._shape_type = tvm.runtime.ShapeTuple
+        self._param_addresses: set[int] = set()
+        self._steps: list[_Step] = []
+        if not self.manifest.segments:
+            dtypes = [s.dtype for s in self.manifest.outputs]
+            self._steps.append(self._tvm_step(self.path, self.manifest.params, [], [], dtypes))
+        for segment in self.manifest.segments:
+            if segment["kind"] == "tvm":
+                step = self._tvm_step(
+                    self.path / segment["dir"],
+                    segment["params"],
+                    segment["inputs"],
+                    segment["outputs"],
+                    segment.get("output_dtypes", []),
+                )
+            else:
+                step = self._ort_step(self.path / segment["file"], segment)
+            self._steps.append(step)
+        self._release_after = self._plan_releases()
         self._lock = threading.Lock()
         self._configured = threading.local()
         self._config_threadpool = tvm.get_global_func("runtime.config_threadpool")
+
+    def _tvm_step(
+        self,
+        directory: Path,
+        param_names: list[str],
+        inputs: list[str],
+        outputs: list[str],
+        dtypes: list[str],
+    ) -> _Step:
+        """Return a step running a compiled library; outputs are cast to the dtypes ONNX declares."""
+        import tvm
+        from safetensors.numpy import load_file
+        from tvm.runtime.vm import VirtualMachine
+
+        library_path, params_path = directory / LIBRARY_FILE, directory / PARAMS_FILE
+        try:
+            with drop_tvm_scope_warnings():
+                library = tvm.runtime.load_module(str(library_path))
+                vm = VirtualMachine(library, self._device)
+        except Exception as exc:
+            raise ArtifactError(f"{library_path}: cannot be loaded: {exc}") from None
+        try:
+            arrays = load_file(str(params_path))
+        except Exception as exc:
+            raise ArtifactError(f"{params_path}: cannot be read: {exc}") from None
+        missing = [p for p in param_names if p not in arrays]
+        if missing:
+            raise ArtifactError(f"{params_path}: lacks parameter(s) {', '.join(missing[:5])}")
+        params = [self._to_device(arrays[name]) for name in param_names]
+        # Outputs that alias a weight are copied, so that callers cannot write into the model.
+        if self._device.dlpack_device_type() == _DLPACK_CPU:
+            self._param_addresses |= {self._address(p) for p in params}
+        main = vm["main"]
+
+        def run(args: list[np.ndarray]) -> list[np.ndarray]:
+            result = main(*[self._to_device(a) for a in args], *params)
+            arrays = [
+                t if isinstance(t, np.ndarray) else self._to_numpy(t) for t in self._flatten(result)
+            ]
+            # TVM computes some integer results (Shape arithmetic) in other types than ONNX says.
+            for i, dtype in enumerate(dtypes[: len(arrays)]):
+                if dtype and arrays[i].dtype.name != dtype:
+                    arrays[i] = arrays[i].astype(dtype)
+            return arrays
+
+        return _Step(TVM_KIND, inputs, outputs, run)
+
+    def _ort_step(self, model_path: Path, segment: dict[str, Any]) -> _Step:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        # No spinning between calls: TVM's pool needs these cores for the next segment.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            session = ort.InferenceSession(
+                str(model_path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise ArtifactError(f"{model_path}: ONNX Runtime cannot load it: {exc}") from None
+        names = [i.name for i in session.get_inputs()]
+        if names != segment["inputs"]:
+            raise ArtifactError(
+                f"{model_path}: inputs {names}, the manifest lists {segment['inputs']}"
+            )
+
+        def run(args: list[np.ndarray]) -> list[np.ndarray]:
+            outputs: list[np.ndarray] = session.run(
+                segment["outputs"], dict(zip(names, args, strict=True))
+            )
+            return outputs
+
+        return _Step(ORT_KIND, list(segment["inputs"]), list(segment["outputs"]), run)
+
+    def _plan_releases(self) -> list[list[str]]:
+        """Return, per step, the intermediate tensors no later step or output reads."""
+        keep = {s.name for s in self.manifest.outputs}
+        seen: set[str] = set()
+        releases: list[list[str]] = []
+        for step in reversed(self._steps):
+            releases.append([o for o in step.outputs if o not in keep and o not in seen])
+            seen |= set(step.inputs) | set(step.outputs)
+        releases.reverse()
+        return releases
+
+    def placement(self) -> dict[str, Any]:
+        """Return where the model runs: nodes and segments on TVM and on ONNX Runtime."""
+        counts = {TVM_KIND: 0, ORT_KIND: 0}
+        op_types: dict[str, int] = {}
+        for segment in self.manifest.segments:
+            counts[segment["kind"]] += int(segment.get("nodes", 0))
+            if segment["kind"] == ORT_KIND:
+                for op, n in segment.get("op_types", {}).items():
+                    op_types[op] = op_types.get(op, 0) + int(n)
+        total = counts[TVM_KIND] + counts[ORT_KIND]
+        return {
+            "segments": [s["kind"] for s in self.manifest.segments] or [TVM_KIND],
+            "tvm_nodes": counts[TVM_KIND],
+            "onnxruntime_nodes": counts[ORT_KIND],
+            "onnxruntime_op_types": op_types,
+            "tvm_node_share": counts[TVM_KIND] / total if total else 1.0,
+        }
 
     def get_inputs(self) -> list[TensorSpec]:
         """Return the input specs (name, dtype, shape; symbolic dims as strings), in order."""
@@ -113,18 +226,35 @@ class Session:
             indices = [all_names.index(n) for n in output_names]
         with self._lock:
             self._ensure_threads()
-            try:
-                args = [self._to_device(a) for a in arrays]
-                result = self._main(*args, *self._params)
-            except Exception as exc:
-                raise InferError(f"{self.manifest.model_name}: run failed: {exc}") from None
-            outputs = self._flatten(result)
+            if len(self._steps) == 1 and not self.manifest.segments:
+                outputs = self._run_step(self._steps[0], arrays)
+            else:
+                values = dict(zip((s.name for s in self.manifest.inputs), arrays, strict=True))
+                for step, release in zip(self._steps, self._release_after, strict=True):
+                    produced = self._run_step(step, [values[n] for n in step.inputs])
+                    values.update(zip(step.outputs, produced, strict=True))
+                    for name in release:
+                        values.pop(name, None)
+                outputs = [values[n] for n in all_names]
             if len(outputs) != len(all_names):
                 raise ArtifactError(
                     f"{self.path}: the library returned {len(outputs)} outputs, the manifest lists "
                     f"{len(all_names)}"
                 )
-            return [self._to_numpy(outputs[i]) for i in indices]
+            return [outputs[i] for i in indices]
+
+    def _run_step(self, step: _Step, args: list[np.ndarray]) -> list[np.ndarray]:
+        try:
+            outputs = step.run(args)
+        except Exception as exc:
+            where = "" if len(self._steps) == 1 else f" in its {step.kind} segment"
+            raise InferError(f"{self.manifest.model_name}: run failed{where}: {exc}") from None
+        if step.outputs and len(outputs) != len(step.outputs):
+            raise ArtifactError(
+                f"{self.path}: a {step.kind} segment returned {len(outputs)} outputs, the manifest "
+                f"lists {len(step.outputs)}"
+            )
+        return outputs
 
     def _to_device(self, array: np.ndarray) -> Any:
         # empty + copyfrom is ~25x faster than tvm.runtime.tensor(array) for large inputs.
@@ -152,13 +282,17 @@ class Session:
         result: np.ndarray = tensor.numpy()
         return result
 
-    @staticmethod
-    def _flatten(result: Any) -> list[Any]:
+    def _flatten(self, result: Any) -> list[Any]:
+        """Return the VM's result as a flat list: tensors, shapes and scalars (as int64 arrays)."""
         if hasattr(result, "numpy"):
             return [result]
+        if isinstance(result, self._shape_type):  # a Shape output of the ONNX graph
+            return [np.asarray(tuple(result), dtype=np.int64)]
+        if isinstance(result, bool | int | float):  # a scalar (PrimValue) output
+            return [np.asarray(result, dtype=np.int64 if isinstance(result, int) else None)]
         flat: list[Any] = []
         for item in result:
-            flat.extend(Session._flatten(item))
+            flat.extend(self._flatten(item))
         return flat
 
     def __repr__(self) -> str:

@@ -42,8 +42,9 @@ def edit_manifest(path: Path, edit: object) -> None:
 
 def test_manifest_records_what_was_built(artifact: Path) -> None:
     data = json.loads((artifact / "manifest.json").read_text())
-    assert data["format"] == "infer-artifact" and data["format_version"] == 1
+    assert data["format"] == "infer-artifact" and data["format_version"] == 2
     assert set(data["files"]) == {"lib.so", "params.safetensors"}
+    assert data["segments"] == []  # the whole model on TVM
     assert data["target"]["kind"] == "llvm" and data["target"]["options"]["mcpu"]
     assert {"infer", "tvm", "onnx", "onnxruntime"} <= set(data["versions"])
     assert data["parity"]["status"] == "passed" and data["parity"]["reference"].startswith(
@@ -116,7 +117,9 @@ def test_an_artifact_for_missing_cpu_features_is_refused(artifact: Path) -> None
 
 def test_another_format_version_is_refused(artifact: Path) -> None:
     edit_manifest(artifact, lambda d: d.update(format_version=99))
-    with pytest.raises(ArtifactError, match=r"field 'format_version' is 99, this infer reads 1"):
+    with pytest.raises(
+        ArtifactError, match=r"field 'format_version' is 99, this infer reads \(1, 2\)"
+    ):
         infer.load(artifact)
 
 

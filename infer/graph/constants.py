@@ -1,0 +1,264 @@
+"""Constant propagation before TVM's importer: what is computable at compile time becomes a Constant.
+
+TVM's importer wants axes, shapes, pads, k, sizes, scales and splits as constants, and cannot
+take a `Shape` result into most ops. Exports compute those from `Shape` of tensors whose shape
+is static, or from small integer initializers: folding them here lets the importer take the
+node. Folded values are evaluated by onnx's reference implementation, the spec written in numpy.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+__all__ = ["fold_constants", "normalize_constant"]
+
+# A folded output may be this large, or as large as its inputs together (no growth).
+MAX_FOLDED_ELEMENTS = 1 << 16
+# Non-floating initializers up to this size become Constant nodes (TVM treats them as constants).
+MAX_CONSTANT_INITIALIZER_ELEMENTS = 1 << 10
+MAX_ROUNDS = 4
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+# Ops whose value is not a function of their inputs.
+_NOT_FOLDABLE = frozenset(
+    {
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "Multinomial",
+        "Bernoulli",
+        "Dropout",
+        "If",
+        "Loop",
+        "Scan",
+        "SequenceMap",
+    }
+)
+_FLOATING = frozenset(
+    {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.BFLOAT16,
+    }
+)
+_VALUE_ATTRIBUTES = {
+    "value_float": onnx.TensorProto.FLOAT,
+    "value_floats": onnx.TensorProto.FLOAT,
+    "value_int": onnx.TensorProto.INT64,
+    "value_ints": onnx.TensorProto.INT64,
+}
+
+
+def normalize_constant(node: onnx.NodeProto) -> onnx.NodeProto:
+    """Return Constant with value_float(s)/value_int(s) as the `value` tensor; other nodes as they are."""
+    if node.op_type != "Constant" or node.domain not in _DEFAULT_DOMAINS:
+        return node
+    for attr in node.attribute:
+        if attr.name in _VALUE_ATTRIBUTES:
+            value = helper.get_attribute_value(attr)
+            dims = [len(value)] if isinstance(value, list) else []
+            tensor = helper.make_tensor(
+                node.output[0], _VALUE_ATTRIBUTES[attr.name], dims, np.ravel(value).tolist()
+            )
+            return helper.make_node("Constant", [], list(node.output), name=node.name, value=tensor)
+    return node
+
+
+def _constant_node(name: str, array: np.ndarray, node_name: str) -> onnx.NodeProto:
+    return helper.make_node(
+        "Constant", [], [name], name=node_name, value=numpy_helper.from_array(array, name)
+    )
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # inference is a help, not a requirement
+        return {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    graph = inferred.graph
+    for value in [*graph.value_info, *graph.input, *graph.output]:
+        tensor = value.type.tensor_type
+        if value.type.HasField("tensor_type") and tensor.HasField("shape"):
+            dims = tensor.shape.dim
+            if all(d.HasField("dim_value") for d in dims):
+                shapes[value.name] = tuple(d.dim_value for d in dims)
+    return shapes
+
+
+def _shape_value(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Size":
+        return np.asarray(int(np.prod(shape)), dtype=np.int64)
+    start, end = attrs.get("start", 0), attrs.get("end", None)
+    return np.asarray(shape[slice(start, end)], dtype=np.int64)
+
+
+def _evaluate(
+    node: onnx.NodeProto, inputs: list[np.ndarray | None], opsets: list[onnx.OperatorSetIdProto]
+) -> list[np.ndarray] | None:
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"in{i}" if value is not None else "" for i, value in enumerate(inputs)]
+    single = helper.make_node(
+        node.op_type, names, [f"out{i}" for i in range(len(node.output))], domain=node.domain
+    )
+    single.attribute.extend(node.attribute)
+    graph = helper.make_graph(
+        [single],
+        "fold",
+        [
+            helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+            for n, v in zip(names, inputs, strict=True)
+            if v is not None
+        ],
+        [helper.make_empty_tensor_value_info(o) for o in single.output],
+    )
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            evaluator = ReferenceEvaluator(helper.make_model(graph, opset_imports=opsets))
+            feeds = {n: v for n, v in zip(names, inputs, strict=True) if v is not None}
+            outputs = evaluator.run(None, feeds)
+    except Exception:  # not foldable here: TVM (or ONNX Runtime) computes it at run time
+        return None
+    if not all(isinstance(o, np.ndarray) for o in outputs):
+        return None
+    return [np.asarray(o) for o in outputs]
+
+
+def _fold_once(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    graph = model.graph
+    shapes = _static_shapes(model)
+    known: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    folded = 0
+    for original in graph.node:
+        node = normalize_constant(original)
+        if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None and value.data_type != onnx.TensorProto.STRING:
+                known[node.output[0]] = numpy_helper.to_array(value)
+            nodes.append(node)
+            continue
+        values: list[np.ndarray] | None = None
+        foldable = (
+            node.domain in _DEFAULT_DOMAINS
+            and node.op_type not in _NOT_FOLDABLE
+            and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        )  # fmt: skip
+        if foldable and node.op_type in ("Shape", "Size") and node.input[0] in shapes:
+            values = [_shape_value(node, shapes[node.input[0]])]
+        elif foldable and all(not name or name in known for name in node.input):
+            inputs = [known[name] if name else None for name in node.input]
+            values = _evaluate(node, inputs, list(model.opset_import))
+            if values is not None:
+                budget = max(MAX_FOLDED_ELEMENTS, sum(v.size for v in inputs if v is not None))
+                if sum(v.size for v in values) > budget:
+                    values = None
+        if values is None or len(values) != len(node.output):
+            nodes.append(node)
+            continue
+        folded += 1
+        for index, (name, value) in enumerate(zip(node.output, values, strict=True)):
+            if not name:
+                continue
+            known[name] = value
+            nodes.append(_constant_node(name, value, f"{node.name or name}_folded{index}"))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out, folded
+
+
+def _small_initializers_to_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy where small non-floating initializers are Constant nodes at the front."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inputs = {v.name for v in graph.input}
+    moved = [
+        t
+        for t in graph.initializer
+        if t.data_type not in _FLOATING
+        and t.data_type != onnx.TensorProto.STRING
+        and t.name not in inputs
+        and int(np.prod(t.dims)) <= MAX_CONSTANT_INITIALIZER_ELEMENTS
+    ]
+    if not moved:
+        return out
+    names = {t.name for t in moved}
+    kept = [t for t in graph.initializer if t.name not in names]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    constants = [
+        helper.make_node("Constant", [], [t.name], name=f"{t.name}_constant", value=t)
+        for t in moved
+    ]
+    nodes = constants + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return out
+
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy where every node computable at compile time is a Constant, dead ones dropped.
+
+    Shape and Size of statically shaped tensors fold to their value; a node whose inputs are
+    all constants folds when its result is no larger than its inputs (or than a small bound).
+    """
+    out = _small_initializers_to_constants(model)
+    for _ in range(MAX_ROUNDS):
+        out, folded = _fold_once(out)
+        if not folded:
+            break
+    return _constant_outputs_as_weights(_drop_dead(out))
+
+
+def _constant_outputs_as_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return the model where a graph output made by a Constant node is Identity of a weight.
+
+    A constant compiled into the library would be returned as the library's own buffer, which
+    a caller could write into; a weight output is detected at run time and copied.
+    """
+    outputs = {o.name for o in model.graph.output}
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and node.output[0] in outputs and value is not None:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value)
+            tensor.name = f"{node.output[0]}__value"
+            model.graph.initializer.append(tensor)
+            nodes.append(helper.make_node("Identity", [tensor.name], [node.output[0]]))
+        else:
+            nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def _drop_dead(model: onnx.ModelProto) -> onnx.ModelProto:
+    from infer.graph.partition import subgraph_refs
+
+    graph = model.graph
+    live = {o.name for o in graph.output}
+    kept: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(o in live for o in node.output if o):
+            kept.append(node)
+            live.update(i for i in node.input if i)
+            live.update(subgraph_refs(node))
+    kept.reverse()
+    del graph.node[:]
+    graph.node.extend(kept)
+    initializers = [t for t in graph.initializer if t.name in live]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    return model

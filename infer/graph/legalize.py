@@ -1,0 +1,414 @@
+"""Legalization: ONNX ops TVM's importer lacks, rewritten into ops it has, before import.
+
+One plain function per ONNX op, named after it, its inputs as arguments and its attributes as
+keyword arguments with the spec's defaults (tinygrad's habit). A function gets an `Emitter` to
+add nodes and returns the names of the op's outputs; when a case is out of reach (a sequence
+length only known at run time, an activation it does not know) it raises NotLegalizable and
+the node stays as it is: partitioning then sends it to ONNX Runtime, with the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+__all__ = [
+    "GRU",
+    "LEGALIZATIONS",
+    "LSTM",
+    "NOT_LEGALIZED",
+    "RNN",
+    "Emitter",
+    "NotLegalizable",
+    "legalize",
+]
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+# A node left as it is carries the reason in its doc_string, after this marker.
+NOT_LEGALIZED = "infer: not legalized: "
+# Unrolled recurrences beyond this many steps are left to ONNX Runtime (graph size).
+MAX_UNROLLED_STEPS = 512
+
+
+class NotLegalizable(Exception):
+    """This case of the op cannot be rewritten here; the message says why."""
+
+
+class Emitter:
+    """Adds nodes to a graph under construction, with fresh names and the model's opset."""
+
+    def __init__(self, prefix: str, opset: int, shapes: dict[str, tuple[int | None, ...]]):
+        self.prefix = prefix
+        self.opset = opset
+        self.shapes = shapes
+        self.nodes: list[onnx.NodeProto] = []
+        self._count = 0
+
+    def _name(self) -> str:
+        self._count += 1
+        return f"{self.prefix}__{self._count}"
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs: Any) -> Any:
+        """Add a node; return its output name (a list of names when outputs > 1)."""
+        names = [self._name() for _ in range(outputs)]
+        self.nodes.append(
+            helper.make_node(op_type, list(inputs), names, name=names[0] + "_node", **attrs)
+        )
+        return names if outputs > 1 else names[0]
+
+    def const(self, value: Any, dtype: Any = np.int64) -> str:
+        """Add a Constant node of value; return its name."""
+        name = self._name()
+        array = np.asarray(value, dtype=dtype)
+        self.nodes.append(
+            helper.make_node(
+                "Constant", [], [name], name=name + "_node", value=numpy_helper.from_array(array)
+            )
+        )
+        return name
+
+    def dim(self, name: str, axis: int) -> int | None:
+        """Return the static size of name's dim axis, None when unknown."""
+        shape = self.shapes.get(name)
+        if shape is None or axis >= len(shape):
+            return None
+        return shape[axis]
+
+    def unsqueeze(self, x: str, axes: Sequence[int]) -> str:
+        if self.opset >= 13:
+            return str(self.op("Unsqueeze", x, self.const(list(axes))))
+        return str(self.op("Unsqueeze", x, axes=list(axes)))
+
+    def slice(self, x: str, start: int, end: int, axis: int) -> str:
+        return str(self.op("Slice", x, self.const([start]), self.const([end]), self.const([axis])))
+
+    def take(self, x: str, index: int, axis: int = 0) -> str:
+        """Return x[index] along axis, that axis removed."""
+        return str(self.op("Gather", x, self.const(index), axis=axis))
+
+
+# Activation functions of the recurrent ops: name -> (uses alpha, uses beta, builder).
+def _affine(g: Emitter, x: str, a: float, b: float) -> str:
+    scaled = g.op("Mul", x, g.const(a, np.float32))
+    return str(g.op("Add", scaled, g.const(b, np.float32)))
+
+
+def _scaled_tanh(g: Emitter, x: str, a: float, b: float) -> str:
+    inner = g.op("Tanh", g.op("Mul", x, g.const(b, np.float32)))
+    return str(g.op("Mul", inner, g.const(a, np.float32)))
+
+
+_ACTIVATIONS: dict[str, tuple[float | None, float | None, Callable[..., str]]] = {
+    "sigmoid": (None, None, lambda g, x, a, b: g.op("Sigmoid", x)),
+    "tanh": (None, None, lambda g, x, a, b: g.op("Tanh", x)),
+    "relu": (None, None, lambda g, x, a, b: g.op("Relu", x)),
+    "softsign": (None, None, lambda g, x, a, b: g.op("Softsign", x)),
+    "softplus": (None, None, lambda g, x, a, b: g.op("Softplus", x)),
+    "leakyrelu": (0.01, None, lambda g, x, a, b: g.op("LeakyRelu", x, alpha=a)),
+    "thresholdedrelu": (1.0, None, lambda g, x, a, b: g.op("ThresholdedRelu", x, alpha=a)),
+    "elu": (1.0, None, lambda g, x, a, b: g.op("Elu", x, alpha=a)),
+    "hardsigmoid": (0.2, 0.5, lambda g, x, a, b: g.op("HardSigmoid", x, alpha=a, beta=b)),
+    "affine": (1.0, 0.0, _affine),
+    "scaledtanh": (1.0, 1.0, _scaled_tanh),
+}
+
+
+def _apply_activation(
+    build: Callable[..., Any], a: float | None, b: float | None, g: Emitter, x: str
+) -> str:
+    return str(build(g, x, a, b))
+
+
+def _activations(
+    names: Sequence[bytes | str] | None,
+    alphas: Sequence[float] | None,
+    betas: Sequence[float] | None,
+    defaults: Sequence[str],
+    directions: int,
+) -> list[Callable[[Emitter, str], str]]:
+    """Return one callable per activation slot (per direction), alphas/betas consumed in order."""
+    listed = [n.decode() if isinstance(n, bytes) else n for n in (names or [])]
+    if not listed:
+        listed = list(defaults) * directions
+    if len(listed) != len(defaults) * directions:
+        raise NotLegalizable(f"{len(listed)} activations, expected {len(defaults) * directions}")
+    alpha_iter, beta_iter = iter(alphas or []), iter(betas or [])
+    out: list[Callable[[Emitter, str], str]] = []
+    for name in listed:
+        key = name.lower()
+        if key not in _ACTIVATIONS:
+            raise NotLegalizable(f"activation {name!r}")
+        alpha_default, beta_default, build = _ACTIVATIONS[key]
+        a = next(alpha_iter, alpha_default) if alpha_default is not None else None
+        b = next(beta_iter, beta_default) if beta_default is not None else None
+        out.append(functools.partial(_apply_activation, build, a, b))
+    return out
+
+
+def _recurrence(
+    g: Emitter,
+    kind: str,
+    x: str,
+    w: str,
+    r: str,
+    b: str,
+    sequence_lens: str,
+    initial_h: str,
+    initial_c: str,
+    p: str,
+    *,
+    hidden_size: int | None,
+    direction: str,
+    activations: list[Callable[[Emitter, str], str]],
+    clip: float | None,
+    layout: int,
+    linear_before_reset: int = 0,
+) -> list[str]:
+    """Return [Y, Y_h] (and Y_c for LSTM): the recurrence unrolled over a static length."""
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[kind]
+    directions = 2 if direction == "bidirectional" else 1
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise NotLegalizable(f"direction {direction!r}")
+    seq = g.dim(x, 1 if layout else 0)
+    if seq is None:
+        raise NotLegalizable("the sequence length is not static")
+    if seq > MAX_UNROLLED_STEPS:
+        raise NotLegalizable(f"{seq} steps, more than {MAX_UNROLLED_STEPS} to unroll")
+    if sequence_lens and direction != "forward":
+        raise NotLegalizable("sequence_lens with a reverse direction")
+    hidden = hidden_size or g.dim(r, 2)
+    if hidden is None:
+        raise NotLegalizable("hidden_size unknown")
+    if layout:
+        x = g.op("Transpose", x, perm=[1, 0, 2])
+        initial_h = g.op("Transpose", initial_h, perm=[1, 0, 2]) if initial_h else ""
+        initial_c = g.op("Transpose", initial_c, perm=[1, 0, 2]) if initial_c else ""
+    # Zeros of [batch, hidden] from x's batch dim (static or not): x[0, :, :1] * 0 would keep NaN.
+    batch_shape = g.op("Concat", g.slice(g.op("Shape", x), 1, 2, 0), g.const([hidden]), axis=0)
+    zeros = g.op("Expand", g.const(np.zeros((1, hidden)), np.float32), batch_shape)
+    if sequence_lens:
+        lens = g.op("Cast", sequence_lens, to=onnx.TensorProto.INT64)
+    per_dir = len(activations) // directions
+    ys, hs, cs = [], [], []
+    for d in range(directions):
+        reverse = direction == "reverse" or d == 1
+        f = activations[d * per_dir : (d + 1) * per_dir]
+        w_t = g.op("Transpose", g.take(w, d), perm=[1, 0])  # [input, gates*hidden]
+        r_t = g.op("Transpose", g.take(r, d), perm=[1, 0])  # [hidden, gates*hidden]
+        xw = g.op("MatMul", x, w_t)  # every step's input projection at once
+        rb_h = ""
+        if b:
+            b_d = g.take(b, d)
+            wb = g.slice(b_d, 0, gates * hidden, 0)
+            rb = g.slice(b_d, gates * hidden, 2 * gates * hidden, 0)
+            if kind == "GRU":
+                # The reset gate's recurrent bias of h stays apart when applied before reset.
+                rb_zr = g.slice(rb, 0, 2 * hidden, 0)
+                rb_h = g.slice(rb, 2 * hidden, 3 * hidden, 0)
+                xw = g.op("Add", xw, wb)
+                xw_zr = g.slice(xw, 0, 2 * hidden, 2)
+                xw = g.op(
+                    "Concat",
+                    g.op("Add", xw_zr, rb_zr),
+                    g.slice(xw, 2 * hidden, 3 * hidden, 2),
+                    axis=2,
+                )
+            else:
+                xw = g.op("Add", xw, g.op("Add", wb, rb))
+        h = g.take(initial_h, d) if initial_h else zeros
+        c = g.take(initial_c, d) if initial_c else zeros
+        peep = (
+            [g.slice(g.take(p, d), k * hidden, (k + 1) * hidden, 0) for k in range(3)] if p else []
+        )
+        steps: list[str | None] = [None] * seq
+        for t in reversed(range(seq)) if reverse else range(seq):
+            xw_t = g.take(xw, t)
+            h_prev, c_prev = h, c
+
+            def gate(pre: str) -> str:
+                if clip is None:
+                    return pre
+                return str(g.op("Clip", pre, g.const(-clip, np.float32), g.const(clip, np.float32)))
+
+            if kind == "RNN":
+                h = f[0](g, gate(g.op("Add", xw_t, g.op("MatMul", h_prev, r_t))))
+            elif kind == "LSTM":
+                pre = g.op("Add", xw_t, g.op("MatMul", h_prev, r_t))
+                i, o, fg, cc = (g.slice(pre, k * hidden, (k + 1) * hidden, 1) for k in range(4))
+                if peep:
+                    i = g.op("Add", i, g.op("Mul", peep[0], c_prev))
+                    fg = g.op("Add", fg, g.op("Mul", peep[2], c_prev))
+                i, fg, cc = f[0](g, gate(i)), f[0](g, gate(fg)), f[1](g, gate(cc))
+                c = g.op("Add", g.op("Mul", fg, c_prev), g.op("Mul", i, cc))
+                if peep:
+                    o = g.op("Add", o, g.op("Mul", peep[1], c))
+                h = g.op("Mul", f[0](g, gate(o)), f[2](g, c))
+            else:  # GRU, gates z, r, h
+                r_zr = g.slice(r_t, 0, 2 * hidden, 1)
+                r_h = g.slice(r_t, 2 * hidden, 3 * hidden, 1)
+                zr = g.op("Add", g.slice(xw_t, 0, 2 * hidden, 1), g.op("MatMul", h_prev, r_zr))
+                z = f[0](g, gate(g.slice(zr, 0, hidden, 1)))
+                rg = f[0](g, gate(g.slice(zr, hidden, 2 * hidden, 1)))
+                xh = g.slice(xw_t, 2 * hidden, 3 * hidden, 1)
+                if linear_before_reset:
+                    hr = g.op("MatMul", h_prev, r_h)
+                    if rb_h:
+                        hr = g.op("Add", hr, rb_h)
+                    cand = g.op("Add", xh, g.op("Mul", rg, hr))
+                else:
+                    hr = g.op("MatMul", g.op("Mul", rg, h_prev), r_h)
+                    if rb_h:
+                        hr = g.op("Add", hr, rb_h)
+                    cand = g.op("Add", xh, hr)
+                cand = f[1](g, gate(cand))
+                one_minus_z = g.op("Sub", g.const(1.0, np.float32), z)
+                h = g.op("Add", g.op("Mul", one_minus_z, cand), g.op("Mul", z, h_prev))
+            y_t = h
+            if sequence_lens:
+                valid = g.unsqueeze(g.op("Less", g.const(t), lens), [1])  # [batch, 1]
+                h = g.op("Where", valid, h, h_prev)
+                if kind == "LSTM":
+                    c = g.op("Where", valid, c, c_prev)
+                y_t = g.op("Where", valid, y_t, zeros)
+            steps[t] = g.unsqueeze(y_t, [0, 1])  # [1, 1, batch, hidden]
+        ys.append(g.op("Concat", *[s for s in steps if s is not None], axis=0))
+        hs.append(g.unsqueeze(h, [0]))
+        cs.append(g.unsqueeze(c, [0]))
+    y = ys[0] if directions == 1 else g.op("Concat", *ys, axis=1)
+    y_h = hs[0] if directions == 1 else g.op("Concat", *hs, axis=0)
+    y_c = cs[0] if directions == 1 else g.op("Concat", *cs, axis=0)
+    if layout:
+        y = g.op("Transpose", y, perm=[2, 0, 1, 3])
+        y_h = g.op("Transpose", y_h, perm=[1, 0, 2])
+        y_c = g.op("Transpose", y_c, perm=[1, 0, 2])
+    return [y, y_h, y_c] if kind == "LSTM" else [y, y_h]
+
+
+def LSTM(
+    g: Emitter, X: str, W: str, R: str, B: str = "", sequence_lens: str = "",
+    initial_h: str = "", initial_c: str = "", P: str = "", *,
+    hidden_size: int | None = None, direction: str = "forward",
+    activations: Sequence[bytes] | None = None, activation_alpha: Sequence[float] | None = None,
+    activation_beta: Sequence[float] | None = None, clip: float | None = None,
+    input_forget: int = 0, layout: int = 0,
+) -> list[str]:  # fmt: skip
+    """Return [Y, Y_h, Y_c] of an LSTM unrolled over its static sequence length."""
+    if input_forget:
+        raise NotLegalizable("input_forget=1")
+    directions = 2 if direction == "bidirectional" else 1
+    acts = _activations(
+        activations, activation_alpha, activation_beta, ("Sigmoid", "Tanh", "Tanh"), directions
+    )
+    return _recurrence(
+        g, "LSTM", X, W, R, B, sequence_lens, initial_h, initial_c, P,
+        hidden_size=hidden_size, direction=direction, activations=acts, clip=clip, layout=layout,
+    )  # fmt: skip
+
+
+def GRU(
+    g: Emitter, X: str, W: str, R: str, B: str = "", sequence_lens: str = "",
+    initial_h: str = "", *, hidden_size: int | None = None, direction: str = "forward",
+    activations: Sequence[bytes] | None = None, activation_alpha: Sequence[float] | None = None,
+    activation_beta: Sequence[float] | None = None, clip: float | None = None,
+    linear_before_reset: int = 0, layout: int = 0,
+) -> list[str]:  # fmt: skip
+    """Return [Y, Y_h] of a GRU unrolled over its static sequence length."""
+    directions = 2 if direction == "bidirectional" else 1
+    acts = _activations(
+        activations, activation_alpha, activation_beta, ("Sigmoid", "Tanh"), directions
+    )
+    return _recurrence(
+        g, "GRU", X, W, R, B, sequence_lens, initial_h, "", "",
+        hidden_size=hidden_size, direction=direction, activations=acts, clip=clip, layout=layout,
+        linear_before_reset=linear_before_reset,
+    )  # fmt: skip
+
+
+def RNN(
+    g: Emitter, X: str, W: str, R: str, B: str = "", sequence_lens: str = "",
+    initial_h: str = "", *, hidden_size: int | None = None, direction: str = "forward",
+    activations: Sequence[bytes] | None = None, activation_alpha: Sequence[float] | None = None,
+    activation_beta: Sequence[float] | None = None, clip: float | None = None, layout: int = 0,
+) -> list[str]:  # fmt: skip
+    """Return [Y, Y_h] of a simple RNN unrolled over its static sequence length."""
+    directions = 2 if direction == "bidirectional" else 1
+    acts = _activations(activations, activation_alpha, activation_beta, ("Tanh",), directions)
+    return _recurrence(
+        g, "RNN", X, W, R, B, sequence_lens, initial_h, "", "",
+        hidden_size=hidden_size, direction=direction, activations=acts, clip=clip, layout=layout,
+    )  # fmt: skip
+
+
+LEGALIZATIONS: dict[str, Callable[..., list[str]]] = {"LSTM": LSTM, "GRU": GRU, "RNN": RNN}
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # inference is a help, not a requirement
+        inferred = model
+    graph = inferred.graph
+    shapes: dict[str, tuple[int | None, ...]] = {}
+    for value in [*graph.value_info, *graph.input, *graph.output]:
+        tensor = value.type.tensor_type
+        if value.type.HasField("tensor_type") and tensor.HasField("shape"):
+            shapes[value.name] = tuple(
+                d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
+            )
+    for t in graph.initializer:
+        shapes[t.name] = tuple(t.dims)
+    return shapes
+
+
+def _only_float32(node: onnx.NodeProto, model: onnx.ModelProto) -> bool:
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    for value in [*model.graph.input, *model.graph.value_info]:
+        types[value.name] = value.type.tensor_type.elem_type
+    return bool(types.get(node.input[0], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT)
+
+
+def legalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return the model with every legalizable node rewritten; the others say why in doc_string."""
+    ops = {n.op_type for n in model.graph.node if n.domain in _DEFAULT_DOMAINS}
+    if not ops & LEGALIZATIONS.keys():
+        return model
+    opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
+    shapes = _static_shapes(model)
+    nodes: list[onnx.NodeProto] = []
+    for index, node in enumerate(model.graph.node):
+        function = LEGALIZATIONS.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else None
+        if function is None:
+            nodes.append(node)
+            continue
+        g = Emitter(f"{node.op_type.lower()}{index}", opset, shapes)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+        accepted = set(inspect.signature(function).parameters)
+        try:
+            unknown = sorted(set(attrs) - accepted)
+            if unknown:
+                raise NotLegalizable(f"attribute(s) {', '.join(unknown)}")
+            if not _only_float32(node, model):
+                raise NotLegalizable("only float32 is legalized")
+            outputs = function(g, *node.input, **attrs)
+        except NotLegalizable as exc:
+            kept = onnx.NodeProto()
+            kept.CopyFrom(node)
+            kept.doc_string = f"{NOT_LEGALIZED}{exc}"  # partitioning gives this as the reason
+            nodes.append(kept)
+            continue
+        nodes.extend(g.nodes)
+        for declared, produced in zip(node.output, outputs, strict=False):
+            if declared:
+                nodes.append(helper.make_node("Identity", [produced], [declared]))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out

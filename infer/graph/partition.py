@@ -1,0 +1,281 @@
+"""Partitioning: which nodes TVM compiles and which run on ONNX Runtime, in the fewest segments.
+
+A node goes to ONNX Runtime when TVM's importer has no converter for it (or for a node in one
+of its subgraphs), when it is not in the default ONNX domain, when a tensor it reads from an
+ONNX Runtime segment has no known rank, or when the build found that TVM rejects it (`forced`).
+Each node gets the earliest level its inputs allow, a level rising each time a path changes
+runtime; the nodes of one (level, runtime) pair form a segment, and segments run in level order.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from infer.graph.legalize import NOT_LEGALIZED
+from infer.graph.support import iter_nodes, supported_op_types
+
+__all__ = ["ONNXRUNTIME", "TVM", "Partition", "Segment", "node_key", "partition", "subgraph_refs"]
+
+TVM = "tvm"
+ONNXRUNTIME = "onnxruntime"
+_DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
+
+
+def node_key(node: onnx.NodeProto) -> str:
+    """Return a name that identifies a node across copies of the graph: its first output."""
+    return next((o for o in node.output if o), node.name)
+
+
+@dataclass
+class Segment:
+    """A run of nodes on one runtime, as a standalone ONNX model."""
+
+    kind: str
+    model: onnx.ModelProto
+    inputs: list[str]
+    outputs: list[str]
+    node_keys: list[str]
+    op_types: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def node_count(self) -> int:
+        return len(self.node_keys)
+
+    def output_dtypes(self) -> list[str]:
+        """Return the numpy dtype name ONNX declares for each output ('' where unknown)."""
+        names: list[str] = []
+        for value in self.model.graph.output:
+            try:
+                elem = value.type.tensor_type.elem_type
+                names.append(np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name if elem else "")
+            except (KeyError, TypeError, ValueError):
+                names.append("")
+        return names
+
+
+@dataclass
+class Partition:
+    """The segments of a model, in execution order."""
+
+    segments: list[Segment]
+    reasons: dict[str, str] = field(default_factory=dict)  # node key -> why ONNX Runtime
+
+    @property
+    def single_tvm(self) -> bool:
+        """Whether TVM takes the whole model (a model of no nodes included)."""
+        return all(s.kind == TVM for s in self.segments) and len(self.segments) <= 1
+
+    def fallback_op_types(self) -> dict[str, int]:
+        counts: collections.Counter[str] = collections.Counter()
+        for seg in self.segments:
+            if seg.kind == ONNXRUNTIME:
+                counts.update(seg.op_types)
+        return dict(counts.most_common())
+
+    def node_counts(self) -> dict[str, int]:
+        counts = {TVM: 0, ONNXRUNTIME: 0}
+        for seg in self.segments:
+            counts[seg.kind] += seg.node_count
+        return counts
+
+
+def subgraph_refs(node: onnx.NodeProto) -> set[str]:
+    """Return the outer-scope names a node's subgraphs read."""
+    refs: set[str] = set()
+    for attr in node.attribute:
+        for graph in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+            used: set[str] = set()
+            for inner in graph.node:
+                used.update(i for i in inner.input if i)
+                used.update(subgraph_refs(inner))
+                defined.update(inner.output)
+            used.update(o.name for o in graph.output)
+            refs |= used - defined
+    return refs
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    return [i for i in node.input if i] + sorted(subgraph_refs(node) - set(node.input))
+
+
+def _attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    found = next((a for a in node.attribute if a.name == name), None)
+    return helper.get_attribute_value(found) if found is not None else default
+
+
+# Cases TVM 0.27's converters take but compute wrongly (measured by tools/conformance.py).
+_TVM_WRONG: dict[str, tuple[Callable[[onnx.NodeProto], bool], str]] = {
+    "LayerNormalization": (
+        lambda n: len([o for o in n.output[1:] if o]) > 0,
+        "TVM's LayerNormalization does not compute the Mean/InvStdDev outputs",
+    ),
+    "NonMaxSuppression": (lambda n: True, "TVM's NonMaxSuppression returns no boxes"),
+    "BatchNormalization": (
+        lambda n: bool(_attribute(n, "training_mode", 0)),
+        "TVM's BatchNormalization ignores training_mode=1",
+    ),
+}
+
+
+def _tvm_rejects(node: onnx.NodeProto, supported: frozenset[str]) -> str | None:
+    for inner in iter_nodes(helper.make_graph([node], "n", [], [])):
+        if inner.domain not in _DEFAULT_DOMAINS:
+            return f"domain {inner.domain!r}"
+        if inner.op_type not in supported:
+            if inner.doc_string.startswith(NOT_LEGALIZED):
+                why = inner.doc_string[len(NOT_LEGALIZED) :]
+                return f"TVM has no converter for {inner.op_type}, and it was not legalized: {why}"
+            return f"TVM has no converter for {inner.op_type}"
+        wrong = _TVM_WRONG.get(inner.op_type)
+        if wrong is not None and wrong[0](inner):
+            return wrong[1]
+    return None
+
+
+def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # shape inference is a help here, never a requirement
+        inferred = model
+    graph = inferred.graph
+    types: dict[str, onnx.TypeProto] = {}
+    for value in [*graph.value_info, *graph.input, *graph.output]:
+        if value.type.WhichOneof("value") is not None:
+            types[value.name] = value.type
+    for tensor in graph.initializer:
+        types[tensor.name] = helper.make_tensor_type_proto(tensor.data_type, list(tensor.dims))
+    return types
+
+
+def _has_rank(type_proto: onnx.TypeProto | None) -> bool:
+    return (
+        type_proto is not None
+        and type_proto.HasField("tensor_type")
+        and type_proto.tensor_type.elem_type != 0
+        and type_proto.tensor_type.HasField("shape")
+    )
+
+
+def partition(model: onnx.ModelProto, forced: Mapping[str, str] | None = None) -> Partition:
+    """Return the model split into TVM and ONNX Runtime segments.
+
+    forced maps node keys (see node_key) that must run on ONNX Runtime to the reason.
+    """
+    graph = model.graph
+    supported = supported_op_types()
+    types = _value_types(model)
+    forced = dict(forced or {})
+    reasons: dict[str, str] = {}
+    initializers = {t.name for t in graph.initializer}
+    kinds: dict[str, str] = {}
+    producer_kind: dict[str, str] = {}
+    for node in graph.node:
+        key = node_key(node)
+        reason = forced[key] if key in forced else _tvm_rejects(node, supported)
+        if reason is None:
+            unranked = [
+                name
+                for name in _reads(node)
+                if producer_kind.get(name) == ONNXRUNTIME and not _has_rank(types.get(name))
+            ]
+            if unranked:
+                reason = f"input {unranked[0]!r} from ONNX Runtime has no known rank"
+        kinds[key] = TVM if reason is None else ONNXRUNTIME
+        if reason is not None:
+            reasons[key] = reason
+        for out in node.output:
+            producer_kind[out] = kinds[key]
+
+    level: dict[str, int] = {}
+    producer: dict[str, onnx.NodeProto] = {}
+    groups: dict[tuple[int, str], list[onnx.NodeProto]] = collections.defaultdict(list)
+    for node in graph.node:
+        kind = kinds[node_key(node)]
+        lvl = 0
+        for name in _reads(node):
+            if name in producer:
+                p = producer[name]
+                p_lvl = level[node_key(p)]
+                lvl = max(lvl, p_lvl if kinds[node_key(p)] == kind else p_lvl + 1)
+        level[node_key(node)] = lvl
+        groups[(lvl, kind)].append(node)
+        for out in node.output:
+            producer[out] = node
+
+    order = sorted(groups, key=lambda k: (k[0], k[1] != TVM))
+    graph_outputs = [o.name for o in graph.output]
+    reads_after: list[set[str]] = []
+    later: set[str] = set(graph_outputs)
+    for group_key in reversed(order):
+        reads_after.append(set(later))
+        for node in groups[group_key]:
+            later.update(_reads(node))
+    reads_after.reverse()
+
+    segments: list[Segment] = []
+    for index, group_key in enumerate(order):
+        nodes = groups[group_key]
+        produced = {o for n in nodes for o in n.output if o}
+        needed = list(dict.fromkeys(name for n in nodes for name in _reads(n)))
+        inputs = [n for n in needed if n not in produced and n not in initializers]
+        outputs = [o for n in nodes for o in n.output if o and o in reads_after[index]]
+        segment_model = _segment_model(
+            model, nodes, inputs, outputs, types, f"{graph.name or 'model'}_{index}"
+        )
+        segments.append(
+            Segment(
+                kind=group_key[1],
+                model=segment_model,
+                inputs=inputs,
+                outputs=outputs,
+                node_keys=[node_key(n) for n in nodes],
+                op_types=dict(collections.Counter(n.op_type for n in nodes).most_common()),
+            )
+        )
+    return Partition(segments, reasons)
+
+
+def _value_info(name: str, types: dict[str, onnx.TypeProto]) -> onnx.ValueInfoProto:
+    """Return name's type as known; a dim of unknown size gets a symbolic name."""
+    value = onnx.ValueInfoProto(name=name)
+    if name in types:
+        value.type.CopyFrom(types[name])
+        if value.type.HasField("tensor_type"):
+            for i, dim in enumerate(value.type.tensor_type.shape.dim):
+                if not dim.HasField("dim_value") and not dim.dim_param:
+                    dim.dim_param = f"{name}_dim{i}"
+    return value
+
+
+def _segment_model(
+    model: onnx.ModelProto,
+    nodes: list[onnx.NodeProto],
+    inputs: list[str],
+    outputs: list[str],
+    types: dict[str, onnx.TypeProto],
+    name: str,
+) -> onnx.ModelProto:
+    graph = model.graph
+    read = {name for n in nodes for name in _reads(n)}
+    original_inputs = {v.name: v for v in graph.input}
+    original_outputs = {v.name: v for v in graph.output}
+    segment_graph = helper.make_graph(
+        nodes,
+        name,
+        [original_inputs.get(i) or _value_info(i, types) for i in inputs],
+        [original_outputs.get(o) or _value_info(o, types) for o in outputs],
+        initializer=[t for t in graph.initializer if t.name in read],
+    )
+    out = helper.make_model(
+        segment_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version
+    )
+    out.functions.extend(model.functions)
+    return out

@@ -1,0 +1,113 @@
+"""Legalized recurrent ops against ONNX Runtime's own LSTM/GRU/RNN kernels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from infer.graph.legalize import NOT_LEGALIZED, legalize
+
+SEQ, BATCH, INPUT, HIDDEN = 4, 2, 3, 5
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def recurrent_model(op: str, *, direction: str = "forward", layout: int = 0, with_state: bool = True,
+                    with_lens: bool = False, peepholes: bool = False, **attrs: Any) -> onnx.ModelProto:  # fmt: skip
+    rng = np.random.default_rng(5)
+    dirs = 2 if direction == "bidirectional" else 1
+    gates = GATES[op]
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32), name)
+
+    inits = [init("W", dirs, gates * HIDDEN, INPUT), init("R", dirs, gates * HIDDEN, HIDDEN)]
+    inits.append(init("B", dirs, 2 * gates * HIDDEN))
+    inputs = ["x", "W", "R", "B", "lens" if with_lens else ""]
+    state_shape = [BATCH, dirs, HIDDEN] if layout else [dirs, BATCH, HIDDEN]
+    graph_inputs = [
+        helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, [BATCH, SEQ, INPUT] if layout else [SEQ, BATCH, INPUT]
+        )
+    ]
+    if with_lens:
+        graph_inputs.append(helper.make_tensor_value_info("lens", TensorProto.INT32, [BATCH]))
+    if with_state:
+        inputs.append("h0")
+        graph_inputs.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, state_shape))
+        if op == "LSTM":
+            inputs.append("c0")
+            graph_inputs.append(helper.make_tensor_value_info("c0", TensorProto.FLOAT, state_shape))
+    if peepholes:
+        while len(inputs) < 7:
+            inputs.append("")
+        inputs.append("P")
+        inits.append(init("P", dirs, 3 * HIDDEN))
+    outputs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, inputs, outputs, hidden_size=HIDDEN, direction=direction,
+                            layout=layout, **attrs)  # fmt: skip
+    graph = helper.make_graph(
+        [node], "rnn", graph_inputs,
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def feeds_for(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(9)
+    feeds: dict[str, np.ndarray] = {}
+    for value in model.graph.input:
+        shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        if value.name == "lens":
+            feeds["lens"] = np.array([SEQ, SEQ - 2], dtype=np.int32)
+        else:
+            feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+CASES = [
+    ("LSTM", {}),
+    ("LSTM", {"direction": "reverse", "with_state": False}),
+    ("LSTM", {"direction": "bidirectional", "layout": 1}),
+    ("LSTM", {"peepholes": True, "clip": 0.7}),
+    ("LSTM", {"with_lens": True}),
+    ("GRU", {}),
+    ("GRU", {"linear_before_reset": 1, "direction": "bidirectional"}),
+    ("GRU", {"layout": 1}),
+    ("GRU", {"with_lens": True, "with_state": False}),
+    ("RNN", {}),
+    ("RNN", {"activations": ["Relu", "Tanh"], "direction": "bidirectional"}),
+    ("RNN", {"activations": ["HardSigmoid"], "activation_alpha": [0.3], "activation_beta": [0.4]}),
+]
+
+
+@pytest.mark.parametrize(("op", "options"), CASES, ids=[f"{o}-{sorted(k)}" for o, k in CASES])
+def test_unrolled_recurrence_matches_onnxruntime(op: str, options: dict[str, Any]) -> None:
+    model = recurrent_model(op, **options)
+    legal = legalize(model)
+    assert op not in {n.op_type for n in legal.graph.node}
+    feeds = feeds_for(model)
+    if options.get("layout"):  # ONNX Runtime has no batch-first layout: onnx's spec in numpy
+        want = ReferenceEvaluator(model).run(None, feeds)
+    else:
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        want = session.run(None, feeds)
+    got = ReferenceEvaluator(legal).run(None, feeds)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_a_dynamic_sequence_length_is_left_with_the_reason() -> None:
+    model = recurrent_model("GRU")
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "seq"
+    legal = legalize(model)
+    (node,) = legal.graph.node
+    assert node.op_type == "GRU"
+    assert node.doc_string == NOT_LEGALIZED + "the sequence length is not static"

@@ -1,0 +1,115 @@
+"""What TVM cannot take runs on ONNX Runtime, per segment, out loud; --no-fallback refuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+import infer
+from infer.cli import cli
+from infer.errors import ArtifactError, CompileError, FallbackWarning, UnsupportedOpError
+from tests import onnx_models
+from tests.conftest import save
+
+
+def ort_run(model_path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return list(session.run(None, feeds))
+
+
+def test_an_op_tvm_lacks_runs_on_onnxruntime_between_tvm_segments(tmp_path: Path) -> None:
+    path = save(onnx_models.celu_between(), tmp_path)
+    with pytest.warns(FallbackWarning, match=r"1 of 3 nodes run on ONNX Runtime \(Celu x1\)"):
+        art = infer.compile(path, output=tmp_path / "a.infer")
+    assert art.manifest.parity is not None and art.manifest.parity["status"] == "passed"
+    kinds = [(s["kind"], s.get("dir") or s.get("file")) for s in art.manifest.segments]
+    assert kinds == [("tvm", "tvm0"), ("onnxruntime", "fallback/1.onnx"), ("tvm", "tvm2")]
+    assert art.manifest.segments[1]["reasons"] == ["TVM has no converter for Celu"]
+    session = art.load(threads=1)
+    assert session.placement() == {
+        "segments": ["tvm", "onnxruntime", "tvm"],
+        "tvm_nodes": 2,
+        "onnxruntime_nodes": 1,
+        "onnxruntime_op_types": {"Celu": 1},
+        "tvm_node_share": pytest.approx(2 / 3),
+    }
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        x = rng.standard_normal((2, 3)).astype(np.float32)
+        got = session.run(None, {"x": x})
+        want = ort_run(path, {"x": x})
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    (c,) = session.run(["c"], {"x": x})
+    np.testing.assert_allclose(c, np.where(-x > 0, -x, 0.7 * (np.exp(-x / 0.7) - 1)), rtol=1e-5)
+
+
+def test_no_fallback_refuses_listing_every_op(tmp_path: Path) -> None:
+    path = save(onnx_models.celu_between(), tmp_path)
+    with pytest.raises(UnsupportedOpError, match="Celu"):
+        infer.compile(path, output=tmp_path / "a.infer", fallback=False)
+    assert not (tmp_path / "a.infer").exists()
+
+
+def test_a_node_the_importer_rejects_moves_to_onnxruntime(tmp_path: Path) -> None:
+    path = save(onnx_models.reduce_with_input_axes(), tmp_path)
+    with pytest.raises(
+        CompileError, match=r"failed on op ReduceSum \(node 'reduce'\).*constant axes"
+    ):
+        infer.compile(path, output=tmp_path / "native.infer", fallback=False)
+    with pytest.warns(FallbackWarning, match=r"ReduceSum x1"):
+        art = infer.compile(path, output=tmp_path / "a.infer", check_dims={"a": 2})
+    reasons = [r for s in art.manifest.segments for r in s.get("reasons", [])]
+    assert any("Only constant axes" in r for r in reasons), reasons
+    session = art.load(threads=1)
+    x = np.random.default_rng(2).standard_normal((2, 3, 4)).astype(np.float32)
+    for axes in ([0], [1], [-1]):
+        feeds = {"x": x, "axes": np.array(axes, dtype=np.int64)}
+        (got,) = session.run(None, feeds)
+        (want,) = ort_run(path, feeds)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_changed_fallback_model_is_refused(tmp_path: Path) -> None:
+    path = save(onnx_models.celu_between(), tmp_path)
+    with pytest.warns(FallbackWarning):
+        art = infer.compile(path, output=tmp_path / "a.infer", check=False)
+    segment = art.path / "fallback" / "1.onnx"
+    segment.write_bytes(segment.read_bytes() + b"\0")
+    with pytest.raises(ArtifactError, match=r"'fallback/1\.onnx' has sha256"):
+        infer.load(art.path)
+
+
+@pytest.mark.filterwarnings("default::infer.errors.FallbackWarning")
+def test_cli_states_the_fallback_and_inspect_lists_segments(tmp_path: Path) -> None:
+    path = save(onnx_models.celu_between(), tmp_path)
+    out_dir = tmp_path / "a.infer"
+    result = CliRunner().invoke(cli, ["compile", str(path), "-o", str(out_dir)])
+    assert result.exit_code == 0, result.output
+    assert "1 of 3 nodes run on ONNX Runtime (Celu x1)" in result.stderr
+    result = CliRunner().invoke(cli, ["inspect", str(out_dir)])
+    assert "segment 1: onnxruntime 1 nodes (Celu 1)  fallback/1.onnx" in result.stdout
+    assert "why not TVM: TVM has no converter for Celu" in result.stdout
+    result = CliRunner().invoke(cli, ["inspect", str(out_dir), "--json"])
+    assert [s["kind"] for s in json.loads(result.stdout)["segments"]] == [
+        "tvm",
+        "onnxruntime",
+        "tvm",
+    ]
+    result = CliRunner().invoke(cli, ["compile", str(path), "--no-fallback"])
+    assert result.exit_code == 2 and "Celu" in result.stderr
+
+
+def test_a_legalized_lstm_runs_wholly_on_tvm(tmp_path: Path) -> None:
+    path = save(onnx_models.lstm_between(), tmp_path)
+    art = infer.compile(path, output=tmp_path / "a.infer", fallback=False)
+    assert art.manifest.segments == []
+    session = art.load(threads=1)
+    x = np.random.default_rng(4).standard_normal((5, 1, 3)).astype(np.float32)
+    for g, w in zip(session.run(None, {"x": x}), ort_run(path, {"x": x}), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
