@@ -15,11 +15,10 @@ import onnx
 from infer.artifact.cache import CompileCache, cache_key
 from infer.artifact.manifest import ArtifactManifest
 from infer.artifact.store import build_atomically
-from infer.build import BuildOptions, ImportFailure, build_artifact, prepare_model, tool_versions
+from infer.build import BuildOptions, ImportFailure, build_artifact, tool_versions
 from infer.config import available_cpus, cache_dir, default_num_threads
 from infer.errors import ArtifactError, CompileError, FallbackWarning, InferError, ModelError
 from infer.graph.load import LoadedModel, load_model
-from infer.graph.shapes import apply_shape_overrides
 from infer.optimize.pipeline import PIPELINES
 from infer.parity import DEFAULT_SEED, ParityReport, compare_outputs, random_feeds
 from infer.progress import Progress
@@ -113,14 +112,18 @@ def _report_fallback(manifest: ArtifactManifest, name: str) -> None:
         return
     nodes = sum(int(s["nodes"]) for s in fallback)
     total = sum(int(s["nodes"]) for s in manifest.segments)
+    flops = sum(int(s.get("flops", 0)) for s in fallback)
+    all_flops = sum(int(s.get("flops", 0)) for s in manifest.segments)
+    share = f", {flops / all_flops:.1%} of the FLOPs" if all_flops else ""
     ops: dict[str, int] = {}
     for segment in fallback:
         for op, n in segment["op_types"].items():
             ops[op] = ops.get(op, 0) + int(n)
     listed = ", ".join(f"{op} x{n}" for op, n in sorted(ops.items(), key=lambda kv: -kv[1]))
     message = (
-        f"{name}: {nodes} of {total} nodes run on ONNX Runtime ({listed}) in {len(fallback)} "
-        f"segment(s); TVM compiles the rest. Use fallback=False (--no-fallback) to refuse instead"
+        f"{name}: {nodes} of {total} nodes{share} run on ONNX Runtime ({listed}) in "
+        f"{len(fallback)} segment(s); TVM compiles the rest. Use fallback=False (--no-fallback) "
+        "to refuse instead"
     )
     warnings.warn(message, FallbackWarning, stacklevel=3)  # the CLI prints it as a warning
 
@@ -176,7 +179,7 @@ def compile(
             }
         elif check:
             with progress.stage("check against ONNX Runtime"):
-                proto = prepare_model(loaded, options)
+                proto = loaded.proto  # as in source_model: the model as given
                 report = _parity(proto, staged, threads, seed, check_dims, loaded.name)
                 manifest.parity = report.to_json()
                 report.raise_for_mismatch(loaded.name)
@@ -230,9 +233,11 @@ def source_model(
     model: ModelSource | None = None,
     progress: Progress | None = None,
 ) -> onnx.ModelProto:
-    """Return the ONNX model an artifact was compiled from, shape overrides applied.
+    """Return the ONNX model an artifact was compiled from, as given (the reference's model).
 
     It is the model recorded in the manifest unless model is given; its sha256 must match.
+    Shape overrides are not applied: they only narrow the signature, and ONNX Runtime 1.32
+    crashes on some models with fixed shapes that it runs with symbolic ones (silero-vad's).
     """
     path = Path(artifact)
     manifest = ArtifactManifest.read(path)
@@ -248,7 +253,7 @@ def source_model(
             f"{path}: field model.sha256 is {manifest.model_sha256[:16]}..., the model {loaded.source} "
             f"has {loaded.sha256[:16]}...; it was compiled from another model"
         )
-    return apply_shape_overrides(loaded.proto, manifest.shape_overrides)
+    return loaded.proto
 
 
 def check(

@@ -302,6 +302,7 @@ def build_artifact(
                 "outputs": segment.outputs,
                 "nodes": segment.node_count,
                 "op_types": segment.op_types,
+                "flops": segment.flops,
             }
             if built is not None:
                 entry["dir"] = f"{TVM_SEGMENT_DIR}{index}"
@@ -327,6 +328,7 @@ def build_artifact(
         pipeline=options.pipeline.to_json(),
         params=root_params,
         segments=segments,
+        node_count=sum(1 for n in cleaned.graph.node if n.op_type != "Constant"),
         shape_overrides={k: list(v) for k, v in options.shape_overrides.items()},
         compile_seconds=round(time.perf_counter() - started, 3),
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -446,7 +446,8 @@ def inspect_command(model: str, as_json: bool) -> None:
             ops = ", ".join(f"{op} {n}" for op, n in segment["op_types"].items())
             where = segment.get("dir") or segment.get("file")
             console.print(
-                f"segment {index}: {segment['kind']:<11} {segment['nodes']} nodes ({ops})  {where}",
+                f"segment {index}: {segment['kind']:<11} {segment['nodes']} nodes, "
+                f"{segment.get('flops', 0):,} FLOPs ({ops})  {where}",
                 markup=False,
             )
             for reason in segment.get("reasons", []):
@@ -481,9 +482,18 @@ def inspect_command(model: str, as_json: bool) -> None:
             "[red]unsupported by TVM's importer:[/] "
             + "; ".join(u.describe() for u in summary.unsupported)
         )
-        console.print("these run on ONNX Runtime (--no-fallback refuses them instead)")
     else:
         console.print("[green]every op is supported by TVM's importer[/]")
+    if summary.fallback:
+        listed = ", ".join(f"{op} x{n}" for op, n in summary.fallback.items())
+        console.print(
+            f"after legalization, on ONNX Runtime: {listed} (--no-fallback refuses instead)",
+            markup=False,
+        )
+        for reason in summary.fallback_reasons:
+            console.print(f"  why not TVM: {reason}", markup=False)
+    else:
+        console.print("after legalization, every node runs on TVM")
 
 
 @cli.command("check")

@@ -51,6 +51,37 @@ def _calibrate_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
     return calibrate_batch_norm(model, seed=0)
 
 
+def freeze_inputs(model: onnx.ModelProto, values: dict[str, float]) -> onnx.ModelProto:
+    """Return a copy where the named graph inputs are constants of the given (scalar) values.
+
+    A model input that a deployment always feeds the same value (a sample rate) becomes a
+    constant, so that the branches it selects fold away at compile time.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inputs = {v.name: v for v in out.graph.input}
+    for name, value in values.items():
+        if name not in inputs:
+            raise ModelError(f"constant input {name!r}: the model's inputs are {sorted(inputs)}")
+        tensor_type = inputs[name].type.tensor_type
+        if tensor_type.shape.dim:
+            raise ModelError(f"constant input {name!r}: only 0-d inputs can be frozen")
+        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        out.graph.node.insert(
+            0,
+            helper.make_node(
+                "Constant", [], [name], value=numpy_helper.from_array(np.asarray(value, dtype))
+            ),
+        )
+    kept = [v for v in out.graph.input if v.name not in values]
+    del out.graph.input[:]
+    out.graph.input.extend(kept)
+    return out
+
+
 # Transforms a recipe may name, applied in order after the sha256 check.
 TRANSFORMS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
     "seeded-random-weights": _seeded_random_weights,
@@ -99,6 +130,7 @@ class ModelRecipe:
     notes: str = ""
     image_input: ImageInput | None = None
     sample: PackagedFile | None = None
+    constant_inputs: dict[str, float] = field(default_factory=dict)
 
     @property
     def requirement(self) -> str:
@@ -122,6 +154,9 @@ class ModelRecipe:
                 if "image_input" in data
                 else None,
                 sample=PackagedFile.from_toml(data["sample"]) if "sample" in data else None,
+                constant_inputs={
+                    str(k): float(v) for k, v in data.get("constant_inputs", {}).items()
+                },
             )
         except KeyError as exc:
             raise ModelError(f"recipe {where}: missing field {exc}") from None
@@ -212,12 +247,17 @@ def pull(
                 log(f"transform: {name}")
                 model = TRANSFORMS[name](model)
             data = model.SerializeToString()
+        if recipe.constant_inputs:
+            log(f"constant inputs: {recipe.constant_inputs}")
+            data = freeze_inputs(
+                onnx.load_from_string(data), recipe.constant_inputs
+            ).SerializeToString()
         staged = Path(tmp) / MODEL_FILE
         staged.write_bytes(data)
         (target.parent / "pull.json").write_text(
             json.dumps(
                 {"recipe": recipe.name, "requirement": recipe.requirement, "path": recipe.source.path,
-                 "source_sha256": actual, "transforms": list(recipe.transforms),
+                 "source_sha256": actual, "transforms": list(recipe.transforms), "constant_inputs": recipe.constant_inputs,
                  "sha256": hashlib.sha256(data).hexdigest()},
                 indent=2,
             )

@@ -192,15 +192,15 @@ def reduce_with_input_axes() -> onnx.ModelProto:
     return _model(graph)
 
 
-def celu_between(alpha: float = 0.7) -> onnx.ModelProto:
-    """Return Relu -> Celu -> Add: an op TVM lacks (and infer does not legalize) between two."""
+def lp_norm_between() -> onnx.ModelProto:
+    """Return Neg -> LpNormalization -> Add: an op TVM lacks and infer cannot rewrite, between two."""
     graph = helper.make_graph(
         [
             helper.make_node("Neg", ["x"], ["r"]),
-            helper.make_node("Celu", ["r"], ["c"], alpha=alpha, name="celu"),
+            helper.make_node("LpNormalization", ["r"], ["c"], axis=-1, p=2, name="lpnorm"),
             helper.make_node("Add", ["c", "c"], ["z"]),
         ],
-        "celu_between",
+        "lp_norm_between",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
         [
             helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3]),

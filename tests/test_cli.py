@@ -93,7 +93,10 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path: Path, mlp_path: Path) ->
         == "error: shape override for unknown input 'x'; the model's inputs are: 'input:0'\n"
     )
     code, _, err = invoke("compile", "no-such-model")
-    assert code == 2 and "not a known model (ppocr-det, resnet50-light)" in err
+    assert (
+        code == 2
+        and "not a known model (ppocr-cls, ppocr-det, ppocr-rec, resnet50-light, silero-vad" in err
+    )
     code, _, err = invoke("compile", str(mlp_path), "--target", "vulkan")
     assert code == 2 and "target: unknown kind 'vulkan'" in err
 
@@ -111,6 +114,7 @@ def test_inspect_lists_ops_and_unsupported_ones(tmp_path: Path) -> None:
     assert "input   x: float32[2, 3]" in out
     assert "Relu 1" in out and "Celu 2" in out
     assert "unsupported by TVM's importer: Celu x2 (nodes 'celu_0', 'celu_1')" in out
+    assert "after legalization, every node runs on TVM" in out  # Celu's function body
     code, out, _ = invoke("inspect", str(path), "--json")
     data = json.loads(out)
     assert data["op_histogram"] == {"Celu": 2, "Relu": 1}

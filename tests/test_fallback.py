@@ -23,20 +23,24 @@ def ort_run(model_path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def test_an_op_tvm_lacks_runs_on_onnxruntime_between_tvm_segments(tmp_path: Path) -> None:
-    path = save(onnx_models.celu_between(), tmp_path)
-    with pytest.warns(FallbackWarning, match=r"1 of 3 nodes run on ONNX Runtime \(Celu x1\)"):
+    path = save(onnx_models.lp_norm_between(), tmp_path)
+    with pytest.warns(
+        FallbackWarning,
+        match=r"1 of 3 nodes, 33\.3% of the FLOPs run on ONNX Runtime \(LpNormalization x1\)",
+    ):
         art = infer.compile(path, output=tmp_path / "a.infer")
     assert art.manifest.parity is not None and art.manifest.parity["status"] == "passed"
     kinds = [(s["kind"], s.get("dir") or s.get("file")) for s in art.manifest.segments]
     assert kinds == [("tvm", "tvm0"), ("onnxruntime", "fallback/1.onnx"), ("tvm", "tvm2")]
-    assert art.manifest.segments[1]["reasons"] == ["TVM has no converter for Celu"]
+    assert art.manifest.segments[1]["reasons"] == ["TVM has no converter for LpNormalization"]
     session = art.load(threads=1)
     assert session.placement() == {
         "segments": ["tvm", "onnxruntime", "tvm"],
         "tvm_nodes": 2,
         "onnxruntime_nodes": 1,
-        "onnxruntime_op_types": {"Celu": 1},
+        "onnxruntime_op_types": {"LpNormalization": 1},
         "tvm_node_share": pytest.approx(2 / 3),
+        "onnxruntime_flops_share": pytest.approx(1 / 3),
     }
     rng = np.random.default_rng(11)
     for _ in range(3):
@@ -46,12 +50,12 @@ def test_an_op_tvm_lacks_runs_on_onnxruntime_between_tvm_segments(tmp_path: Path
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
     (c,) = session.run(["c"], {"x": x})
-    np.testing.assert_allclose(c, np.where(-x > 0, -x, 0.7 * (np.exp(-x / 0.7) - 1)), rtol=1e-5)
+    np.testing.assert_allclose(c, -x / np.linalg.norm(x, axis=-1, keepdims=True), rtol=1e-5)
 
 
 def test_no_fallback_refuses_listing_every_op(tmp_path: Path) -> None:
-    path = save(onnx_models.celu_between(), tmp_path)
-    with pytest.raises(UnsupportedOpError, match="Celu"):
+    path = save(onnx_models.lp_norm_between(), tmp_path)
+    with pytest.raises(UnsupportedOpError, match="LpNormalization"):
         infer.compile(path, output=tmp_path / "a.infer", fallback=False)
     assert not (tmp_path / "a.infer").exists()
 
@@ -76,7 +80,7 @@ def test_a_node_the_importer_rejects_moves_to_onnxruntime(tmp_path: Path) -> Non
 
 
 def test_a_changed_fallback_model_is_refused(tmp_path: Path) -> None:
-    path = save(onnx_models.celu_between(), tmp_path)
+    path = save(onnx_models.lp_norm_between(), tmp_path)
     with pytest.warns(FallbackWarning):
         art = infer.compile(path, output=tmp_path / "a.infer", check=False)
     segment = art.path / "fallback" / "1.onnx"
@@ -87,14 +91,19 @@ def test_a_changed_fallback_model_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.filterwarnings("default::infer.errors.FallbackWarning")
 def test_cli_states_the_fallback_and_inspect_lists_segments(tmp_path: Path) -> None:
-    path = save(onnx_models.celu_between(), tmp_path)
+    path = save(onnx_models.lp_norm_between(), tmp_path)
     out_dir = tmp_path / "a.infer"
     result = CliRunner().invoke(cli, ["compile", str(path), "-o", str(out_dir)])
     assert result.exit_code == 0, result.output
-    assert "1 of 3 nodes run on ONNX Runtime (Celu x1)" in result.stderr
+    assert (
+        "1 of 3 nodes, 33.3% of the FLOPs run on ONNX Runtime (LpNormalization x1)" in result.stderr
+    )
     result = CliRunner().invoke(cli, ["inspect", str(out_dir)])
-    assert "segment 1: onnxruntime 1 nodes (Celu 1)  fallback/1.onnx" in result.stdout
-    assert "why not TVM: TVM has no converter for Celu" in result.stdout
+    assert (
+        "segment 1: onnxruntime 1 nodes, 6 FLOPs (LpNormalization 1)  fallback/1.onnx"
+        in result.stdout
+    )
+    assert "why not TVM: TVM has no converter for LpNormalization" in result.stdout
     result = CliRunner().invoke(cli, ["inspect", str(out_dir), "--json"])
     assert [s["kind"] for s in json.loads(result.stdout)["segments"]] == [
         "tvm",
@@ -102,7 +111,7 @@ def test_cli_states_the_fallback_and_inspect_lists_segments(tmp_path: Path) -> N
         "tvm",
     ]
     result = CliRunner().invoke(cli, ["compile", str(path), "--no-fallback"])
-    assert result.exit_code == 2 and "Celu" in result.stderr
+    assert result.exit_code == 2 and "LpNormalization" in result.stderr
 
 
 def test_a_legalized_lstm_runs_wholly_on_tvm(tmp_path: Path) -> None:

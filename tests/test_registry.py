@@ -26,7 +26,8 @@ def test_recipes_are_complete() -> None:
 
 def test_unknown_model_lists_the_known_ones() -> None:
     with pytest.raises(
-        ModelError, match=r"unknown model 'nope'; known models: ppocr-det, resnet50-light"
+        ModelError,
+        match=r"unknown model 'nope'; known models: ppocr-cls, ppocr-det, ppocr-rec, resnet50-light, silero-vad",
     ):
         get_recipe("nope")
 

@@ -58,6 +58,7 @@ class ArtifactManifest:
     pipeline: dict[str, Any]
     params: list[str]
     segments: list[dict[str, Any]] = field(default_factory=list)
+    node_count: int = 0  # nodes after legalization, constants not counted
     shape_overrides: dict[str, list[int]] = field(default_factory=dict)
     model_source: str = ""
     files: dict[str, str] = field(default_factory=dict)
@@ -86,6 +87,7 @@ class ArtifactManifest:
             "tuning_database": self.tuning_database,
             "params": self.params,
             "segments": self.segments,
+            "nodes": self.node_count,
             "files": self.files,
             "parity": self.parity,
             "compile_seconds": self.compile_seconds,
@@ -123,6 +125,7 @@ class ArtifactManifest:
                 pipeline=dict(data["pipeline"]),
                 params=[str(p) for p in data["params"]],
                 segments=[_segment(s) for s in data.get("segments", [])],
+                node_count=int(data.get("nodes", 0)),
                 shape_overrides={
                     str(k): [int(d) for d in v] for k, v in data["shape_overrides"].items()
                 },

@@ -203,6 +203,7 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     from infer.graph.constants import fold_constants
     from infer.graph.legalize import legalize
 
-    cleaned = fold_constants(legalize(constant_initializers(model)))
+    # Folding first gives legalization static shapes; again after, for what it adds (zeros).
+    cleaned = fold_constants(legalize(fold_constants(constant_initializers(model))))
     cleaned = constants_to_initializers(cleaned)
     return fold_batch_norm(dropout_to_identity(sum_to_add(cleaned)))

@@ -146,6 +146,16 @@ def _fold_once(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                 known[node.output[0]] = numpy_helper.to_array(value)
             nodes.append(node)
             continue
+        if node.op_type == "If" and node.domain in _DEFAULT_DOMAINS and node.input[0] in known:
+            branch = "then_branch" if bool(np.ravel(known[node.input[0]])[0]) else "else_branch"
+            body = next(a.g for a in node.attribute if a.name == branch)
+            inlined, weights = _inline_branch(
+                node, body, f"{node.name or node.output[0]}__{branch}"
+            )
+            nodes.extend(inlined)
+            model.graph.initializer.extend(weights)
+            folded += 1
+            continue
         values: list[np.ndarray] | None = None
         foldable = (
             node.domain in _DEFAULT_DOMAINS
@@ -175,6 +185,26 @@ def _fold_once(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out, folded
+
+
+def _inline_branch(
+    node: onnx.NodeProto, body: onnx.GraphProto, prefix: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Return the nodes and weights of an If's taken branch, its own names made unique."""
+    from infer.graph.names import rename_values
+
+    defined = {t.name for t in body.initializer}
+    for inner in body.node:
+        defined.update(o for o in inner.output if o)
+    mapping = {name: f"{prefix}/{name}" for name in defined}
+    renamed = onnx.GraphProto()
+    renamed.CopyFrom(body)
+    rename_values(renamed, mapping)
+    nodes = list(renamed.node)
+    for declared, result in zip(node.output, renamed.output, strict=False):
+        if declared:
+            nodes.append(helper.make_node("Identity", [result.name], [declared]))
+    return nodes, list(renamed.initializer)
 
 
 def _small_initializers_to_constants(model: onnx.ModelProto) -> onnx.ModelProto:

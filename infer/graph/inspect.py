@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from infer.errors import UnsupportedOp
+from infer.graph.cleanup import clean
 from infer.graph.load import LoadedModel
+from infer.graph.partition import partition
 from infer.graph.shapes import graph_inputs, graph_outputs
 from infer.graph.support import find_unsupported, iter_nodes
 from infer.signature import TensorSpec
@@ -29,6 +31,9 @@ class ModelSummary:
     op_histogram: dict[str, int]
     parameter_count: int
     unsupported: list[UnsupportedOp]
+    # After legalization: op type -> node count of what would run on ONNX Runtime, and why.
+    fallback: dict[str, int]
+    fallback_reasons: list[str]
 
     def to_json(self) -> dict[str, Any]:
         """Return the summary as plain JSON data."""
@@ -51,6 +56,8 @@ class ModelSummary:
                 }
                 for u in self.unsupported
             ],
+            "onnxruntime_after_legalization": self.fallback,
+            "onnxruntime_reasons": self.fallback_reasons,
         }
 
 
@@ -74,6 +81,7 @@ def summarize(model: LoadedModel) -> ModelSummary:
         for d in t.dims:
             count *= d
         params += count
+    plan = partition(clean(proto))
     return ModelSummary(
         source=model.source,
         sha256=model.sha256,
@@ -85,4 +93,6 @@ def summarize(model: LoadedModel) -> ModelSummary:
         op_histogram=dict(histogram.most_common()),
         parameter_count=params,
         unsupported=find_unsupported(proto),
+        fallback=plan.fallback_op_types(),
+        fallback_reasons=sorted(set(plan.reasons.values())),
     )

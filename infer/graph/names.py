@@ -6,7 +6,7 @@ import re
 
 import onnx
 
-__all__ = ["sanitize_value_names"]
+__all__ = ["rename_values", "sanitize_value_names"]
 
 _INVALID = re.compile(r"[^A-Za-z0-9_]")
 
@@ -26,7 +26,8 @@ def _all_names(graph: onnx.GraphProto, names: list[str]) -> None:
                 _all_names(sub, names)
 
 
-def _rename(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
+def rename_values(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
+    """Rename values of graph and its subgraphs in place, as mapping says."""
     for seq in (graph.input, graph.output, graph.value_info):
         for v in seq:
             v.name = mapping.get(v.name, v.name)
@@ -41,9 +42,9 @@ def _rename(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
             node.output[i] = mapping.get(name, name)
         for attr in node.attribute:
             if attr.HasField("g"):
-                _rename(attr.g, mapping)
+                rename_values(attr.g, mapping)
             for sub in attr.graphs:
-                _rename(sub, mapping)
+                rename_values(sub, mapping)
 
 
 def sanitize_value_names(
@@ -74,7 +75,7 @@ def sanitize_value_names(
         mapping[name] = candidate
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    _rename(out.graph, mapping)
+    rename_values(out.graph, mapping)
     if renamed is not None:
         renamed.update({new: old for old, new in mapping.items()})
     return out

@@ -21,7 +21,16 @@ from onnx import helper
 from infer.graph.legalize import NOT_LEGALIZED
 from infer.graph.support import iter_nodes, supported_op_types
 
-__all__ = ["ONNXRUNTIME", "TVM", "Partition", "Segment", "node_key", "partition", "subgraph_refs"]
+__all__ = [
+    "ONNXRUNTIME",
+    "TVM",
+    "Partition",
+    "Segment",
+    "node_flops",
+    "node_key",
+    "partition",
+    "subgraph_refs",
+]
 
 TVM = "tvm"
 ONNXRUNTIME = "onnxruntime"
@@ -43,6 +52,7 @@ class Segment:
     outputs: list[str]
     node_keys: list[str]
     op_types: dict[str, int] = field(default_factory=dict)
+    flops: int = 0
 
     @property
     def node_count(self) -> int:
@@ -111,6 +121,7 @@ def _attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return helper.get_attribute_value(found) if found is not None else default
 
 
+_FNUZ_TYPES = frozenset({onnx.TensorProto.FLOAT8E4M3FNUZ, onnx.TensorProto.FLOAT8E5M2FNUZ})
 # Cases TVM 0.27's converters take but compute wrongly (measured by tools/conformance.py).
 _TVM_WRONG: dict[str, tuple[Callable[[onnx.NodeProto], bool], str]] = {
     "LayerNormalization": (
@@ -118,6 +129,10 @@ _TVM_WRONG: dict[str, tuple[Callable[[onnx.NodeProto], bool], str]] = {
         "TVM's LayerNormalization does not compute the Mean/InvStdDev outputs",
     ),
     "NonMaxSuppression": (lambda n: True, "TVM's NonMaxSuppression returns no boxes"),
+    "Cast": (
+        lambda n: _attribute(n, "to") in _FNUZ_TYPES,
+        "TVM encodes float8 FNUZ types with the wrong exponent bias",
+    ),
     "BatchNormalization": (
         lambda n: bool(_attribute(n, "training_mode", 0)),
         "TVM's BatchNormalization ignores training_mode=1",
@@ -138,6 +153,45 @@ def _tvm_rejects(node: onnx.NodeProto, supported: frozenset[str]) -> str | None:
         if wrong is not None and wrong[0](inner):
             return wrong[1]
     return None
+
+
+def _static_shape(type_proto: onnx.TypeProto | None) -> tuple[int, ...] | None:
+    if not _has_rank(type_proto):
+        return None
+    assert type_proto is not None
+    dims = type_proto.tensor_type.shape.dim
+    if not all(d.HasField("dim_value") for d in dims):
+        return None
+    return tuple(d.dim_value for d in dims)
+
+
+def node_flops(node: onnx.NodeProto, types: Mapping[str, onnx.TypeProto]) -> int:
+    """Return an estimate of a node's floating-point operations (0 when shapes are unknown).
+
+    Multiply-adds count two: Conv, ConvTranspose, MatMul and Gemm by their reductions, every
+    other op one per output element.
+    """
+    out = _static_shape(types.get(node.output[0])) if node.output else None
+    if out is None:
+        return 0
+    size = int(np.prod(out)) if out else 1
+    if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
+        weight = _static_shape(types.get(node.input[1]))
+        if weight is None:
+            return 0
+        per_output = int(np.prod(weight[1:]))
+        if node.op_type == "ConvTranspose":  # each input element scatters into the output
+            data = _static_shape(types.get(node.input[0]))
+            return 2 * int(np.prod(data)) * int(np.prod(weight[1:])) if data else 0
+        return 2 * size * per_output
+    if node.op_type in ("MatMul", "Gemm") and node.input:
+        left = _static_shape(types.get(node.input[0]))
+        if not left:
+            return 0
+        transposed = node.op_type == "Gemm" and _attribute(node, "transA", 0)
+        k = left[0] if transposed and len(left) == 2 else left[-1]
+        return 2 * size * k
+    return size
 
 
 def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
@@ -175,9 +229,19 @@ def partition(model: onnx.ModelProto, forced: Mapping[str, str] | None = None) -
     forced = dict(forced or {})
     reasons: dict[str, str] = {}
     initializers = {t.name for t in graph.initializer}
+    # Constants are free: each segment that reads one gets its own copy.
+    graph_outputs = [o.name for o in graph.output]
+    constants = {
+        n.output[0]: n
+        for n in graph.node
+        if n.op_type == "Constant"
+        and n.domain in _DEFAULT_DOMAINS
+        and n.output[0] not in graph_outputs
+    }
+    body = [n for n in graph.node if not (n.output and n.output[0] in constants)]
     kinds: dict[str, str] = {}
     producer_kind: dict[str, str] = {}
-    for node in graph.node:
+    for node in body:
         key = node_key(node)
         reason = forced[key] if key in forced else _tvm_rejects(node, supported)
         if reason is None:
@@ -197,7 +261,7 @@ def partition(model: onnx.ModelProto, forced: Mapping[str, str] | None = None) -
     level: dict[str, int] = {}
     producer: dict[str, onnx.NodeProto] = {}
     groups: dict[tuple[int, str], list[onnx.NodeProto]] = collections.defaultdict(list)
-    for node in graph.node:
+    for node in body:
         kind = kinds[node_key(node)]
         lvl = 0
         for name in _reads(node):
@@ -211,7 +275,6 @@ def partition(model: onnx.ModelProto, forced: Mapping[str, str] | None = None) -
             producer[out] = node
 
     order = sorted(groups, key=lambda k: (k[0], k[1] != TVM))
-    graph_outputs = [o.name for o in graph.output]
     reads_after: list[set[str]] = []
     later: set[str] = set(graph_outputs)
     for group_key in reversed(order):
@@ -225,10 +288,13 @@ def partition(model: onnx.ModelProto, forced: Mapping[str, str] | None = None) -
         nodes = groups[group_key]
         produced = {o for n in nodes for o in n.output if o}
         needed = list(dict.fromkeys(name for n in nodes for name in _reads(n)))
-        inputs = [n for n in needed if n not in produced and n not in initializers]
+        inputs = [
+            n for n in needed if n not in produced and n not in initializers and n not in constants
+        ]
         outputs = [o for n in nodes for o in n.output if o and o in reads_after[index]]
+        local = [constants[n] for n in needed if n in constants]
         segment_model = _segment_model(
-            model, nodes, inputs, outputs, types, f"{graph.name or 'model'}_{index}"
+            model, local + nodes, inputs, outputs, types, f"{graph.name or 'model'}_{index}"
         )
         segments.append(
             Segment(
@@ -238,6 +304,7 @@ def partition(model: onnx.ModelProto, forced: Mapping[str, str] | None = None) -
                 outputs=outputs,
                 node_keys=[node_key(n) for n in nodes],
                 op_types=dict(collections.Counter(n.op_type for n in nodes).most_common()),
+                flops=sum(node_flops(n, types) for n in nodes),
             )
         )
     return Partition(segments, reasons)

@@ -180,12 +180,16 @@ class Session:
     def placement(self) -> dict[str, Any]:
         """Return where the model runs: nodes and segments on TVM and on ONNX Runtime."""
         counts = {TVM_KIND: 0, ORT_KIND: 0}
+        flops = {TVM_KIND: 0, ORT_KIND: 0}
         op_types: dict[str, int] = {}
         for segment in self.manifest.segments:
             counts[segment["kind"]] += int(segment.get("nodes", 0))
+            flops[segment["kind"]] += int(segment.get("flops", 0))
             if segment["kind"] == ORT_KIND:
                 for op, n in segment.get("op_types", {}).items():
                     op_types[op] = op_types.get(op, 0) + int(n)
+        if not self.manifest.segments:
+            counts[TVM_KIND] = self.manifest.node_count
         total = counts[TVM_KIND] + counts[ORT_KIND]
         return {
             "segments": [s["kind"] for s in self.manifest.segments] or [TVM_KIND],
@@ -193,6 +197,9 @@ class Session:
             "onnxruntime_nodes": counts[ORT_KIND],
             "onnxruntime_op_types": op_types,
             "tvm_node_share": counts[TVM_KIND] / total if total else 1.0,
+            "onnxruntime_flops_share": (
+                flops[ORT_KIND] / (flops[TVM_KIND] + flops[ORT_KIND]) if flops[ORT_KIND] else 0.0
+            ),
         }
 
     def get_inputs(self) -> list[TensorSpec]:

@@ -94,3 +94,10 @@ def test_subgraph_reads_of_outer_names_are_segment_inputs() -> None:
     assert [s.kind for s in plan.segments] == [TVM, ONNXRUNTIME]
     assert plan.segments[1].inputs == ["c", "r"]
     assert node_key(model.graph.node[1]) == "y"
+
+
+def test_flops_count_multiply_adds_twice() -> None:
+    plan = partition(clean(onnx_models.mlp(batch=4)))
+    (segment,) = plan.segments
+    # Gemm 4x16 @ 16x32 and 4x32 @ 32x10, each output element one op for ReLU, Softmax.
+    assert segment.flops == 2 * 4 * 32 * 16 + 4 * 32 + 2 * 4 * 10 * 32 + 4 * 10
