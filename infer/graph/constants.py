@@ -237,13 +237,47 @@ def _small_initializers_to_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _empty_inputs_to_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy where nodes read an empty constant for each input of a static 0-size shape.
+
+    Such an input can only ever hold the empty tensor (exports pass "no axes" that way); the
+    input stays in the signature, its readers get the constant.
+    """
+    empty: dict[str, str] = {}
+    constants: list[onnx.NodeProto] = []
+    for value in model.graph.input:
+        tensor = value.type.tensor_type
+        dims = tensor.shape.dim if value.type.HasField("tensor_type") else []
+        if dims and all(d.HasField("dim_value") for d in dims) and 0 in [d.dim_value for d in dims]:
+            try:
+                dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+            except (KeyError, ValueError):
+                continue
+            name = f"{value.name}__empty"
+            array = np.zeros([d.dim_value for d in dims], dtype=dtype)
+            constants.append(_constant_node(name, array, name))
+            empty[value.name] = name
+    if not empty:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in out.graph.node:
+        for i, name in enumerate(node.input):
+            if name in empty:
+                node.input[i] = empty[name]
+    nodes = constants + list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a copy where every node computable at compile time is a Constant, dead ones dropped.
 
     Shape and Size of statically shaped tensors fold to their value; a node whose inputs are
     all constants folds when its result is no larger than its inputs (or than a small bound).
     """
-    out = _small_initializers_to_constants(model)
+    out = _small_initializers_to_constants(_empty_inputs_to_constants(model))
     for _ in range(MAX_ROUNDS):
         out, folded = _fold_once(out)
         if not folded:

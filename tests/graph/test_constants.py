@@ -118,3 +118,22 @@ def test_a_constant_graph_output_is_a_weight_behind_identity() -> None:
     folded = fold_constants(model)
     assert [n.op_type for n in folded.graph.node] == ["Identity"]
     assert [t.name for t in folded.graph.initializer] == ["y__value"]
+
+
+def test_an_input_that_can_only_be_empty_is_read_as_a_constant() -> None:
+    model = _model(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("axes", TensorProto.INT64, [0]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+    )
+    folded = fold_constants(model)
+    assert [i.name for i in folded.graph.input] == ["x", "axes"]  # the signature stays
+    reduce = next(n for n in folded.graph.node if n.op_type == "ReduceSum")
+    assert reduce.input[1] == "axes__empty"
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    feeds = {"x": x, "axes": np.zeros(0, np.int64)}
+    (got,) = ReferenceEvaluator(folded).run(None, feeds)
+    np.testing.assert_array_equal(got, [[15.0]])

@@ -111,3 +111,46 @@ def test_a_dynamic_sequence_length_is_left_with_the_reason() -> None:
     (node,) = legal.graph.node
     assert node.op_type == "GRU"
     assert node.doc_string == NOT_LEGALIZED + "the sequence length is not static"
+
+
+def test_function_ops_expand_into_their_bodies() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])
+    nodes = [
+        helper.make_node("Celu", ["x"], ["c"], alpha=0.5),
+        helper.make_node("LayerNormalization", ["c", "scale"], ["y", "mean", "inv_std"], axis=-1),
+    ]
+    outputs = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "mean", "inv_std")
+    ]
+    scale = numpy_helper.from_array(np.linspace(0.5, 1.5, 4, dtype=np.float32), "scale")
+    graph = helper.make_graph(nodes, "functions", [x], outputs, [scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    legal = legalize(model)
+    ops = {n.op_type for n in legal.graph.node}
+    assert "Celu" not in ops and "LayerNormalization" not in ops
+    feeds = {"x": np.random.default_rng(3).standard_normal((2, 3, 4)).astype(np.float32)}
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for g, w in zip(
+        ReferenceEvaluator(legal).run(None, feeds), session.run(None, feeds), strict=True
+    ):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("saturate", [1, 0])
+@pytest.mark.parametrize("to", [TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2])
+def test_float8_casts_compiled_follow_the_spec(tmp_path: Any, saturate: int, to: int) -> None:
+    import infer
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=to, saturate=saturate)],
+        "cast",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])],
+        [helper.make_tensor_value_info("y", to, [8])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    x = np.array([0.3, -1.7, 1e6, -1e6, np.inf, -np.inf, np.nan, 470.0], dtype=np.float32)
+    session = infer.compile(model, output=tmp_path / "cast.infer", check=False).load(threads=1)
+    (got,) = session.run(None, {"x": x})
+    (want,) = ReferenceEvaluator(model).run(None, {"x": x})  # the spec, in numpy
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
