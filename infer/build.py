@@ -23,7 +23,7 @@ from infer.artifact.manifest import (
     ArtifactManifest,
 )
 from infer.config import apply_tvm_thread_environment
-from infer.errors import CompileError
+from infer.errors import CompileError, UnsupportedOpError
 from infer.graph.cleanup import clean
 from infer.graph.load import LoadedModel
 from infer.graph.names import sanitize_value_names
@@ -287,7 +287,10 @@ def build_artifact(
     with stage("legalize"):
         cleaned = clean(proto)
     if not fallback:
-        check_supported(cleaned, name=model.name)
+        check_supported(cleaned, name=model.name)  # every op without a converter, at once
+        refused = partition(cleaned).fallback_ops()  # and those TVM is known to get wrong
+        if refused:
+            raise UnsupportedOpError(refused, model=model.name)
     plan, compiled = _plan(cleaned, model.name, options, stage, fallback)
     segments: list[dict[str, Any]] = []
     root_params: list[str] = []

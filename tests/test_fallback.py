@@ -122,3 +122,31 @@ def test_a_legalized_lstm_runs_wholly_on_tvm(tmp_path: Path) -> None:
     x = np.random.default_rng(4).standard_normal((5, 1, 3)).astype(np.float32)
     for g, w in zip(session.run(None, {"x": x}), ort_run(path, {"x": x}), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_an_op_tvm_gets_wrong_runs_on_onnxruntime_or_is_refused(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("NonMaxSuppression", ["boxes", "scores", "k", "iou"], ["selected"])],
+        "nms",
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 4, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 4]),
+        ],
+        [helper.make_tensor_value_info("selected", TensorProto.INT64, ["n", 3])],
+        [
+            numpy_helper.from_array(np.array([3], np.int64), "k"),
+            numpy_helper.from_array(np.array([0.5], np.float32), "iou"),
+        ],
+    )
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path)
+    with pytest.raises(UnsupportedOpError, match="NonMaxSuppression x1"):
+        infer.compile(path, output=tmp_path / "native.infer", fallback=False)
+    with pytest.warns(FallbackWarning, match="NonMaxSuppression"):
+        art = infer.compile(path, output=tmp_path / "a.infer")
+    assert art.manifest.segments[0]["reasons"] == ["TVM's NonMaxSuppression returns no boxes"]
+    boxes = np.array([[[0, 0, 1, 1], [0, 0.1, 1, 1.1], [0, 2, 1, 3], [5, 5, 6, 6]]], np.float32)
+    feeds = {"boxes": boxes, "scores": np.array([[[0.9, 0.8, 0.7, 0.1]]], np.float32)}
+    (got,) = art.load(threads=1).run(None, feeds)
+    np.testing.assert_array_equal(got, [[0, 0, 0], [0, 0, 2], [0, 0, 3]])

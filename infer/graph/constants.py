@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from infer.graph.shapes import dims_of, inferred_types
+
 __all__ = ["fold_constants", "normalize_constant"]
 
 # A folded output may be this large, or as large as its inputs together (no growth).
@@ -75,22 +77,6 @@ def _constant_node(name: str, array: np.ndarray, node_name: str) -> onnx.NodePro
     )
 
 
-def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # inference is a help, not a requirement
-        return {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    graph = inferred.graph
-    for value in [*graph.value_info, *graph.input, *graph.output]:
-        tensor = value.type.tensor_type
-        if value.type.HasField("tensor_type") and tensor.HasField("shape"):
-            dims = tensor.shape.dim
-            if all(d.HasField("dim_value") for d in dims):
-                shapes[value.name] = tuple(d.dim_value for d in dims)
-    return shapes
-
-
 def _shape_value(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type == "Size":
@@ -134,7 +120,11 @@ def _evaluate(
 
 def _fold_once(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     graph = model.graph
-    shapes = _static_shapes(model)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, type_proto in inferred_types(model).items():
+        dims = dims_of(type_proto)
+        if dims is not None and all(d is not None for d in dims):
+            shapes[name] = tuple(int(d) for d in dims if d is not None)
     known: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     nodes: list[onnx.NodeProto] = []
     folded = 0

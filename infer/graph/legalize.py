@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from infer.graph.shapes import dims_of, inferred_types
 from infer.graph.support import iter_nodes, supported_op_types
 
 __all__ = [
@@ -449,32 +450,6 @@ LEGALIZATIONS: dict[str, Callable[..., list[str]]] = {
 }
 
 
-def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    """Return the known shapes of every value, subgraphs included (names are unique in ONNX)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # inference is a help, not a requirement
-        inferred = model
-    shapes: dict[str, tuple[int | None, ...]] = {}
-
-    def collect(graph: onnx.GraphProto) -> None:
-        for value in [*graph.value_info, *graph.input, *graph.output]:
-            tensor = value.type.tensor_type
-            if value.type.HasField("tensor_type") and tensor.HasField("shape"):
-                shapes[value.name] = tuple(
-                    d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
-                )
-        for t in graph.initializer:
-            shapes[t.name] = tuple(t.dims)
-        for node in graph.node:
-            for attr in node.attribute:
-                for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                    collect(sub)
-
-    collect(inferred.graph)
-    return shapes
-
-
 # Ops TVM's importer has a converter of the same name for, but not for the standard op's
 # meaning: expanded into their ONNX function body whenever they have one.
 _EXPAND_ALWAYS = frozenset({"Attention"})
@@ -528,28 +503,6 @@ def expand_function(
     return list(function_expand_helper(with_defaults, body, prefix))
 
 
-def _type_protos(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    """Return the inferred type of every value, subgraphs included."""
-    types: dict[str, onnx.TypeProto] = {}
-
-    def collect(graph: onnx.GraphProto) -> None:
-        for t in graph.initializer:
-            types[t.name] = helper.make_tensor_type_proto(t.data_type, list(t.dims))
-        for value in [*graph.input, *graph.value_info, *graph.output]:
-            if value.type.WhichOneof("value") is not None:
-                types[value.name] = value.type
-        for node in graph.node:
-            for attr in node.attribute:
-                for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                    collect(sub)
-
-    try:
-        collect(onnx.shape_inference.infer_shapes(model, strict_mode=False).graph)
-    except Exception:  # inference is a help, not a requirement
-        collect(model.graph)
-    return types
-
-
 def legalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return the model with every legalizable node rewritten, in subgraphs too.
 
@@ -567,8 +520,10 @@ def legalize(model: onnx.ModelProto) -> onnx.ModelProto:
     # A function body may use function ops in turn (SoftmaxCrossEntropyLoss uses
     # NegativeLogLikelihoodLoss): passes repeat, with fresh types, while bodies are expanded.
     for round_ in range(MAX_EXPANSION_ROUNDS):
-        shapes = _static_shapes(out)
-        type_protos = _type_protos(out)
+        type_protos = inferred_types(out)
+        shapes = {
+            k: d for k, d in ((k, dims_of(v)) for k, v in type_protos.items()) if d is not None
+        }
         types = {
             k: v.tensor_type.elem_type for k, v in type_protos.items() if v.HasField("tensor_type")
         }

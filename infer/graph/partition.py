@@ -18,7 +18,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from infer.errors import UnsupportedOp
 from infer.graph.legalize import NOT_LEGALIZED
+from infer.graph.shapes import dims_of, inferred_types
 from infer.graph.support import iter_nodes, supported_op_types
 
 __all__ = [
@@ -89,6 +91,21 @@ class Partition:
                 counts.update(seg.op_types)
         return dict(counts.most_common())
 
+    def fallback_ops(self) -> list[UnsupportedOp]:
+        """Return the op types that run on ONNX Runtime, with counts and first node names."""
+        found: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+        for seg in self.segments:
+            if seg.kind != ONNXRUNTIME:
+                continue
+            keys = set(seg.node_keys)
+            for node in seg.model.graph.node:
+                if node_key(node) in keys:
+                    found[(node.domain, node.op_type)].append(node.name or node_key(node))
+        return [
+            UnsupportedOp(op_type=op, domain=domain, count=len(names), node_names=tuple(names[:3]))
+            for (domain, op), names in sorted(found.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        ]
+
     def node_counts(self) -> dict[str, int]:
         counts = {TVM: 0, ONNXRUNTIME: 0}
         for seg in self.segments:
@@ -119,6 +136,22 @@ def _reads(node: onnx.NodeProto) -> list[str]:
 def _attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     found = next((a for a in node.attribute if a.name == name), None)
     return helper.get_attribute_value(found) if found is not None else default
+
+
+_SUB_BYTE = frozenset(
+    {
+        onnx.TensorProto.INT4,
+        onnx.TensorProto.UINT4,
+        onnx.TensorProto.FLOAT4E2M1,
+        *(getattr(onnx.TensorProto, n) for n in ("INT2", "UINT2") if hasattr(onnx.TensorProto, n)),
+    }
+)
+
+
+def _elem_type(type_proto: onnx.TypeProto | None) -> int:
+    if type_proto is None or not type_proto.HasField("tensor_type"):
+        return 0
+    return int(type_proto.tensor_type.elem_type)
 
 
 _FNUZ_TYPES = frozenset({onnx.TensorProto.FLOAT8E4M3FNUZ, onnx.TensorProto.FLOAT8E5M2FNUZ})
@@ -156,13 +189,10 @@ def _tvm_rejects(node: onnx.NodeProto, supported: frozenset[str]) -> str | None:
 
 
 def _static_shape(type_proto: onnx.TypeProto | None) -> tuple[int, ...] | None:
-    if not _has_rank(type_proto):
+    dims = dims_of(type_proto)
+    if dims is None or any(d is None for d in dims):
         return None
-    assert type_proto is not None
-    dims = type_proto.tensor_type.shape.dim
-    if not all(d.HasField("dim_value") for d in dims):
-        return None
-    return tuple(d.dim_value for d in dims)
+    return tuple(int(d) for d in dims if d is not None)
 
 
 def node_flops(node: onnx.NodeProto, types: Mapping[str, onnx.TypeProto]) -> int:
@@ -194,21 +224,6 @@ def node_flops(node: onnx.NodeProto, types: Mapping[str, onnx.TypeProto]) -> int
     return size
 
 
-def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # shape inference is a help here, never a requirement
-        inferred = model
-    graph = inferred.graph
-    types: dict[str, onnx.TypeProto] = {}
-    for value in [*graph.value_info, *graph.input, *graph.output]:
-        if value.type.WhichOneof("value") is not None:
-            types[value.name] = value.type
-    for tensor in graph.initializer:
-        types[tensor.name] = helper.make_tensor_type_proto(tensor.data_type, list(tensor.dims))
-    return types
-
-
 def _has_rank(type_proto: onnx.TypeProto | None) -> bool:
     return (
         type_proto is not None
@@ -225,7 +240,7 @@ def partition(model: onnx.ModelProto, forced: Mapping[str, str] | None = None) -
     """
     graph = model.graph
     supported = supported_op_types()
-    types = _value_types(model)
+    types = inferred_types(model)
     forced = dict(forced or {})
     reasons: dict[str, str] = {}
     initializers = {t.name for t in graph.initializer}
@@ -244,6 +259,10 @@ def partition(model: onnx.ModelProto, forced: Mapping[str, str] | None = None) -
     for node in body:
         key = node_key(node)
         reason = forced[key] if key in forced else _tvm_rejects(node, supported)
+        if reason is None and any(
+            _elem_type(types.get(name)) in _SUB_BYTE for name in [*_reads(node), *node.output]
+        ):
+            reason = "TVM 0.27 reads sub-byte tensors (int4, int2, float4) past their buffers"
         if reason is None:
             unranked = [
                 name

@@ -13,8 +13,10 @@ from infer.signature import Dim, TensorSpec
 __all__ = [
     "ShapeOverrides",
     "apply_shape_overrides",
+    "dims_of",
     "graph_inputs",
     "graph_outputs",
+    "inferred_types",
     "parse_shape_option",
 ]
 
@@ -135,3 +137,41 @@ def _anonymous(dim: onnx.TensorShapeProto.Dimension) -> bool:
     if dim.HasField("dim_value"):
         return dim.dim_value < 0
     return dim.dim_param.strip() in _ANONYMOUS_DIM_NAMES
+
+
+def inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Return the type ONNX shape inference gives every value, subgraphs included.
+
+    Value names are unique across a model's graphs (ONNX's SSA rule). Inference with data
+    propagation, so shapes computed from Shape are known; a model it rejects gives what the
+    model declares.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # inference is a help here, never a requirement
+        inferred = model
+    types: dict[str, onnx.TypeProto] = {}
+
+    def collect(graph: onnx.GraphProto) -> None:
+        for t in graph.initializer:
+            types[t.name] = onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims))
+        for value in [*graph.input, *graph.value_info, *graph.output]:
+            if value.type.WhichOneof("value") is not None:
+                types[value.name] = value.type
+        for node in graph.node:
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                    collect(sub)
+
+    collect(inferred.graph)
+    return types
+
+
+def dims_of(type_proto: onnx.TypeProto | None) -> tuple[int | None, ...] | None:
+    """Return a tensor type's dims (None for each unknown one), None when its rank is unknown."""
+    if type_proto is None or not type_proto.HasField("tensor_type"):
+        return None
+    tensor = type_proto.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
