@@ -68,7 +68,8 @@ def export_cases(directory: Path) -> list[str]:
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         cases = load_model_tests(kind="node")
-    staging = Path(tempfile.mkdtemp(dir=directory.parent if directory.parent.exists() else None))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent))  # same filesystem: os.replace works
     for case in cases:
         case_dir = staging / case.name
         case_dir.mkdir()
@@ -77,7 +78,6 @@ def export_cases(directory: Path) -> list[str]:
             pickle.dump({"data_sets": case.data_sets, "rtol": case.rtol, "atol": case.atol}, f)
     names = sorted(case.name for case in cases)
     (staging / "complete.json").write_text(json.dumps(names))
-    directory.parent.mkdir(parents=True, exist_ok=True)
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(staging, directory)
