@@ -258,12 +258,15 @@ def _plan(
         except CompileError as exc:
             keys = set(plan.segments[index].node_keys) if plan.segments else set()
             node = getattr(exc, "node_key", None)
+            before = len(forced)
             if node in keys:
                 forced[node] = str(exc).split(": ", 1)[-1]
             elif isinstance(exc, ImportFailure) or options.pipeline.fallback is None:
                 forced.update(dict.fromkeys(keys, str(exc).split(": ", 1)[-1]))
             else:
                 raise  # another pipeline may compile it: the caller retries with that one
+            if len(forced) == before:  # nothing left to move to ONNX Runtime
+                raise
 
 
 def build_artifact(

@@ -1,8 +1,9 @@
 """Partitioning: which nodes TVM compiles and which run on ONNX Runtime, in the fewest segments.
 
 A node goes to ONNX Runtime when TVM's importer has no converter for it (or for a node in one
-of its subgraphs), when it is not in the default ONNX domain, when a tensor it reads from an
-ONNX Runtime segment has no known rank, or when the build found that TVM rejects it (`forced`).
+of its subgraphs), when it is not in the default ONNX domain, when TVM is known to compute it
+wrongly or unsafely (_TVM_WRONG, sub-byte tensors), when a tensor it reads from an ONNX Runtime
+segment has no known rank, or when the build found that TVM rejects it (`forced`).
 Each node gets the earliest level its inputs allow, a level rising each time a path changes
 runtime; the nodes of one (level, runtime) pair form a segment, and segments run in level order.
 """
