@@ -104,8 +104,10 @@ def run_pipeline(mod: Any, pipeline: Pipeline, target: Any, dump_dir: Path | Non
     from tvm import relax
 
     steps: list[tuple[str, Any]] = [(name, _pass(name)()) for name in pipeline.passes]
-    if pipeline.layouts:
-        layouts = {op: list(layout) for op, layout in pipeline.layouts}
+    layouts = {op: list(layout) for op, layout in pipeline.layouts}
+    # Only where there is something to convert: ConvertLayout itself fails on some graphs
+    # without convolutions (SIGFPE on a 0-d minimum, std::bad_alloc on silero-vad).
+    if layouts and _calls_any(mod, set(layouts)):
         steps.append(("ConvertLayout", relax.transform.ConvertLayout(layouts)))
     if pipeline.lift_params:
         steps.append(("LiftTransformParams", relax.transform.LiftTransformParams()))
@@ -115,6 +117,22 @@ def run_pipeline(mod: Any, pipeline: Pipeline, target: Any, dump_dir: Path | Non
             if dump_dir is not None:
                 (dump_dir / f"{index:02d}-{name}.py").write_text(mod.script())
     return mod
+
+
+def _calls_any(mod: Any, op_names: set[str]) -> bool:
+    """Return whether any Relax function of mod calls one of the named operators."""
+    from tvm import relax
+
+    found: list[bool] = []
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", None) in op_names:
+            found.append(True)
+
+    for function in mod.functions.values():
+        if isinstance(function, relax.Function):
+            relax.analysis.post_order_visit(function, visit)
+    return bool(found)
 
 
 def lowering_pipeline(pipeline: Pipeline, target: Any) -> Any:

@@ -48,8 +48,6 @@ def _feeds(session: infer.Session) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.external
-# TVM's ConvertLayout fails on some silero variants (std::bad_alloc): cpu-nchw, said out loud.
-@pytest.mark.filterwarnings("default::infer.errors.FallbackWarning")
 @pytest.mark.parametrize("name", [*SILERO, "ppocr-cls", "ppocr-rec"])
 def test_real_model_compiles_mostly_on_tvm_and_matches_onnxruntime(name: str) -> None:
     recipe = get_recipe(name)
