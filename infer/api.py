@@ -13,7 +13,7 @@ from typing import Any
 import onnx
 
 from infer.artifact.cache import CompileCache, cache_key
-from infer.artifact.manifest import ArtifactManifest
+from infer.artifact.manifest import ORT_SEGMENT, TVM_SEGMENT, ArtifactManifest
 from infer.artifact.store import build_atomically
 from infer.build import BuildOptions, ImportFailure, build_artifact, tool_versions
 from infer.config import available_cpus, cache_dir, default_num_threads
@@ -107,23 +107,17 @@ def _build_with_fallback(
 
 def _report_fallback(manifest: ArtifactManifest, name: str) -> None:
     """Say which nodes run on ONNX Runtime instead of TVM, when any do: never silently."""
-    fallback = [s for s in manifest.segments if s["kind"] == "onnxruntime"]
-    if not fallback:
+    nodes, flops, ort_ops = manifest.placement_totals()
+    if not nodes[ORT_SEGMENT]:
         return
-    nodes = sum(int(s["nodes"]) for s in fallback)
-    total = sum(int(s["nodes"]) for s in manifest.segments)
-    flops = sum(int(s.get("flops", 0)) for s in fallback)
-    all_flops = sum(int(s.get("flops", 0)) for s in manifest.segments)
-    share = f", {flops / all_flops:.1%} of the FLOPs" if all_flops else ""
-    ops: dict[str, int] = {}
-    for segment in fallback:
-        for op, n in segment["op_types"].items():
-            ops[op] = ops.get(op, 0) + int(n)
-    listed = ", ".join(f"{op} x{n}" for op, n in sorted(ops.items(), key=lambda kv: -kv[1]))
+    total_flops = flops[TVM_SEGMENT] + flops[ORT_SEGMENT]
+    share = f", {flops[ORT_SEGMENT] / total_flops:.1%} of the FLOPs" if total_flops else ""
+    listed = ", ".join(f"{op} x{n}" for op, n in sorted(ort_ops.items(), key=lambda kv: -kv[1]))
+    segments = sum(1 for s in manifest.segments if s["kind"] == ORT_SEGMENT)
     message = (
-        f"{name}: {nodes} of {total} nodes{share} run on ONNX Runtime ({listed}) in "
-        f"{len(fallback)} segment(s); TVM compiles the rest. Use fallback=False (--no-fallback) "
-        "to refuse instead"
+        f"{name}: {nodes[ORT_SEGMENT]} of {nodes[TVM_SEGMENT] + nodes[ORT_SEGMENT]} nodes{share} "
+        f"run on ONNX Runtime ({listed}) in {segments} segment(s); TVM compiles the rest. "
+        "Use fallback=False (--no-fallback) to refuse instead"
     )
     warnings.warn(message, FallbackWarning, stacklevel=3)  # the CLI prints it as a warning
 

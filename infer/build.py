@@ -252,17 +252,18 @@ def _plan(
                 if segment.kind != TVM:
                     compiled.append(None)
                     continue
-                label = name if plan.single_tvm else f"{name} segment {index}"
+                label = f"{name} segment {index}"
                 compiled.append(_compile_tvm(segment.model, label, options, stage))
             return plan, compiled
         except CompileError as exc:
             keys = set(plan.segments[index].node_keys) if plan.segments else set()
             node = getattr(exc, "node_key", None)
+            reason = str(exc).split(": ", 1)[-1]  # without the model name
             before = len(forced)
             if node in keys:
-                forced[node] = str(exc).split(": ", 1)[-1]
+                forced[node] = reason
             elif isinstance(exc, ImportFailure) or options.pipeline.fallback is None:
-                forced.update(dict.fromkeys(keys, str(exc).split(": ", 1)[-1]))
+                forced.update(dict.fromkeys(keys, reason))
             else:
                 raise  # another pipeline may compile it: the caller retries with that one
             if len(forced) == before:  # nothing left to move to ONNX Runtime

@@ -326,6 +326,7 @@ def main() -> None:
     results = run_all(directory, names, modes, args.jobs, args.timeout)
     seconds = time.monotonic() - started
 
+    ops_of = {name: op_types(directory, name) for name in names}
     with open(args.csv, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
@@ -338,7 +339,7 @@ def main() -> None:
             ]
         )
         for name in names:
-            row: list[Any] = [name, " ".join(op_types(directory, name))]
+            row: list[Any] = [name, " ".join(ops_of[name])]
             for mode in modes:
                 status, detail, _ = results[name][mode]
                 row += [status, detail]
@@ -357,7 +358,7 @@ def main() -> None:
     mode = modes[-1]
     for name in names:
         if results[name][mode][0] != PASS:
-            for op in op_types(directory, name):
+            for op in ops_of[name]:
                 failing[op] += 1
     if failing:
         print(f"\nop types of the cases failing in mode {mode} (cases):")

@@ -17,6 +17,8 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MANIFEST_FILE",
+    "ORT_SEGMENT",
+    "TVM_SEGMENT",
     "TVM_SEGMENT_DIR",
     "ArtifactManifest",
     "sha256_file",
@@ -32,6 +34,9 @@ PARAMS_FILE = "params.safetensors"
 # With segments: TVM segment i in tvm<i>/ (lib.so, params.safetensors), ONNX Runtime ones in here.
 TVM_SEGMENT_DIR = "tvm"
 FALLBACK_DIR = "fallback"
+# The kinds of segment (the same names as infer.graph.partition's).
+TVM_SEGMENT = "tvm"
+ORT_SEGMENT = "onnxruntime"
 HASH_CHUNK_BYTES = 1 << 20
 MAX_MANIFEST_BYTES = 16 << 20
 
@@ -170,13 +175,31 @@ class ArtifactManifest:
             if p.is_file() and p.name != MANIFEST_FILE
         }
 
+    def placement_totals(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+        """Return (nodes per segment kind, FLOPs per kind, ONNX Runtime node count per op type).
+
+        An artifact without segments runs all of its node_count nodes on TVM.
+        """
+        nodes = {TVM_SEGMENT: 0, ORT_SEGMENT: 0}
+        flops = {TVM_SEGMENT: 0, ORT_SEGMENT: 0}
+        ort_ops: dict[str, int] = {}
+        for segment in self.segments:
+            nodes[segment["kind"]] += int(segment.get("nodes", 0))
+            flops[segment["kind"]] += int(segment.get("flops", 0))
+            if segment["kind"] == ORT_SEGMENT:
+                for op, n in segment.get("op_types", {}).items():
+                    ort_ops[op] = ort_ops.get(op, 0) + int(n)
+        if not self.segments:
+            nodes[TVM_SEGMENT] = self.node_count
+        return nodes, flops, ort_ops
+
     def required_files(self) -> list[str]:
         """Return the files the runtime opens: libraries, weights and fallback models."""
         if not self.segments:
             return [LIBRARY_FILE, PARAMS_FILE]
         files: list[str] = []
         for segment in self.segments:
-            if segment["kind"] == "tvm":
+            if segment["kind"] == TVM_SEGMENT:
                 files += [f"{segment['dir']}/{LIBRARY_FILE}", f"{segment['dir']}/{PARAMS_FILE}"]
             else:
                 files.append(segment["file"])
@@ -219,11 +242,11 @@ def _segment(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TypeError("segments")
     kind = data["kind"]
-    names = ("inputs", "outputs", *(("params",) if kind == "tvm" else ()))
+    names = ("inputs", "outputs", *(("params",) if kind == TVM_SEGMENT else ()))
     for key in names:
         if not isinstance(data[key], list) or not all(isinstance(n, str) for n in data[key]):
             raise TypeError(f"segments.{key}")
-    where = data["dir"] if kind == "tvm" else data["file"] if kind == "onnxruntime" else None
+    where = data["dir"] if kind == TVM_SEGMENT else data["file"] if kind == ORT_SEGMENT else None
     if not isinstance(where, str) or not where:
         raise ValueError(f"segments.kind {kind!r}")
     return dict(data)

@@ -118,7 +118,8 @@ def _evaluate(
     return [np.asarray(o) for o in outputs]
 
 
-def _fold_once(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+def _fold_once(model: onnx.ModelProto) -> int:
+    """Fold what is computable in model (rewritten in place); return how many nodes folded."""
     graph = model.graph
     shapes: dict[str, tuple[int, ...]] = {}
     for name, type_proto in inferred_types(model).items():
@@ -143,7 +144,7 @@ def _fold_once(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                 node, body, f"{node.name or node.output[0]}__{branch}"
             )
             nodes.extend(inlined)
-            model.graph.initializer.extend(weights)
+            graph.initializer.extend(weights)
             folded += 1
             continue
         values: list[np.ndarray] | None = None
@@ -170,11 +171,9 @@ def _fold_once(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                 continue
             known[name] = value
             nodes.append(_constant_node(name, value, f"{node.name or name}_folded{index}"))
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    return out, folded
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return folded
 
 
 def _inline_branch(
@@ -267,10 +266,9 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     Shape and Size of statically shaped tensors fold to their value; a node whose inputs are
     all constants folds when its result is no larger than its inputs (or than a small bound).
     """
-    out = _small_initializers_to_constants(_empty_inputs_to_constants(model))
+    out = _small_initializers_to_constants(_empty_inputs_to_constants(model))  # a copy
     for _ in range(MAX_ROUNDS):
-        out, folded = _fold_once(out)
-        if not folded:
+        if not _fold_once(out):
             break
     return _constant_outputs_as_weights(_drop_dead(out))
 

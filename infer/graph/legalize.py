@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -520,29 +521,37 @@ def legalize(model: onnx.ModelProto) -> onnx.ModelProto:
     # A function body may use function ops in turn (SoftmaxCrossEntropyLoss uses
     # NegativeLogLikelihoodLoss): passes repeat, with fresh types, while bodies are expanded.
     for round_ in range(MAX_EXPANSION_ROUNDS):
-        type_protos = inferred_types(out)
+        known = _Known.of(out, opset, supported)
+        if not _legalize_graph(out.graph, known, f"r{round_}_"):
+            break
+    return out
+
+
+@dataclass(frozen=True)
+class _Known:
+    """What one legalization round knows of the model: opset, TVM's ops, inferred types."""
+
+    opset: int
+    supported: frozenset[str]
+    type_protos: dict[str, onnx.TypeProto]
+    shapes: dict[str, tuple[int | None, ...]]
+    types: dict[str, int]  # element types
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto, opset: int, supported: frozenset[str]) -> _Known:
+        type_protos = inferred_types(model)
         shapes = {
             k: d for k, d in ((k, dims_of(v)) for k, v in type_protos.items()) if d is not None
         }
         types = {
             k: v.tensor_type.elem_type for k, v in type_protos.items() if v.HasField("tensor_type")
         }
-        expanded = _legalize_graph(out.graph, opset, shapes, types, f"r{round_}_", type_protos)
-        if not expanded:
-            break
-    return out
+        return cls(opset, supported, type_protos, shapes, types)
 
 
-def _legalize_graph(
-    graph: onnx.GraphProto,
-    opset: int,
-    shapes: dict[str, tuple[int | None, ...]],
-    types: dict[str, int],
-    scope: str,
-    type_protos: dict[str, onnx.TypeProto],
-) -> int:
+def _legalize_graph(graph: onnx.GraphProto, known: _Known, scope: str) -> int:
     """Rewrite graph in place; return how many function bodies were expanded."""
-    supported = supported_op_types()
+    opset, shapes, types = known.opset, known.shapes, known.types
     expansions = 0
     nodes: list[onnx.NodeProto] = []
     constants = {
@@ -553,17 +562,15 @@ def _legalize_graph(
     for index, node in enumerate(graph.node):
         for attr in node.attribute:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                expansions += _legalize_graph(
-                    sub, opset, shapes, types, f"{scope}{index}_{attr.name}_", type_protos
-                )
+                expansions += _legalize_graph(sub, known, f"{scope}{index}_{attr.name}_")
         function = LEGALIZATIONS.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else None
         if node.doc_string == LEGALIZED:
             nodes.append(node)
             continue
         if function is None:
             expanded = None
-            if _wants_expansion(node, supported):
-                input_types = [type_protos.get(i) if i else None for i in node.input]
+            if _wants_expansion(node, known.supported):
+                input_types = [known.type_protos.get(i) if i else None for i in node.input]
                 prefix = f"{scope}{node.op_type}{index}_"
                 expanded = expand_function(node, opset, input_types, prefix)
             nodes.extend(expanded if expanded is not None else [node])

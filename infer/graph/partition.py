@@ -226,12 +226,7 @@ def node_flops(node: onnx.NodeProto, types: Mapping[str, onnx.TypeProto]) -> int
 
 
 def _has_rank(type_proto: onnx.TypeProto | None) -> bool:
-    return (
-        type_proto is not None
-        and type_proto.HasField("tensor_type")
-        and type_proto.tensor_type.elem_type != 0
-        and type_proto.tensor_type.HasField("shape")
-    )
+    return _elem_type(type_proto) != 0 and dims_of(type_proto) is not None
 
 
 def partition(model: onnx.ModelProto, forced: Mapping[str, str] | None = None) -> Partition:
@@ -255,19 +250,20 @@ def partition(model: onnx.ModelProto, forced: Mapping[str, str] | None = None) -
         and n.output[0] not in graph_outputs
     }
     body = [n for n in graph.node if not (n.output and n.output[0] in constants)]
+    reads = {node_key(n): _reads(n) for n in body}  # subgraph scans, once per node
     kinds: dict[str, str] = {}
     producer_kind: dict[str, str] = {}
     for node in body:
         key = node_key(node)
         reason = forced[key] if key in forced else _tvm_rejects(node, supported)
         if reason is None and any(
-            _elem_type(types.get(name)) in _SUB_BYTE for name in [*_reads(node), *node.output]
+            _elem_type(types.get(name)) in _SUB_BYTE for name in [*reads[key], *node.output]
         ):
             reason = "TVM 0.27 reads sub-byte tensors (int4, int2, float4) past their buffers"
         if reason is None:
             unranked = [
                 name
-                for name in _reads(node)
+                for name in reads[key]
                 if producer_kind.get(name) == ONNXRUNTIME and not _has_rank(types.get(name))
             ]
             if unranked:
@@ -284,7 +280,7 @@ def partition(model: onnx.ModelProto, forced: Mapping[str, str] | None = None) -
     for node in body:
         kind = kinds[node_key(node)]
         lvl = 0
-        for name in _reads(node):
+        for name in reads[node_key(node)]:
             if name in producer:
                 p = producer[name]
                 p_lvl = level[node_key(p)]
@@ -300,21 +296,27 @@ def partition(model: onnx.ModelProto, forced: Mapping[str, str] | None = None) -
     for group_key in reversed(order):
         reads_after.append(set(later))
         for node in groups[group_key]:
-            later.update(_reads(node))
+            later.update(reads[node_key(node)])
     reads_after.reverse()
 
     segments: list[Segment] = []
     for index, group_key in enumerate(order):
         nodes = groups[group_key]
         produced = {o for n in nodes for o in n.output if o}
-        needed = list(dict.fromkeys(name for n in nodes for name in _reads(n)))
+        needed = list(dict.fromkeys(name for n in nodes for name in reads[node_key(n)]))
         inputs = [
             n for n in needed if n not in produced and n not in initializers and n not in constants
         ]
         outputs = [o for n in nodes for o in n.output if o and o in reads_after[index]]
         local = [constants[n] for n in needed if n in constants]
         segment_model = _segment_model(
-            model, local + nodes, inputs, outputs, types, f"{graph.name or 'model'}_{index}"
+            model,
+            local + nodes,
+            inputs,
+            outputs,
+            set(needed),
+            types,
+            f"{graph.name or 'model'}_{index}",
         )
         segments.append(
             Segment(
@@ -347,11 +349,12 @@ def _segment_model(
     nodes: list[onnx.NodeProto],
     inputs: list[str],
     outputs: list[str],
+    reads: set[str],
     types: dict[str, onnx.TypeProto],
     name: str,
 ) -> onnx.ModelProto:
+    """Return nodes as a model of their own: inputs, outputs, the initializers they read."""
     graph = model.graph
-    read = {name for n in nodes for name in _reads(n)}
     original_inputs = {v.name: v for v in graph.input}
     original_outputs = {v.name: v for v in graph.output}
     segment_graph = helper.make_graph(
@@ -359,7 +362,7 @@ def _segment_model(
         name,
         [original_inputs.get(i) or _value_info(i, types) for i in inputs],
         [original_outputs.get(o) or _value_info(o, types) for o in outputs],
-        initializer=[t for t in graph.initializer if t.name in read],
+        initializer=[t for t in graph.initializer if t.name in reads],
     )
     out = helper.make_model(
         segment_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version

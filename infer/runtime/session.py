@@ -11,7 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from infer.artifact.manifest import LIBRARY_FILE, PARAMS_FILE, ArtifactManifest
+from infer.artifact.manifest import (
+    LIBRARY_FILE,
+    ORT_SEGMENT,
+    PARAMS_FILE,
+    TVM_SEGMENT,
+    ArtifactManifest,
+)
 from infer.config import apply_tvm_thread_environment, default_num_threads
 from infer.errors import ArtifactError, InferError, InputError
 from infer.native_stderr import drop_tvm_scope_warnings
@@ -24,10 +30,6 @@ __all__ = ["Session"]
 # TVM's thread pool: "big cores" mode.
 _THREADPOOL_MODE_BIG = 1
 _DLPACK_CPU = 1
-
-
-TVM_KIND = "tvm"
-ORT_KIND = "onnxruntime"
 
 
 @dataclass
@@ -75,7 +77,7 @@ class Session:
             dtypes = [s.dtype for s in self.manifest.outputs]
             self._steps.append(self._tvm_step(self.path, self.manifest.params, [], [], dtypes))
         for segment in self.manifest.segments:
-            if segment["kind"] == "tvm":
+            if segment["kind"] == TVM_SEGMENT:
                 step = self._tvm_step(
                     self.path / segment["dir"],
                     segment["params"],
@@ -135,7 +137,7 @@ class Session:
                     arrays[i] = arrays[i].astype(dtype)
             return arrays
 
-        return _Step(TVM_KIND, inputs, outputs, run)
+        return _Step(TVM_SEGMENT, inputs, outputs, run)
 
     def _ort_step(self, model_path: Path, segment: dict[str, Any]) -> _Step:
         import onnxruntime as ort
@@ -164,7 +166,7 @@ class Session:
             )
             return outputs
 
-        return _Step(ORT_KIND, list(segment["inputs"]), list(segment["outputs"]), run)
+        return _Step(ORT_SEGMENT, list(segment["inputs"]), list(segment["outputs"]), run)
 
     def _plan_releases(self) -> list[list[str]]:
         """Return, per step, the intermediate tensors no later step or output reads."""
@@ -179,26 +181,18 @@ class Session:
 
     def placement(self) -> dict[str, Any]:
         """Return where the model runs: nodes and segments on TVM and on ONNX Runtime."""
-        counts = {TVM_KIND: 0, ORT_KIND: 0}
-        flops = {TVM_KIND: 0, ORT_KIND: 0}
-        op_types: dict[str, int] = {}
-        for segment in self.manifest.segments:
-            counts[segment["kind"]] += int(segment.get("nodes", 0))
-            flops[segment["kind"]] += int(segment.get("flops", 0))
-            if segment["kind"] == ORT_KIND:
-                for op, n in segment.get("op_types", {}).items():
-                    op_types[op] = op_types.get(op, 0) + int(n)
-        if not self.manifest.segments:
-            counts[TVM_KIND] = self.manifest.node_count
-        total = counts[TVM_KIND] + counts[ORT_KIND]
+        nodes, flops, ort_ops = self.manifest.placement_totals()
+        total = nodes[TVM_SEGMENT] + nodes[ORT_SEGMENT]
         return {
-            "segments": [s["kind"] for s in self.manifest.segments] or [TVM_KIND],
-            "tvm_nodes": counts[TVM_KIND],
-            "onnxruntime_nodes": counts[ORT_KIND],
-            "onnxruntime_op_types": op_types,
-            "tvm_node_share": counts[TVM_KIND] / total if total else 1.0,
+            "segments": [s["kind"] for s in self.manifest.segments] or [TVM_SEGMENT],
+            "tvm_nodes": nodes[TVM_SEGMENT],
+            "onnxruntime_nodes": nodes[ORT_SEGMENT],
+            "onnxruntime_op_types": ort_ops,
+            "tvm_node_share": nodes[TVM_SEGMENT] / total if total else 1.0,
             "onnxruntime_flops_share": (
-                flops[ORT_KIND] / (flops[TVM_KIND] + flops[ORT_KIND]) if flops[ORT_KIND] else 0.0
+                flops[ORT_SEGMENT] / (flops[TVM_SEGMENT] + flops[ORT_SEGMENT])
+                if flops[ORT_SEGMENT]
+                else 0.0
             ),
         }
 
