@@ -14,10 +14,11 @@ import onnx
 
 from infer.artifact.cache import CompileCache, cache_key
 from infer.artifact.manifest import ORT_SEGMENT, TVM_SEGMENT, ArtifactManifest
-from infer.artifact.store import build_atomically
+from infer.artifact.store import build_atomically, write_file_atomically
 from infer.build import BuildOptions, ImportFailure, build_artifact, tool_versions
 from infer.config import available_cpus, cache_dir, default_num_threads
 from infer.errors import ArtifactError, CompileError, FallbackWarning, InferError, ModelError
+from infer.frontends import Converted, DynamicAxes, convert, framework_of
 from infer.graph.load import LoadedModel, load_model
 from infer.optimize.pipeline import PIPELINES
 from infer.parity import DEFAULT_SEED, ParityReport, compare_outputs, random_feeds
@@ -65,14 +66,21 @@ def _parity(
     threads: int,
     seed: int,
     dims: Mapping[str, int] | None,
-    name: str,
-) -> ParityReport:
+    converted: Converted | None = None,
+) -> tuple[ParityReport, ParityReport | None]:
+    """Return the artifact's parity against ONNX Runtime, and against the framework when given."""
     session = Session(artifact_dir, threads=threads)
     feeds = random_feeds(session.get_inputs(), seed=seed, dims=dims)
     reference = ReferenceSession(proto, threads)
     want = reference.run(feeds)
     got = session.run(None, feeds)
-    return compare_outputs(session.get_outputs(), got, want, reference.version, seed)
+    outputs = session.get_outputs()
+    report = compare_outputs(outputs, got, want, reference.version, seed)
+    if converted is None or converted.reference is None:
+        return report, None
+    own = converted.reference(feeds)
+    label = f"{converted.provenance['framework']} {converted.provenance['version']}"
+    return report, compare_outputs(outputs, got, own, label, seed)
 
 
 def _build_with_fallback(
@@ -123,8 +131,12 @@ def _report_fallback(manifest: ArtifactManifest, name: str) -> None:
 
 
 def compile(
-    model: ModelSource,
+    model: ModelSource | Any,
     *,
+    example_inputs: Any = None,
+    dynamic_axes: DynamicAxes | None = None,
+    save_onnx: str | os.PathLike[str] | None = None,
+    trust_pickle: bool = False,
     target: str | dict[str, Any] | None = "llvm",
     shapes: Mapping[str, Sequence[int]] | None = None,
     output: str | os.PathLike[str] | None = None,
@@ -139,7 +151,11 @@ def compile(
 ) -> Artifact:
     """Return the compiled artifact of model, checked against ONNX Runtime unless check=False.
 
-    model is an .onnx path, a recipe name from models/, bytes or a ModelProto. With output the
+    model is an .onnx path, a recipe name from models/, bytes or a ModelProto, or a framework's
+    model (a torch.nn.Module or ExportedProgram traced on example_inputs, with dynamic_axes
+    {input: {axis: name}}; a .pt2 file; a fitted scikit-learn estimator or pipeline, a .skops
+    file, a pickle only with trust_pickle): that is exported to ONNX first, the ONNX written
+    to save_onnx when given, and the parity check runs the framework too. With output the
     artifact is written there (replacing an older artifact); without, it goes to the compile
     cache and is reused on the next call with the same model, shapes, target and versions.
     What TVM cannot take runs on ONNX Runtime, said in a FallbackWarning; with fallback=False
@@ -147,8 +163,29 @@ def compile(
     """
     progress = progress or Progress("quiet")
     threads = threads or default_num_threads()
+    converted = None
+    framework = framework_of(model)
+    if framework is not None:
+        with progress.stage(f"export from {framework}"):
+            converted = convert(
+                model,
+                example_inputs=example_inputs,
+                dynamic_axes=dynamic_axes,
+                trust_pickle=trust_pickle,
+            )
+    elif example_inputs is not None or dynamic_axes is not None:
+        raise ModelError(
+            "example_inputs and dynamic_axes apply to framework models (PyTorch ...), "
+            "not to an ONNX model: give its shapes with shapes= (--shape)"
+        )
     with progress.stage("load"):
-        loaded, recipe = load_onnx(model, progress)
+        loaded, recipe = load_onnx(converted.proto if converted else model, progress)
+    if converted is not None:
+        loaded.name = converted.name
+        loaded.source = f"<{framework} {converted.name}>"
+    if save_onnx is not None:
+        write_file_atomically(Path(save_onnx), loaded.proto.SerializeToString())
+        progress.log(f"ONNX model written to {save_onnx}")
     shape_overrides = {
         **(recipe.shapes if recipe else {}),
         **{k: tuple(v) for k, v in (shapes or {}).items()},
@@ -162,6 +199,7 @@ def compile(
             loaded, options, staged, progress, explicit=pipeline is not None, fallback=fallback
         )
         _report_fallback(manifest, loaded.name)
+        manifest.frontend = converted.provenance if converted else None
         manifest.model_source = (
             str(Path(loaded.source).resolve()) if Path(loaded.source).is_file() else loaded.source
         )
@@ -172,15 +210,23 @@ def compile(
                 "reason": "no CUDA device on the compiling host",
             }
         elif check:
-            with progress.stage("check against ONNX Runtime"):
+            stage = "check against ONNX Runtime" + (" and the framework" if converted else "")
+            with progress.stage(stage):
                 proto = loaded.proto  # as in source_model: the model as given
-                report = _parity(proto, staged, threads, seed, check_dims, loaded.name)
+                report, own = _parity(proto, staged, threads, seed, check_dims, converted)
                 manifest.parity = report.to_json()
-                report.raise_for_mismatch(loaded.name)
-            worst = max((o.max_abs for o in report.outputs), default=0.0)
-            progress.log(
-                f"parity ok vs {report.reference} ({len(report.outputs)} outputs, max abs error {worst:.3g})"
-            )
+                if own is not None:
+                    manifest.parity["framework"] = own.to_json()
+                for checked in (report, own):
+                    if checked is not None:
+                        checked.raise_for_mismatch(loaded.name)
+            for checked in (report, own):
+                if checked is not None:
+                    worst = max((o.max_abs for o in checked.outputs), default=0.0)
+                    progress.log(
+                        f"parity ok vs {checked.reference} ({len(checked.outputs)} outputs, "
+                        f"max abs error {worst:.3g})"
+                    )
         else:
             manifest.parity = {"status": "not checked", "reason": "--no-check"}
         manifest.write(staged)
@@ -270,6 +316,5 @@ def check(
     with progress.stage("load source model"):
         proto = source_model(path, model, progress)
     with progress.stage("check against ONNX Runtime"):
-        return _parity(
-            proto, path, threads or default_num_threads(), seed, check_dims, manifest.model_name
-        )
+        report, _ = _parity(proto, path, threads or default_num_threads(), seed, check_dims)
+        return report

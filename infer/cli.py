@@ -174,19 +174,32 @@ def cli(debug: bool, quiet: bool) -> None:
     default=None,
     help="Write the Relax IR after each pass here.",
 )
+@click.option(
+    "--save-onnx",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the ONNX model compiled (what a frontend exported) here.",
+)
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Load a pickled (.pkl/.joblib) scikit-learn model: that runs code from the file.",
+)
 def compile_command(
     model: str, output: Path | None, target: str, shapes: tuple[str, ...], threads: int | None,
     no_check: bool, no_fallback: bool, pipeline: str | None, seed: int, dims: tuple[str, ...],
-    dump_ir: Path | None,
+    dump_ir: Path | None, save_onnx: Path | None, trust_pickle: bool,
 ) -> None:  # fmt: skip
-    """Compile MODEL (an .onnx file or a model name) into an artifact directory."""
+    """Compile MODEL (an .onnx file, a model name, a torch.export .pt2 or a scikit-learn .skops
+    file) into an artifact directory."""
     import infer
 
     started = time.perf_counter()
     artifact = infer.compile(
         model, target=target, shapes=_shape_options(shapes), output=output, check=not no_check,
         seed=seed, check_dims=_dim_options(dims), threads=threads, dump_ir=dump_ir, pipeline=pipeline,
-        fallback=not no_fallback, progress=_progress(),
+        fallback=not no_fallback, progress=_progress(), save_onnx=save_onnx,
+        trust_pickle=trust_pickle,
     )  # fmt: skip
     parity = (artifact.parity or {}).get("status", "not checked")
     click.echo(
@@ -438,6 +451,12 @@ def inspect_command(model: str, as_json: bool) -> None:
             f"target: {manifest.target['kind']} {manifest.target.get('options', {})}", markup=False
         )
         console.print(f"versions: {', '.join(f'{k} {v}' for k, v in manifest.versions.items())}")
+        if manifest.frontend:
+            fe = manifest.frontend
+            console.print(
+                f"from: {fe.get('framework')} {fe.get('version')} via {fe.get('exporter')}, "
+                f"opset {fe.get('opset')}" + (f"; trees: {fe['trees']}" if fe.get("trees") else "")
+            )
         for spec in manifest.inputs:
             console.print(f"input   {spec}", markup=False)
         for spec in manifest.outputs:

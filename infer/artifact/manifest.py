@@ -66,6 +66,7 @@ class ArtifactManifest:
     node_count: int = 0  # nodes after legalization, constants not counted
     shape_overrides: dict[str, list[int]] = field(default_factory=dict)
     model_source: str = ""
+    frontend: dict[str, Any] | None = None  # framework, version, exporter, opset
     files: dict[str, str] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
     tuning_database: str | None = None
@@ -82,6 +83,7 @@ class ArtifactManifest:
                 "name": self.model_name,
                 "sha256": self.model_sha256,
                 "source": self.model_source,
+                "frontend": self.frontend,
             },
             "inputs": [s.to_json() for s in self.inputs],
             "outputs": [s.to_json() for s in self.outputs],
@@ -123,6 +125,7 @@ class ArtifactManifest:
                 model_name=str(data["model"]["name"]),
                 model_sha256=str(data["model"]["sha256"]),
                 model_source=str(data["model"].get("source", "")),
+                frontend=data["model"].get("frontend"),
                 inputs=[TensorSpec.from_json(s) for s in data["inputs"]],
                 outputs=[TensorSpec.from_json(s) for s in data["outputs"]],
                 target=dict(data["target"]),

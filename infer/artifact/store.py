@@ -11,7 +11,7 @@ from pathlib import Path
 from infer.artifact.manifest import MANIFEST_FILE
 from infer.errors import ArtifactError
 
-__all__ = ["STAGING_MARK", "build_atomically", "publish", "staging_dir"]
+__all__ = ["STAGING_MARK", "build_atomically", "publish", "staging_dir", "write_file_atomically"]
 
 # Staging folders carry this in their name; they are never a complete artifact.
 STAGING_MARK = ".staging-"
@@ -52,3 +52,14 @@ def build_atomically(final: Path, build: Callable[[Path], None]) -> None:
         publish(staged, final)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Write data to path through a temporary file beside it: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}{STAGING_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

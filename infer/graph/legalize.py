@@ -383,10 +383,11 @@ def Gather(g: Emitter, data: str, indices: str, *, axis: int = 0) -> list[str]:
         raise NotLegalizable("the index is not a constant scalar")
     rank = len(g.shapes.get(data, ()))
     size = g.dim(data, axis % rank) if rank else None
+    if size is None:
+        # TVM cannot prove that a slice of a symbolic dim has extent 1, so Squeeze fails.
+        raise NotLegalizable("the gathered dim has no static size")
     value = int(index)
     if value < 0:
-        if size is None:
-            raise NotLegalizable("a negative index on a dim of unknown size")
         value += size
     return [g.take(data, value, axis % rank if rank else axis)]
 
@@ -511,7 +512,7 @@ def legalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     supported = supported_op_types()
     if not any(
-        n.op_type in LEGALIZATIONS or _wants_expansion(n, supported)
+        _legalization_for(n) is not None or _wants_expansion(n, supported)
         for n in iter_nodes(model.graph)
     ):
         return model
@@ -525,6 +526,15 @@ def legalize(model: onnx.ModelProto) -> onnx.ModelProto:
         if not _legalize_graph(out.graph, known, f"r{round_}_"):
             break
     return out
+
+
+def _legalization_for(node: onnx.NodeProto) -> Callable[..., list[str]] | None:
+    """Return the function that rewrites node's op, None when there is none."""
+    if node.domain in _DEFAULT_DOMAINS:
+        return LEGALIZATIONS.get(node.op_type)
+    from infer.graph.legalize_ml import ML_DOMAIN, ML_LEGALIZATIONS  # it builds on this module
+
+    return ML_LEGALIZATIONS.get(node.op_type) if node.domain == ML_DOMAIN else None
 
 
 @dataclass(frozen=True)
@@ -563,7 +573,7 @@ def _legalize_graph(graph: onnx.GraphProto, known: _Known, scope: str) -> int:
         for attr in node.attribute:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
                 expansions += _legalize_graph(sub, known, f"{scope}{index}_{attr.name}_")
-        function = LEGALIZATIONS.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else None
+        function = _legalization_for(node)
         if node.doc_string == LEGALIZED:
             nodes.append(node)
             continue
@@ -579,9 +589,11 @@ def _legalize_graph(graph: onnx.GraphProto, known: _Known, scope: str) -> int:
         g = Emitter(f"{scope}{node.op_type.lower()}{index}", opset, shapes, constants, types)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
-        accepted = set(inspect.signature(function).parameters)
+        parameters = inspect.signature(function).parameters.values()
+        open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+        accepted = {p.name for p in parameters}
         try:
-            unknown = sorted(set(attrs) - accepted)
+            unknown = [] if open_ended else sorted(set(attrs) - accepted)
             if unknown:
                 raise NotLegalizable(f"attribute(s) {', '.join(unknown)}")
             recurrent = node.op_type in ("LSTM", "GRU", "RNN")
