@@ -257,7 +257,7 @@ def compile(
 
 def load(model: ModelSource, *, threads: int | None = None, **compile_options: Any) -> Session:
     """Return a Session: an artifact directory is loaded; an ONNX model is compiled (cached) first."""
-    if isinstance(model, str | os.PathLike):
+    if isinstance(model, str | os.PathLike) and framework_of(model) is None:
         ref = resolve_model(model, compile_options.get("progress"))
         if ref.kind == "artifact":
             if compile_options:

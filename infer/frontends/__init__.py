@@ -8,9 +8,11 @@ parity check runs beside ONNX Runtime.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,13 @@ __all__ = [
 # {input name: {axis: dim name}} or {input name: [axes]}, as torch.onnx.export takes them.
 DynamicAxes = Mapping[str, Mapping[int, str] | Sequence[int]]
 # Framework -> (module to import, pip extra that installs it).
-EXTRAS = {"pytorch": ("torch", "torch"), "sklearn": ("sklearn", "sklearn")}
+EXTRAS = {
+    "pytorch": ("torch", "torch"),
+    "sklearn": ("sklearn", "sklearn"),
+    "jax": ("jax", "jax"),
+    "keras": ("keras", "tensorflow"),
+    "tensorflow": ("tensorflow", "tensorflow"),
+}
 # File suffixes that name a framework's saved model.
 SUFFIXES = {
     ".pt2": "pytorch",
@@ -40,9 +48,19 @@ SUFFIXES = {
     ".pkl": "sklearn",
     ".pickle": "sklearn",
     ".joblib": "sklearn",
+    ".keras": "keras",
 }
+# A directory holding this file is a TensorFlow SavedModel.
+SAVED_MODEL_FILE = "saved_model.pb"
 # The top-level module of a model's class (or a base class) -> its framework.
-_MODULES = {"torch": "pytorch", "sklearn": "sklearn"}
+_MODULES = {
+    "torch": "pytorch",
+    "sklearn": "sklearn",
+    "jax": "jax",
+    "jaxlib": "jax",
+    "flax": "jax",
+    "keras": "keras",
+}
 
 
 @dataclass
@@ -72,9 +90,14 @@ def require(framework: str) -> Any:
 def framework_of(model: Any) -> str | None:
     """Return the framework a model object or file belongs to, None for ONNX and artifacts."""
     if isinstance(model, str | os.PathLike):
-        return SUFFIXES.get(Path(model).suffix.lower())
+        path = Path(model)
+        if path.is_dir() and (path / SAVED_MODEL_FILE).is_file():
+            return "tensorflow"
+        return SUFFIXES.get(path.suffix.lower())
     if isinstance(model, onnx.ModelProto | bytes | bytearray):
         return None
+    if isinstance(model, types.FunctionType | functools.partial):
+        return "jax"  # a plain function: of the frameworks, only JAX traces those
     # A model's class may live in the user's own module: look at what it is built on.
     for cls in type(model).__mro__:
         root = cls.__module__.split(".")[0]
@@ -111,8 +134,22 @@ def convert(
             input_names=input_names,
             output_names=output_names,
         )
+    if framework == "jax":
+        from infer.frontends import jax
+
+        return jax.convert(
+            model,
+            example_inputs=example_inputs,
+            dynamic_axes=dynamic_axes,
+            input_names=input_names,
+            output_names=output_names,
+        )
     if dynamic_axes is not None:
-        raise ModelError(f"dynamic_axes applies to PyTorch models, not to {framework} ones")
+        raise ModelError(f"dynamic_axes applies to PyTorch and JAX models, not to {framework} ones")
+    if framework in ("keras", "tensorflow"):
+        from infer.frontends import keras
+
+        return keras.convert(model, example_inputs=example_inputs)
     from infer.frontends import sklearn
 
     return sklearn.convert(

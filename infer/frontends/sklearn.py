@@ -17,6 +17,7 @@ import numpy as np
 from infer.errors import ModelError
 from infer.frontends import Converted, require
 from infer.graph.legalize_ml import TREE_STRATEGY
+from infer.graph.names import rename_values
 
 __all__ = ["ML_OPSET", "OPSET", "PICKLE_SUFFIXES", "SKOPS_SUFFIX", "convert"]
 
@@ -99,7 +100,7 @@ def convert(
             f"scikit-learn {name}: skl2onnx cannot convert it: {type(exc).__name__}: {first}"
         ) from None
     if input_names:
-        _rename_input(proto, input_names[0])
+        rename_values(proto.graph, {proto.graph.input[0].name: input_names[0]})
     for value in [*proto.graph.input, *proto.graph.output]:
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
@@ -137,13 +138,6 @@ def _example(model: Any, example_inputs: Any, name: str) -> np.ndarray:
     if array.ndim != 2:
         raise ModelError(f"scikit-learn {name}: example_inputs must be 2-D (rows, features)")
     return array.astype(np.float32) if array.dtype == np.float64 else array
-
-
-def _rename_input(proto: Any, new: str) -> None:
-    old = proto.graph.input[0].name
-    proto.graph.input[0].name = new
-    for node in proto.graph.node:
-        node.input[:] = [new if i == old else i for i in node.input]
 
 
 def _reference(model: Any, input_name: str, outputs: list[str]) -> Any:

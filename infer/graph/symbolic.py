@@ -142,10 +142,12 @@ def _rebuild(
             if dim == 0 and node.op_type == "Reshape":
                 return None  # 0 means "copy" unless allowzero: not worth the case
             parts.append(dim)
+        elif dim in sources:
+            # Even where broadcasting would keep the input's dim (a 1 would do): TVM's Expand
+            # takes a constant target only for inputs of static shape.
+            parts.append(sources[dim])
         elif node.op_type == "Expand" and data is not None and _aligned(data, target, i) == dim:
             parts.append(1)  # broadcasting keeps the input's dim
-        elif dim in sources:
-            parts.append(sources[dim])
         elif node.op_type == "Reshape" and free == 0:
             parts.append(-1)
             free += 1
