@@ -186,6 +186,8 @@ def compile(
     if save_onnx is not None:
         write_file_atomically(Path(save_onnx), loaded.proto.SerializeToString())
         progress.log(f"ONNX model written to {save_onnx}")
+        if converted is not None:
+            loaded.source = str(save_onnx)  # the manifest's source: `infer check` can find it
     shape_overrides = {
         **(recipe.shapes if recipe else {}),
         **{k: tuple(v) for k, v in (shapes or {}).items()},
