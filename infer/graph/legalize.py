@@ -530,9 +530,12 @@ def legalize(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _legalization_for(node: onnx.NodeProto) -> Callable[..., list[str]] | None:
     """Return the function that rewrites node's op, None when there is none."""
+    # These modules build on this one: imported here, not at the top.
+    from infer.graph.legalize_ml import ML_DOMAIN, ML_LEGALIZATIONS
+    from infer.graph.legalize_quant import QUANT_LEGALIZATIONS
+
     if node.domain in _DEFAULT_DOMAINS:
-        return LEGALIZATIONS.get(node.op_type)
-    from infer.graph.legalize_ml import ML_DOMAIN, ML_LEGALIZATIONS  # it builds on this module
+        return LEGALIZATIONS.get(node.op_type) or QUANT_LEGALIZATIONS.get(node.op_type)
 
     return ML_LEGALIZATIONS.get(node.op_type) if node.domain == ML_DOMAIN else None
 

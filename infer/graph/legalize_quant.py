@@ -1,0 +1,130 @@
+"""Legalization of the integer ops of quantized models (QLinear*, ConvInteger) into float ops.
+
+Dequantize, compute in floating point, requantize: the strategy ONNX Runtime's own QDQ
+reference follows, and the only one TVM 0.27's importer leaves open (it has no converter for
+these ops). Dequantized products are exact in float32 as long as a dot product's sum stays
+below 2**24 (uint8 x uint8 sums over up to 256 terms); ConvInteger, whose int32 output must be
+exact, computes in float64. Requantization rounds half to even and saturates, as the spec says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+
+from infer.graph.legalize import Emitter, NotLegalizable
+
+__all__ = ["QUANT_LEGALIZATIONS"]
+
+ROUND_OPSET = 11  # Round, and Clip's bounds as inputs
+_INT_RANGES: dict[int, tuple[int, int]] = {
+    onnx.TensorProto.UINT8: (0, 255),
+    onnx.TensorProto.INT8: (-128, 127),
+}
+_FLOAT = onnx.TensorProto.FLOAT
+_DOUBLE = onnx.TensorProto.DOUBLE
+
+
+def _cast(g: Emitter, x: str, to: int) -> str:
+    return x if g.types.get(x) == to else str(g.op("Cast", x, to=to))
+
+
+def _per_axis(g: Emitter, value: str, rank: int, axis: int) -> str:
+    """Return a scalar or 1-D per-channel value shaped to broadcast along axis of a rank-`rank`
+    tensor (its shape may be unknown here: initializers are not in the inferred shapes)."""
+    shape = [1] * rank
+    shape[axis] = -1
+    return str(g.op("Reshape", value, g.const(shape)))
+
+
+def _dequantize(
+    g: Emitter, x: str, scale: str, zero: str | None, axis: int, to: int = _FLOAT
+) -> str:
+    rank = len(g.shapes.get(x, ()))
+    if not rank:
+        raise NotLegalizable("an input of unknown rank")
+    if g.types.get(x) not in _INT_RANGES:
+        raise NotLegalizable("only 8-bit integer inputs")
+    value = _cast(g, x, to)
+    if zero:
+        value = str(g.op("Sub", value, _per_axis(g, _cast(g, zero, to), rank, axis)))
+    return str(g.op("Mul", value, _per_axis(g, _cast(g, scale, to), rank, axis)))
+
+
+def _quantize(g: Emitter, x: str, scale: str, zero: str) -> str:
+    kind = g.types.get(zero)
+    if kind is None or kind not in _INT_RANGES:
+        raise NotLegalizable("only 8-bit integer outputs")
+    if g.opset < ROUND_OPSET:
+        raise NotLegalizable(f"opset {g.opset} has no Round")
+    low, high = _INT_RANGES[kind]
+    scaled = g.op("Round", g.op("Div", x, _cast(g, scale, _FLOAT)))
+    shifted = g.op("Add", scaled, _cast(g, zero, _FLOAT))
+    clipped = g.op("Clip", shifted, g.const(low, np.float32), g.const(high, np.float32))
+    return str(g.op("Cast", clipped, to=kind))
+
+
+def QLinearMatMul(
+    g: Emitter,
+    a: str,
+    a_scale: str,
+    a_zero_point: str,
+    b: str,
+    b_scale: str,
+    b_zero_point: str,
+    y_scale: str,
+    y_zero_point: str,
+) -> list[str]:
+    """Return [quantize(dequantize(a) @ dequantize(b))]; b's scale may be per column."""
+    rank_b = len(g.shapes.get(b, ()))
+    product = g.op(
+        "MatMul",
+        _dequantize(g, a, a_scale, a_zero_point, -1),
+        _dequantize(g, b, b_scale, b_zero_point, rank_b - 1 if rank_b else -1),
+    )
+    return [_quantize(g, str(product), y_scale, y_zero_point)]
+
+
+def QLinearConv(
+    g: Emitter,
+    x: str,
+    x_scale: str,
+    x_zero_point: str,
+    w: str,
+    w_scale: str,
+    w_zero_point: str,
+    y_scale: str,
+    y_zero_point: str,
+    B: str = "",
+    **attrs: Any,
+) -> list[str]:
+    """Return [quantize(Conv(dequantize(x), dequantize(w)) + B * x_scale * w_scale)]."""
+    inputs = [
+        _dequantize(g, x, x_scale, x_zero_point, 1),
+        _dequantize(g, w, w_scale, w_zero_point, 0),
+    ]
+    if B:
+        scale = g.op("Mul", _cast(g, x_scale, _FLOAT), _cast(g, w_scale, _FLOAT))
+        inputs.append(str(g.op("Mul", _cast(g, B, _FLOAT), scale)))
+    y = g.op("Conv", *inputs, **attrs)
+    return [_quantize(g, str(y), y_scale, y_zero_point)]
+
+
+def ConvInteger(
+    g: Emitter, x: str, w: str, x_zero_point: str = "", w_zero_point: str = "", **attrs: Any
+) -> list[str]:
+    """Return [int32 Conv(x - x_zero_point, w - w_zero_point)], computed exactly in float64."""
+    one = g.const(np.ones(1, dtype=np.float64), np.float64)
+    xs = _dequantize(g, x, one, x_zero_point or None, 1, _DOUBLE)
+    ws = _dequantize(g, w, one, w_zero_point or None, 0, _DOUBLE)
+    return [str(g.op("Cast", g.op("Conv", xs, ws, **attrs), to=onnx.TensorProto.INT32))]
+
+
+QUANT_LEGALIZATIONS: dict[str, Callable[..., list[str]]] = {
+    "ConvInteger": ConvInteger,
+    "QLinearConv": QLinearConv,
+    "QLinearMatMul": QLinearMatMul,
+}
