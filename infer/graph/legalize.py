@@ -531,11 +531,16 @@ def legalize(model: onnx.ModelProto) -> onnx.ModelProto:
 def _legalization_for(node: onnx.NodeProto) -> Callable[..., list[str]] | None:
     """Return the function that rewrites node's op, None when there is none."""
     # These modules build on this one: imported here, not at the top.
+    from infer.graph.legalize_loops import LOOP_LEGALIZATIONS
     from infer.graph.legalize_ml import ML_DOMAIN, ML_LEGALIZATIONS
     from infer.graph.legalize_quant import QUANT_LEGALIZATIONS
 
     if node.domain in _DEFAULT_DOMAINS:
-        return LEGALIZATIONS.get(node.op_type) or QUANT_LEGALIZATIONS.get(node.op_type)
+        return (
+            LEGALIZATIONS.get(node.op_type)
+            or QUANT_LEGALIZATIONS.get(node.op_type)
+            or LOOP_LEGALIZATIONS.get(node.op_type)
+        )
 
     return ML_LEGALIZATIONS.get(node.op_type) if node.domain == ML_DOMAIN else None
 
@@ -616,6 +621,8 @@ def _legalize_graph(graph: onnx.GraphProto, known: _Known, scope: str) -> int:
             nodes.append(kept)
             continue
         nodes.extend(g.nodes)
+        # Inlined loop bodies bring nodes of their own: another round types and legalizes them.
+        expansions += any(n.doc_string != LEGALIZED for n in g.nodes)
         for declared, produced in zip(node.output, outputs, strict=False):
             if declared:
                 nodes.append(helper.make_node("Identity", [produced], [declared]))

@@ -21,7 +21,6 @@ from typing import Any
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
-from tvm.s_tir.dlight.base import try_inline
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
@@ -30,7 +29,7 @@ from infer.target import host_cpu_features, host_cpu_name
 __all__ = ["SCHEDULE_REVISION", "ParallelVectorize", "vector_bits"]
 
 # Bumped whenever the rule's output changes, so that compile caches do not serve older code.
-SCHEDULE_REVISION = 4
+SCHEDULE_REVISION = 5
 
 # Below this many iterations a parallel loop costs more in dispatch than it saves.
 MIN_PARALLEL_EXTENT = 2
@@ -56,7 +55,12 @@ def vector_bits(target: Target) -> int:
 
 
 def _is_reduction(sch: Any, block: Any) -> bool:
-    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+    """A block with a reduction axis, or with an init: normalize_prim_func drops a reduction
+    axis of extent 1 (a matmul over k=1) and leaves its init behind."""
+    stmt = sch.get(block)
+    return stmt.init is not None or any(
+        iv.iter_type == tirx.IterVar.CommReduce for iv in stmt.iter_vars
+    )
 
 
 def _inline(sch: Any, infos: list[Any]) -> list[Any]:
@@ -72,7 +76,35 @@ def _inline(sch: Any, infos: list[Any]) -> list[Any]:
         and any(_is_reduction(sch, c) for c in sch.get_consumers(i.block_rv))
     ]
     rest = [i for i in infos if i not in keep]
-    return [*keep, *try_inline(sch, rest)]
+    return [*keep, *_try_inline(sch, rest)]
+
+
+def _try_inline(sch: Any, blocks: list[Any]) -> list[Any]:
+    """dlight's try_inline, but never an epilogue into a reduction: into a reduction of extent 1
+    (an outer product written as a matmul over k=1) TVM 0.27's reverse_compute_inline puts the
+    epilogue in both the init and the update, adding its other operand twice."""
+
+    def after_reduction(block: Any) -> bool:
+        return any(_is_reduction(sch, p) for p in sch.get_producers(block))
+
+    def trial(inline: Any, allowed: Any) -> int | None:
+        for index, info in enumerate(blocks):
+            if not allowed(info.block_rv):
+                continue
+            try:
+                inline(info.block_rv)
+            except Exception:  # the schedule refuses: the block stays
+                continue
+            return index
+        return None
+
+    while True:
+        index = trial(sch.compute_inline, lambda _b: True)
+        if index is None:
+            index = trial(sch.reverse_compute_inline, lambda b: not after_reduction(b))
+        if index is None:
+            return blocks
+        blocks.pop(index)
 
 
 def _vars_of(region: Any) -> list[Any]:

@@ -10,7 +10,7 @@ from typing import Any
 __all__ = ["PIPELINES", "Pipeline", "lowering_pipeline", "pipeline_for", "run_pipeline"]
 
 # Kept in step with infer.optimize.cpu_schedule.SCHEDULE_REVISION (which imports TVM).
-SCHEDULE_REVISION = 4
+SCHEDULE_REVISION = 5
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,33 @@ def test_schedule_revision_is_in_the_cache_key() -> None:
         pipeline.PIPELINES["cpu-default"].to_json()["schedule_revision"]
         == cpu_schedule.SCHEDULE_REVISION
     )
+
+
+def test_an_epilogue_after_a_matmul_over_one_element_is_added_once(tmp_path: Path) -> None:
+    """state + k (x) v: a MatMul over k=1 (an outer product) then Add. TVM drops the unit
+    reduction axis but keeps its init; inlining the Add there added `state` twice."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["k", "v"], ["outer"]),
+            helper.make_node("Add", ["state", "outer"], ["y"]),
+        ],
+        "outer_update",
+        [
+            helper.make_tensor_value_info("k", TensorProto.FLOAT, [2, 4, 8, 1]),
+            helper.make_tensor_value_info("v", TensorProto.FLOAT, [2, 4, 1, 8]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, 4, 8, 8]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 8, 8])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    art = infer.compile(model, check=False, output=tmp_path / "m.infer", threads=1)
+    rng = np.random.default_rng(0)
+    feeds = {
+        "k": rng.standard_normal((2, 4, 8, 1)).astype(np.float32),
+        "v": rng.standard_normal((2, 4, 1, 8)).astype(np.float32),
+        "state": rng.standard_normal((2, 4, 8, 8)).astype(np.float32),
+    }
+    (got,) = art.load(threads=1).run(None, feeds)
+    np.testing.assert_allclose(got, feeds["state"] + feeds["k"] @ feeds["v"], rtol=1e-6, atol=1e-6)
