@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
@@ -163,20 +164,13 @@ def compile(
     """
     progress = progress or Progress("quiet")
     threads = threads or default_num_threads()
-    converted = None
     framework = framework_of(model)
-    if framework is not None:
-        with progress.stage(f"export from {framework}"):
-            converted = convert(
-                model,
-                example_inputs=example_inputs,
-                dynamic_axes=dynamic_axes,
-                trust_pickle=trust_pickle,
-            )
-    elif example_inputs is not None or dynamic_axes is not None:
-        raise ModelError(
-            "example_inputs and dynamic_axes apply to framework models (PyTorch ...), "
-            "not to an ONNX model: give its shapes with shapes= (--shape)"
+    with progress.stage(f"export from {framework}") if framework else contextlib.nullcontext():
+        converted = convert(
+            model,
+            example_inputs=example_inputs,
+            dynamic_axes=dynamic_axes,
+            trust_pickle=trust_pickle,
         )
     with progress.stage("load"):
         loaded, recipe = load_onnx(converted.proto if converted else model, progress)

@@ -50,6 +50,14 @@ SUFFIXES = {
     ".joblib": "sklearn",
     ".keras": "keras",
 }
+# Framework -> the module of this package that exports its models.
+_FRONTEND_MODULES = {
+    "pytorch": "pytorch",
+    "sklearn": "sklearn",
+    "jax": "jax",
+    "keras": "keras",
+    "tensorflow": "keras",
+}
 # A directory holding this file is a TensorFlow SavedModel.
 SAVED_MODEL_FILE = "saved_model.pb"
 # The top-level module of a model's class (or a base class) -> its framework.
@@ -124,34 +132,17 @@ def convert(
                 "not to an ONNX model: give its shapes with shapes= / --shape"
             )
         return None
-    if framework == "pytorch":
-        from infer.frontends import pytorch
-
-        return pytorch.convert(
-            model,
-            example_inputs=example_inputs,
-            dynamic_axes=dynamic_axes,
-            input_names=input_names,
-            output_names=output_names,
-        )
-    if framework == "jax":
-        from infer.frontends import jax
-
-        return jax.convert(
-            model,
-            example_inputs=example_inputs,
-            dynamic_axes=dynamic_axes,
-            input_names=input_names,
-            output_names=output_names,
-        )
-    if dynamic_axes is not None:
-        raise ModelError(f"dynamic_axes applies to PyTorch and JAX models, not to {framework} ones")
-    if framework in ("keras", "tensorflow"):
-        from infer.frontends import keras
-
-        return keras.convert(model, example_inputs=example_inputs)
-    from infer.frontends import sklearn
-
-    return sklearn.convert(
-        model, example_inputs=example_inputs, input_names=input_names, trust_pickle=trust_pickle
-    )
+    given = {
+        "example_inputs": example_inputs,
+        "dynamic_axes": dynamic_axes,
+        "input_names": input_names,
+        "output_names": output_names,
+        "trust_pickle": trust_pickle or None,
+    }
+    options = {k: v for k, v in given.items() if v is not None}
+    frontend = importlib.import_module(f"infer.frontends.{_FRONTEND_MODULES[framework]}")
+    unsupported = sorted(set(options) - frontend.OPTIONS)
+    if unsupported:
+        raise ModelError(f"{', '.join(unsupported)}: does not apply to {framework} models")
+    converted: Converted = frontend.convert(model, **options)
+    return converted

@@ -18,7 +18,10 @@ import numpy as np
 from infer.errors import ModelError
 from infer.frontends import Converted, DynamicAxes, require
 
-__all__ = ["OPSET", "convert"]
+__all__ = ["OPSET", "OPTIONS", "convert"]
+
+# The options of infer.compile this frontend takes.
+OPTIONS = frozenset({"example_inputs", "dynamic_axes", "input_names", "output_names"})
 
 OPSET = 23  # jax2onnx's own default, what its plugins are tested at; TVM imports it
 

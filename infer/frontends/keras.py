@@ -25,7 +25,10 @@ from infer.errors import ModelError
 from infer.frontends import Converted, require
 from infer.graph.names import rename_values
 
-__all__ = ["OPSET", "SAVED_MODEL_FILE", "convert", "is_saved_model"]
+__all__ = ["OPSET", "OPTIONS", "SAVED_MODEL_FILE", "convert", "is_saved_model"]
+
+# The options of infer.compile this frontend takes.
+OPTIONS = frozenset({"example_inputs"})
 
 OPSET = 17  # tf2onnx's tested range ends at 18; Keras asks for 17 itself
 SAVED_MODEL_FILE = "saved_model.pb"

@@ -23,7 +23,10 @@ import onnx
 from infer.errors import FallbackWarning, ModelError
 from infer.frontends import Converted, DynamicAxes, require
 
-__all__ = ["DYNAMO_OPSET", "TORCHSCRIPT_OPSET", "convert"]
+__all__ = ["DYNAMO_OPSET", "OPTIONS", "TORCHSCRIPT_OPSET", "convert"]
+
+# The options of infer.compile this frontend takes.
+OPTIONS = frozenset({"example_inputs", "dynamic_axes", "input_names", "output_names"})
 
 # torchlib writes its functions for opset 18: asking for it needs no version conversion.
 DYNAMO_OPSET = 18

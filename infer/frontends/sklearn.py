@@ -19,7 +19,10 @@ from infer.frontends import Converted, require
 from infer.graph.legalize_ml import TREE_STRATEGY
 from infer.graph.names import rename_values
 
-__all__ = ["ML_OPSET", "OPSET", "PICKLE_SUFFIXES", "SKOPS_SUFFIX", "convert"]
+__all__ = ["ML_OPSET", "OPSET", "OPTIONS", "PICKLE_SUFFIXES", "SKOPS_SUFFIX", "convert"]
+
+# The options of infer.compile this frontend takes.
+OPTIONS = frozenset({"example_inputs", "input_names", "trust_pickle"})
 
 OPSET = 17
 ML_OPSET = 3  # TreeEnsemble* with nodes_* attributes, which legalize_ml.py reads
