@@ -155,8 +155,9 @@ def compile(
     model is an .onnx path, a recipe name from models/, bytes or a ModelProto, or a framework's
     model (a torch.nn.Module or ExportedProgram traced on example_inputs, with dynamic_axes
     {input: {axis: name}}; a .pt2 file; a fitted scikit-learn estimator or pipeline, a .skops
-    file, a pickle only with trust_pickle): that is exported to ONNX first, the ONNX written
-    to save_onnx when given, and the parity check runs the framework too. With output the
+    file, a pickle only with trust_pickle; a jit-able JAX function traced on example_inputs; a
+    Keras model, .keras file or SavedModel directory): that is exported to ONNX first, the ONNX
+    written to save_onnx when given, and the parity check runs the framework too. With output the
     artifact is written there (replacing an older artifact); without, it goes to the compile
     cache and is reused on the next call with the same model, shapes, target and versions.
     What TVM cannot take runs on ONNX Runtime, said in a FallbackWarning; with fallback=False
