@@ -534,12 +534,14 @@ def _legalization_for(node: onnx.NodeProto) -> Callable[..., list[str]] | None:
     from infer.graph.legalize_loops import LOOP_LEGALIZATIONS
     from infer.graph.legalize_ml import ML_DOMAIN, ML_LEGALIZATIONS
     from infer.graph.legalize_quant import QUANT_LEGALIZATIONS
+    from infer.graph.legalize_signal import SIGNAL_LEGALIZATIONS
 
     if node.domain in _DEFAULT_DOMAINS:
         return (
             LEGALIZATIONS.get(node.op_type)
             or QUANT_LEGALIZATIONS.get(node.op_type)
             or LOOP_LEGALIZATIONS.get(node.op_type)
+            or SIGNAL_LEGALIZATIONS.get(node.op_type)
         )
 
     return ML_LEGALIZATIONS.get(node.op_type) if node.domain == ML_DOMAIN else None

@@ -1,0 +1,87 @@
+"""Legalization of the signal ops: DFT as matrix products with the DFT's cosine and sine tables.
+
+TVM 0.27's importer has no DFT. For a static signal length the transform is two small matrix
+products (real and imaginary parts), computed in float64 so that the result matches numpy's FFT
+to float32 precision, then cast back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+
+from infer.graph.legalize import Emitter, NotLegalizable
+
+__all__ = ["SIGNAL_LEGALIZATIONS"]
+
+_DOUBLE = onnx.TensorProto.DOUBLE
+AXIS_INPUT_OPSET = 20  # DFT's axis became an input (default -2) in opset 20
+
+
+def _tables(length: int, bins: int, inverse: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Return [length, bins] cos and sin of 2*pi*k*n/length (n rows, k columns)."""
+    n = np.arange(length, dtype=np.float64)[:, None]
+    k = np.arange(bins, dtype=np.float64)[None, :]
+    angle = 2.0 * np.pi * n * k / length
+    return np.cos(angle), (np.sin(angle) if inverse else -np.sin(angle))
+
+
+def DFT(
+    g: Emitter,
+    input: str,
+    dft_length: str = "",
+    axis_input: str = "",
+    *,
+    axis: int | None = None,
+    inverse: int = 0,
+    onesided: int = 0,
+) -> list[str]:
+    """Return [the DFT of input along axis] for a static signal length, as two matmuls."""
+    shape = g.shapes.get(input)
+    if shape is None or any(d is None for d in shape):
+        raise NotLegalizable("the input's shape is not static")
+    rank = len(shape)
+    if g.opset >= AXIS_INPUT_OPSET:
+        value = g.constants.get(axis_input) if axis_input else np.asarray(-2)
+        if value is None:
+            raise NotLegalizable("the axis is given at run time")
+        signal_axis = int(np.asarray(value).reshape(())) % rank
+    else:
+        signal_axis = (1 if axis is None else axis) % (rank - 1)
+    if dft_length:
+        raise NotLegalizable("dft_length given")  # padding and truncation: not built yet
+    if inverse and onesided:
+        raise NotLegalizable("an inverse one-sided DFT")
+    if shape[-1] not in (1, 2) or signal_axis == rank - 1:
+        raise NotLegalizable("the last dim must be 1 (real) or 2 (complex)")
+    length = int(shape[signal_axis])  # type: ignore[arg-type]
+    bins = length // 2 + 1 if onesided else length
+    kind = g.types.get(input, onnx.TensorProto.FLOAT)
+    # The signal axis goes last-but-one... then last, for the matmul: [..., 2] -> parts [..., L].
+    perm = [a for a in range(rank - 1) if a != signal_axis] + [signal_axis]
+    x = g.op("Cast", input, to=_DOUBLE)
+    real = g.op("Transpose", g.take(str(x), 0, rank - 1), perm=perm)
+    cos, sin = _tables(length, bins, bool(inverse))
+    cos_c, sin_c = g.const(cos, np.float64), g.const(sin, np.float64)
+    y_real = g.op("MatMul", real, cos_c)
+    y_imag = g.op("MatMul", real, sin_c)
+    if shape[-1] == 2:
+        imag = g.op("Transpose", g.take(str(x), 1, rank - 1), perm=perm)
+        y_real = g.op("Sub", y_real, g.op("MatMul", imag, sin_c))
+        y_imag = g.op("Add", y_imag, g.op("MatMul", imag, cos_c))
+    if inverse:
+        scale = g.const(np.asarray(1.0 / length), np.float64)
+        y_real, y_imag = g.op("Mul", y_real, scale), g.op("Mul", y_imag, scale)
+    back = list(np.argsort(perm))
+    stacked = g.op(
+        "Concat",
+        g.unsqueeze(str(g.op("Transpose", y_real, perm=back)), [rank - 1]),
+        g.unsqueeze(str(g.op("Transpose", y_imag, perm=back)), [rank - 1]),
+        axis=rank - 1,
+    )
+    return [str(g.op("Cast", stacked, to=kind))]
+
+
+SIGNAL_LEGALIZATIONS: dict[str, Callable[..., list[str]]] = {"DFT": DFT}
