@@ -8,13 +8,18 @@ parity check runs beside ONNX Runtime.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import io
+import logging
 import os
+import re
 import sys
 import types
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,11 @@ __all__ = [
     "Converted",
     "DynamicAxes",
     "convert",
+    "error_line",
     "framework_of",
+    "named_axes",
+    "package_version",
+    "quiet",
     "require",
 ]
 
@@ -58,6 +67,8 @@ _FRONTEND_MODULES = {
     "keras": "keras",
     "tensorflow": "keras",
 }
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+MAX_REASON_CHARS = 300  # an exporter's error, as quoted in ours
 # A directory holding this file is a TensorFlow SavedModel.
 SAVED_MODEL_FILE = "saved_model.pb"
 # The top-level module of a model's class (or a base class) -> its framework.
@@ -77,10 +88,9 @@ class Converted:
 
     proto: onnx.ModelProto
     name: str
-    provenance: dict[str, Any]  # framework, version, exporter, opset, notes
+    provenance: dict[str, Any]  # framework, version, exporter, opset
     # The framework's own forward on numpy feeds by input name: outputs in ONNX's order.
     reference: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]] | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def require(framework: str) -> Any:
@@ -93,6 +103,65 @@ def require(framework: str) -> Any:
             f"this model needs {framework} ({exc.name or module} is not installed): "
             f"pip install 'infer[{extra}]'"
         ) from None
+
+
+def named_axes(
+    dynamic_axes: DynamicAxes | None, inputs: Sequence[str], label: str
+) -> dict[str, dict[int, str]]:
+    """Return dynamic_axes as {input: {axis: dim name}}, a list of axes named <input>_dim<axis>;
+    ModelError (prefixed with label) when it names an input the model does not have."""
+    axes = dict(dynamic_axes or {})
+    unknown = sorted(set(axes) - set(inputs))
+    if unknown:
+        raise ModelError(
+            f"{label}: dynamic_axes names input(s) {unknown}; the inputs are {list(inputs)}"
+        )
+    return {
+        name: (
+            {int(a): str(d) for a, d in spec.items()}
+            if isinstance(spec, Mapping)
+            else {int(a): f"{name}_dim{a}" for a in spec}
+        )
+        for name, spec in axes.items()
+    }
+
+
+def error_line(error: BaseException) -> str:
+    """Return 'Type: first line' of an exporter's error, colour codes removed, cut short."""
+    text = _ANSI.sub("", str(error)).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(error).__name__)
+    return f"{type(error).__name__}: {line}"[:MAX_REASON_CHARS]
+
+
+@contextlib.contextmanager
+def quiet(*logger_names: str) -> Iterator[None]:
+    """Keep an exporter's progress lines, logs and warnings off the user's terminal (errors
+    still raise); the named loggers are set to ERROR meanwhile."""
+    loggers = [logging.getLogger(n) for n in logger_names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def package_version(distribution: str) -> str:
+    """Return an installed distribution's version, 'unknown' when it has no metadata."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def framework_of(model: Any) -> str | None:

@@ -6,17 +6,22 @@ model (jax2onnx's shape specs with names).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import io
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from infer.errors import ModelError
-from infer.frontends import Converted, DynamicAxes, require
+from infer.frontends import (
+    Converted,
+    DynamicAxes,
+    error_line,
+    named_axes,
+    package_version,
+    quiet,
+    require,
+)
 
 __all__ = ["OPSET", "OPTIONS", "convert"]
 
@@ -47,17 +52,7 @@ def convert(
         example_inputs = (example_inputs,)
     arrays = [np.asarray(a) for a in example_inputs]
     names = list(input_names) if input_names else _input_names(model, len(arrays))
-    axes = dict(dynamic_axes or {})
-    unknown = sorted(set(axes) - set(names))
-    if unknown:
-        raise ModelError(
-            f"JAX {name}: dynamic_axes names input(s) {unknown}; the inputs are {names}"
-        )
-    named: dict[str, Mapping[int, str]] = {}
-    for input_name, spec in axes.items():
-        named[input_name] = (
-            spec if isinstance(spec, Mapping) else {int(a): f"{input_name}_dim{a}" for a in spec}
-        )
+    named = named_axes(dynamic_axes, names, f"JAX {name}")
     dim_names = sorted({d for spec in named.values() for d in spec.values()})
     # One scope for every symbol, so that a dim named twice is the same dim.
     symbols = (
@@ -77,8 +72,7 @@ def convert(
     import jax2onnx
 
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with quiet("jax2onnx"):
             proto = jax2onnx.to_onnx(
                 model,
                 specs,
@@ -88,14 +82,11 @@ def convert(
                 output_names=list(output_names) if output_names else None,
             )
     except Exception as exc:  # jax2onnx raises NotImplementedError, ValueError, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"JAX {name}: jax2onnx cannot export it: {type(exc).__name__}: {first[:300]}"
-        ) from None
+        raise ModelError(f"JAX {name}: jax2onnx cannot export it: {error_line(exc)}") from None
     provenance = {
         "framework": "jax",
         "version": jax.__version__,
-        "exporter": f"jax2onnx {_version('jax2onnx')}",
+        "exporter": f"jax2onnx {package_version('jax2onnx')}",
         "opset": OPSET,
     }
     return Converted(proto, name, provenance, _reference(jax, model, names))
@@ -121,12 +112,3 @@ def _reference(jax: Any, fn: Any, names: list[str]) -> Any:
         return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(result)]
 
     return run
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "unknown"

@@ -9,12 +9,9 @@ A batch dim left unnamed by the exporters (`unk__N`) is called `batch`.
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import os
 import tempfile
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +19,9 @@ import numpy as np
 import onnx
 
 from infer.errors import ModelError
-from infer.frontends import Converted, require
+from infer.frontends import Converted, error_line, package_version, quiet, require
 from infer.graph.names import rename_values
+from infer.graph.support import default_opset
 
 __all__ = ["OPSET", "OPTIONS", "SAVED_MODEL_FILE", "convert", "is_saved_model"]
 
@@ -40,21 +38,10 @@ def is_saved_model(path: Path) -> bool:
     return path.is_dir() and (path / SAVED_MODEL_FILE).is_file()
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def _quiet() -> contextlib.AbstractContextManager[None]:
     """Keep TensorFlow's and tf2onnx's logs and warnings off the user's terminal."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    loggers = [logging.getLogger(n) for n in ("tensorflow", "tf2onnx", "absl")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+    return quiet("tensorflow", "tf2onnx", "absl")
 
 
 def convert(model: Any, *, example_inputs: Any = None) -> Converted:
@@ -96,8 +83,8 @@ def convert(model: Any, *, example_inputs: Any = None) -> Converted:
         "framework": "keras",
         "version": keras.__version__,
         "backend": f"tensorflow {tf.__version__}",
-        "exporter": f"keras model.export(format='onnx'), tf2onnx {_tf2onnx_version()}",
-        "opset": _opset(proto),
+        "exporter": f"keras model.export(format='onnx'), tf2onnx {package_version('tf2onnx')}",
+        "opset": default_opset(proto),
     }
     inputs = [i.name for i in proto.graph.input]
 
@@ -170,7 +157,7 @@ def _saved_model(tf: Any, path: Path) -> Converted:
     provenance = {
         "framework": "tensorflow",
         "version": tf.__version__,
-        "exporter": f"tf2onnx {_tf2onnx_version()} (SavedModel serving_default)",
+        "exporter": f"tf2onnx {package_version('tf2onnx')} (SavedModel serving_default)",
         "opset": OPSET,
     }
     known = set(signature.structured_outputs) >= set(outputs)
@@ -201,22 +188,5 @@ def _name_outputs(proto: onnx.ModelProto) -> None:
         rename_values(proto.graph, dict(zip(outputs, fresh, strict=True)))
 
 
-def _opset(proto: onnx.ModelProto) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _tf2onnx_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("tf2onnx")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def _export_error(framework: str, name: str, error: BaseException) -> ModelError:
-    text = str(error).strip()
-    first = text.splitlines()[0][:300] if text else type(error).__name__
-    return ModelError(
-        f"{framework} {name}: cannot export it to ONNX: {type(error).__name__}: {first}"
-    )
+    return ModelError(f"{framework} {name}: cannot export it to ONNX: {error_line(error)}")

@@ -6,14 +6,12 @@ TorchScript exporter is tried and the switch is said in a FallbackWarning and th
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import io
-import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import numpy as np
 import onnx
 
 from infer.errors import FallbackWarning, ModelError
-from infer.frontends import Converted, DynamicAxes, require
+from infer.frontends import Converted, DynamicAxes, error_line, named_axes, quiet, require
 
 __all__ = ["DYNAMO_OPSET", "OPTIONS", "TORCHSCRIPT_OPSET", "convert"]
 
@@ -33,8 +31,7 @@ DYNAMO_OPSET = 18
 # The newest opset the TorchScript exporter supports fully.
 TORCHSCRIPT_OPSET = 17
 # What names an op in the exporters' errors: aten::add, aten.add.Tensor, torch.ops.aten.add.
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-MAX_REASON_CHARS = 300
+_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo")
 _OP_PATTERN = re.compile(r"\b(?:torch\.ops\.)?(aten|prim|quantized|torchvision)(?:::|\.)(\w+)")
 
 
@@ -65,27 +62,22 @@ def convert(
     else:  # an ExportedProgram
         forward = model.module()
     names = list(input_names) if input_names else _input_names(model, forward, args, kwargs)
-    if dynamic_axes:
-        unknown = sorted(set(dynamic_axes) - set(names))
-        if unknown:
-            raise ModelError(
-                f"PyTorch {name}: dynamic_axes names input(s) {unknown}; the inputs are {names}"
-            )
+    axes = named_axes(dynamic_axes, names, f"PyTorch {name}")
     with torch.no_grad():
         result = forward(*args, **kwargs)
     outputs = _tensors(torch, result)
     out_names = list(output_names) if output_names else _output_names(torch, result)
     if not isinstance(model, torch.nn.Module):
-        dynamic_axes = None  # a program carries its own dynamic shapes
+        axes = {}  # a program carries its own dynamic shapes
     provenance: dict[str, Any] = {"framework": "pytorch", "version": torch.__version__}
     try:
-        proto = _export_dynamo(torch, model, args, kwargs, names, out_names, dynamic_axes)
+        proto = _export_dynamo(torch, model, args, kwargs, names, out_names, axes)
         provenance.update(exporter="torch.onnx.export(dynamo=True)", opset=DYNAMO_OPSET)
     except Exception as dynamo_error:
         if not isinstance(model, torch.nn.Module):
             raise _export_error(name, dynamo_error) from None
         try:
-            proto = _export_torchscript(torch, model, args, names, out_names, dynamic_axes)
+            proto = _export_torchscript(torch, model, args, names, out_names, axes)
         except Exception:
             raise _export_error(name, dynamo_error) from None
         reason = _first_line(dynamo_error)
@@ -165,26 +157,6 @@ def _tensors(torch: Any, result: Any) -> list[Any]:
     return [t for t in torch.utils._pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the exporters' progress lines, logs and warnings (errors still raise)."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
 def _export_dynamo(
     torch: Any,
     model: Any,
@@ -192,9 +164,9 @@ def _export_dynamo(
     kwargs: dict[str, Any],
     names: list[str],
     out_names: list[str],
-    dynamic_axes: DynamicAxes | None,
+    axes: dict[str, dict[int, str]],
 ) -> onnx.ModelProto:
-    with _quiet():
+    with quiet(*_LOGGERS):
         program = torch.onnx.export(
             model,
             args,
@@ -202,7 +174,7 @@ def _export_dynamo(
             dynamo=True,
             input_names=names,
             output_names=out_names,
-            dynamic_axes=_axes(dynamic_axes),
+            dynamic_axes=axes or None,
             opset_version=DYNAMO_OPSET,
             optimize=True,
             verbose=False,
@@ -217,10 +189,10 @@ def _export_torchscript(
     args: tuple[Any, ...],
     names: list[str],
     out_names: list[str],
-    dynamic_axes: DynamicAxes | None,
+    axes: dict[str, dict[int, str]],
 ) -> onnx.ModelProto:
     buffer = io.BytesIO()
-    with _quiet():
+    with quiet(*_LOGGERS):
         torch.onnx.export(
             model,
             args,
@@ -228,19 +200,10 @@ def _export_torchscript(
             dynamo=False,
             input_names=names,
             output_names=out_names,
-            dynamic_axes=_axes(dynamic_axes),
+            dynamic_axes=axes or None,
             opset_version=TORCHSCRIPT_OPSET,
         )
     return onnx.load_from_string(buffer.getvalue())
-
-
-def _axes(dynamic_axes: DynamicAxes | None) -> dict[str, Any] | None:
-    if not dynamic_axes:
-        return None
-    return {
-        name: dict(axes) if isinstance(axes, Mapping) else {int(a): f"{name}_dim{a}" for a in axes}
-        for name, axes in dynamic_axes.items()
-    }
 
 
 def _reference(
@@ -262,9 +225,7 @@ def _first_line(error: BaseException) -> str:
     """Return the first line of the innermost cause: the exporters wrap the real error."""
     while error.__cause__ is not None:
         error = error.__cause__
-    text = _ANSI.sub("", str(error)).strip()
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(error).__name__)
-    return f"{type(error).__name__}: {line}"[:MAX_REASON_CHARS]
+    return error_line(error)
 
 
 def _export_error(name: str, error: BaseException) -> ModelError:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from infer.errors import ModelError
-from infer.frontends import Converted, require
+from infer.frontends import Converted, error_line, require
 from infer.graph.legalize_ml import TREE_STRATEGY
 from infer.graph.names import rename_values
 
@@ -98,9 +98,8 @@ def convert(
             target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
         )
     except Exception as exc:  # skl2onnx raises RuntimeError, MissingShapeCalculator, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
-            f"scikit-learn {name}: skl2onnx cannot convert it: {type(exc).__name__}: {first}"
+            f"scikit-learn {name}: skl2onnx cannot convert it: {error_line(exc)}"
         ) from None
     if input_names:
         rename_values(proto.graph, {proto.graph.input[0].name: input_names[0]})

@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from infer.graph.shapes import dims_of, inferred_types
-from infer.graph.support import iter_nodes, supported_op_types
+from infer.graph.support import default_opset, iter_nodes, supported_op_types
 
 __all__ = [
     "GRU",
@@ -516,7 +516,7 @@ def legalize(model: onnx.ModelProto) -> onnx.ModelProto:
         for n in iter_nodes(model.graph)
     ):
         return model
-    opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
+    opset = default_opset(model, missing=1)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     # A function body may use function ops in turn (SoftmaxCrossEntropyLoss uses
@@ -528,23 +528,22 @@ def legalize(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _legalization_for(node: onnx.NodeProto) -> Callable[..., list[str]] | None:
-    """Return the function that rewrites node's op, None when there is none."""
+@functools.cache
+def _tables() -> dict[str, dict[str, Callable[..., list[str]]]]:
+    """Return {domain: {op type: legalization}}: every module's functions, merged once."""
     # These modules build on this one: imported here, not at the top.
     from infer.graph.legalize_loops import LOOP_LEGALIZATIONS
     from infer.graph.legalize_ml import ML_DOMAIN, ML_LEGALIZATIONS
     from infer.graph.legalize_quant import QUANT_LEGALIZATIONS
     from infer.graph.legalize_signal import SIGNAL_LEGALIZATIONS
 
-    if node.domain in _DEFAULT_DOMAINS:
-        return (
-            LEGALIZATIONS.get(node.op_type)
-            or QUANT_LEGALIZATIONS.get(node.op_type)
-            or LOOP_LEGALIZATIONS.get(node.op_type)
-            or SIGNAL_LEGALIZATIONS.get(node.op_type)
-        )
+    default = {**LEGALIZATIONS, **QUANT_LEGALIZATIONS, **LOOP_LEGALIZATIONS, **SIGNAL_LEGALIZATIONS}
+    return {**dict.fromkeys(_DEFAULT_DOMAINS, default), ML_DOMAIN: ML_LEGALIZATIONS}
 
-    return ML_LEGALIZATIONS.get(node.op_type) if node.domain == ML_DOMAIN else None
+
+def _legalization_for(node: onnx.NodeProto) -> Callable[..., list[str]] | None:
+    """Return the function that rewrites node's op, None when there is none."""
+    return _tables().get(node.domain, {}).get(node.op_type)
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,9 @@ def _per_axis(g: Emitter, value: str, rank: int, axis: int) -> str:
 
 
 def _dequantize(
-    g: Emitter, x: str, scale: str, zero: str | None, axis: int, to: int = _FLOAT
+    g: Emitter, x: str, scale: str | None, zero: str | None, axis: int, to: int = _FLOAT
 ) -> str:
+    """Return (x - zero) * scale in type to, zero and scale per axis; either may be absent."""
     rank = len(g.shapes.get(x, ()))
     if not rank:
         raise NotLegalizable("an input of unknown rank")
@@ -51,7 +52,9 @@ def _dequantize(
     value = _cast(g, x, to)
     if zero:
         value = str(g.op("Sub", value, _per_axis(g, _cast(g, zero, to), rank, axis)))
-    return str(g.op("Mul", value, _per_axis(g, _cast(g, scale, to), rank, axis)))
+    if scale:
+        value = str(g.op("Mul", value, _per_axis(g, _cast(g, scale, to), rank, axis)))
+    return value
 
 
 def _quantize(g: Emitter, x: str, scale: str, zero: str) -> str:
@@ -117,9 +120,8 @@ def ConvInteger(
     g: Emitter, x: str, w: str, x_zero_point: str = "", w_zero_point: str = "", **attrs: Any
 ) -> list[str]:
     """Return [int32 Conv(x - x_zero_point, w - w_zero_point)], computed exactly in float64."""
-    one = g.const(np.ones(1, dtype=np.float64), np.float64)
-    xs = _dequantize(g, x, one, x_zero_point or None, 1, _DOUBLE)
-    ws = _dequantize(g, w, one, w_zero_point or None, 0, _DOUBLE)
+    xs = _dequantize(g, x, None, x_zero_point or None, 1, _DOUBLE)
+    ws = _dequantize(g, w, None, w_zero_point or None, 0, _DOUBLE)
     return [str(g.op("Cast", g.op("Conv", xs, ws, **attrs), to=onnx.TensorProto.INT32))]
 
 

@@ -9,7 +9,13 @@ import onnx
 
 from infer.errors import UnsupportedOp, UnsupportedOpError
 
-__all__ = ["check_supported", "find_unsupported", "iter_nodes", "supported_op_types"]
+__all__ = [
+    "check_supported",
+    "default_opset",
+    "find_unsupported",
+    "iter_nodes",
+    "supported_op_types",
+]
 
 # Ops the importer handles outside its converter table.
 _DIRECT_OPS = frozenset({"If", "Constant"})
@@ -22,6 +28,11 @@ def supported_op_types() -> frozenset[str]:
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
     return frozenset(_get_convert_map()) | _DIRECT_OPS
+
+
+def default_opset(model: onnx.ModelProto, missing: int = 0) -> int:
+    """Return the model's opset of the default ONNX domain, missing when it imports none."""
+    return next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), missing)
 
 
 def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:

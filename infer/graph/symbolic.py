@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from infer.graph.support import default_opset
+
 __all__ = ["SHAPE_CONSUMERS", "rebuild_shape_inputs"]
 
 _log = logging.getLogger(__name__)
@@ -62,9 +64,9 @@ def rebuild_shape_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
             )
         )
     ]
-    opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
-    if not todo or opset < SLICE_INPUTS_OPSET:
-        return model
+    opset = default_opset(model)
+    if not todo or opset < SLICE_INPUTS_OPSET or not _has_dynamic_input(graph):
+        return model  # with static inputs, whatever folding left is data-dependent
     dims = _symbolic_dims(model)
     if dims is None:
         return model
@@ -77,7 +79,7 @@ def rebuild_shape_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
             if isinstance(dim, str):
                 sources.setdefault(dim, (value.name, axis))
     if not sources:
-        return model  # static inputs: whatever folding left is data-dependent
+        return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
     nodes: list[onnx.NodeProto] = []
@@ -96,6 +98,17 @@ def rebuild_shape_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out
+
+
+def _has_dynamic_input(graph: onnx.GraphProto) -> bool:
+    """Return whether a graph input has a dim of no fixed size (checked before the inference)."""
+    weights = {t.name for t in graph.initializer}
+    return any(
+        not d.HasField("dim_value")
+        for v in graph.input
+        if v.name not in weights
+        for d in v.type.tensor_type.shape.dim
+    )
 
 
 def _symbolic_dims(model: onnx.ModelProto) -> dict[str, list[Dim | None]] | None:
