@@ -171,6 +171,8 @@ class _Compiled:
     mod: Any
     params: list[Any]
     executable: Any
+    # Operators handed to a kernel library, by kind (see optimize/offload.py).
+    offloaded: dict[str, int]
 
 
 def _compile_tvm(
@@ -179,9 +181,10 @@ def _compile_tvm(
     with stage("import"):
         mod, params = _import(proto, name)
     target = options.target.tvm_target()
+    offloaded: dict[str, int] = {}
     with stage("optimize"):
         try:
-            mod = run_pipeline(mod, options.pipeline, target, options.dump_ir)
+            mod = run_pipeline(mod, options.pipeline, target, options.dump_ir, offloaded)
         except Exception as exc:
             raise CompileError(
                 f"{name}: pass pipeline {options.pipeline.name!r} failed: {exc}"
@@ -190,7 +193,7 @@ def _compile_tvm(
         ex = _compile(
             mod, target, options.target, name, lowering_pipeline(options.pipeline, target)
         )
-    return _Compiled(mod, params, ex)
+    return _Compiled(mod, params, ex, offloaded)
 
 
 def _export_tvm(compiled: _Compiled, directory: Path, name: str, stage: Stage) -> list[str]:
@@ -332,7 +335,7 @@ def build_artifact(
         outputs=graph_outputs(proto.graph),
         target=options.target.to_json(),
         versions=tool_versions(),
-        pipeline=options.pipeline.to_json(),
+        pipeline={**options.pipeline.to_json(), "offload": _offload_summary(compiled)},
         params=root_params,
         segments=segments,
         node_count=sum(1 for n in cleaned.graph.node if n.op_type != "Constant"),
@@ -343,6 +346,24 @@ def build_artifact(
     manifest.hash_files(out_dir)
     manifest.write(out_dir)
     return manifest
+
+
+def _offload_summary(compiled: list[_Compiled | None]) -> dict[str, Any] | None:
+    """Return what the manifest says about library calls: the library, its version, the counts;
+    None when everything runs as TVM code (the loader then needs no library)."""
+    counts: dict[str, int] = {}
+    for built in compiled:
+        for key, count in (built.offloaded if built is not None else {}).items():
+            counts[key] = counts.get(key, 0) + count
+    if not counts:
+        return None
+    from infer.runtime import onednn
+
+    return {
+        "library": "onednn",
+        "version": onednn.library_version(),
+        **dict(sorted(counts.items())),
+    }
 
 
 def _transform_params(library: Path, params: list[Any], name: str) -> list[Any]:

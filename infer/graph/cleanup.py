@@ -14,6 +14,7 @@ __all__ = [
     "constants_to_initializers",
     "dropout_to_identity",
     "fold_batch_norm",
+    "fold_conv_affine",
     "sum_to_add",
 ]
 
@@ -141,18 +142,13 @@ def fold_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
 
     BN(conv(x, W) + b) = conv(x, W * s) + (b - mean) * s + beta with s = scale / sqrt(var + eps),
     per output channel: one pass over the activations and a division per element saved. Only a
-    Conv whose output nothing else reads, with every parameter an initializer, is folded.
+    Conv whose output nothing else reads, with every parameter constant, is folded.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    inits = {t.name: t for t in graph.initializer}
-    readers: dict[str, int] = {}
-    for node in iter_nodes(graph):
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
-    for name in (o.name for o in graph.output):
-        readers[name] = readers.get(name, 0) + 1
+    inits = _constant_tensors(graph)
+    readers = _reader_counts(graph)
     producer = {node.output[0]: node for node in graph.node if node.output}
     folded: set[str] = set()
     for bn in graph.node:
@@ -198,6 +194,108 @@ def fold_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def fold_conv_affine(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy where a constant per-channel Mul or Add after a Conv is folded into it.
+
+    conv(x, W) * s + t = conv(x, W * s) + (b * s + t) when s and t vary only along the output
+    channels: PaddlePaddle's re-parameterised blocks (MobileOne) export such a scale and shift
+    after every convolution. Only a Conv whose output nothing else reads, with constant weights
+    (and bias), is folded; each Mul/Add is one pass over the activations saved.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    values = _constant_tensors(graph)
+    readers = _reader_counts(graph)
+    consumers: dict[str, onnx.NodeProto] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = node
+    removed: set[int] = set()
+    for conv in graph.node:
+        if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or len(conv.input) < 2:
+            continue
+        has_bias = len(conv.input) > 2 and bool(conv.input[2])
+        if conv.input[1] not in values or (has_bias and conv.input[2] not in values):
+            continue
+        weight = numpy_helper.to_array(values[conv.input[1]])
+        if weight.dtype.kind != "f":
+            continue
+        channels, rank = weight.shape[0], weight.ndim
+        scale = np.ones(channels, np.float64)
+        shift = np.zeros(channels, np.float64)
+        if has_bias:
+            shift = numpy_helper.to_array(values[conv.input[2]]).astype(np.float64)
+        output = conv.output[0]
+        while readers.get(output, 0) == 1 and (user := consumers.get(output)) is not None:
+            if user.op_type not in ("Mul", "Add") or user.domain not in ("", "ai.onnx"):
+                break
+            other = user.input[1] if user.input[0] == output else user.input[0]
+            per_channel = _per_channel(values.get(other), channels, rank)
+            if other == output or per_channel is None:
+                break
+            if user.op_type == "Mul":
+                scale, shift = scale * per_channel, shift * per_channel
+            else:
+                shift = shift + per_channel
+            removed.add(id(user))
+            output = user.output[0]
+        if output == conv.output[0]:
+            continue
+        new_w = numpy_helper.from_array(
+            (weight * scale.reshape(-1, *[1] * (rank - 1))).astype(weight.dtype),
+            f"{output}__folded_w",
+        )
+        new_b = numpy_helper.from_array(shift.astype(weight.dtype), f"{output}__folded_b")
+        graph.initializer.extend([new_w, new_b])
+        del conv.input[1:]
+        conv.input.extend([new_w.name, new_b.name])
+        conv.output[0] = output
+    kept = [n for n in graph.node if id(n) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return out
+
+
+def _per_channel(tensor: onnx.TensorProto | None, channels: int, rank: int) -> np.ndarray | None:
+    """Return a constant as one float64 value per output channel of a conv whose output has
+    rank dims (N, C, spatial...), None when it varies along any other axis."""
+    if tensor is None:
+        return None
+    array = numpy_helper.to_array(tensor)
+    if array.dtype.kind != "f" or array.ndim > rank:
+        return None
+    shape = (1,) * (rank - array.ndim) + array.shape
+    if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(array.astype(np.float64).reshape(-1), (channels,)).copy()
+
+
+def _constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Return the graph's initializers and Constant-node values by name (exporters store small
+    parameters, such as PaddlePaddle's BN statistics, as Constant nodes)."""
+    values = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+            value = next(
+                (a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None
+            )
+            if value is not None:
+                values.setdefault(node.output[0], value)
+    return values
+
+
+def _reader_counts(graph: onnx.GraphProto) -> dict[str, int]:
+    """Return how many node inputs (in subgraphs too) and graph outputs read each value."""
+    readers: dict[str, int] = {}
+    for node in iter_nodes(graph):
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    for name in (o.name for o in graph.output):
+        readers[name] = readers.get(name, 0) + 1
+    return readers
+
+
 def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return the model with every clean-up above applied; value names are kept."""
     from infer.graph.constants import fold_constants
@@ -214,4 +312,4 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     if rebuilt is not cleaned:
         cleaned = fold_constants(rebuilt)
     cleaned = constants_to_initializers(cleaned)
-    return fold_batch_norm(dropout_to_identity(sum_to_add(cleaned)))
+    return fold_conv_affine(fold_batch_norm(dropout_to_identity(sum_to_add(cleaned))))

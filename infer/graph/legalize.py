@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,9 +36,11 @@ __all__ = [
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # Ops TVM imports that are still rewritten here (for speed); left silently when not possible.
-_TVM_HAS = frozenset({"Cast", "CastLike", "Gather"})
+_TVM_HAS = frozenset({"Cast", "CastLike", "Clip", "Gather"})
 # The doc_string of the nodes a legalization emits.
 LEGALIZED = "infer: legalized"
+# Initializers up to this size are offered to legalizations as constants.
+MAX_CONSTANT_ELEMENTS = 64
 # A node left as it is carries the reason in its doc_string, after this marker.
 NOT_LEGALIZED = "infer: not legalized: "
 # Unrolled recurrences beyond this many steps are left to ONNX Runtime (graph size).
@@ -392,6 +395,52 @@ def Gather(g: Emitter, data: str, indices: str, *, axis: int = 0) -> list[str]:
     return [g.take(data, value, axis % rank if rank else axis)]
 
 
+def Clip(g: Emitter, input: str, min: str | float = "", max: str | float = "") -> list[str]:
+    """Return [input clamped] to constant scalar bounds, as Relu or Where(Less/Greater).
+
+    TVM imports Clip as opaque TIR calls, which its layout conversion cannot see through: an
+    NHWC network then transposes to NCHW and back around every Clip. Relu, Less/Greater and
+    Where import as Relax operators (Max and Min would stack both operands into one tensor).
+    Before opset 11 the bounds are attributes.
+    """
+    dtype = helper.tensor_dtype_to_np_dtype(g.types.get(input, onnx.TensorProto.FLOAT))
+    if dtype.kind != "f":
+        raise NotLegalizable("only floating-point Clip is rewritten")
+    low, high = (_clip_bound(g, name, value) for name, value in (("min", min), ("max", max)))
+    if g.opset < 9 and (high is not None or low not in (None, 0.0)):
+        raise NotLegalizable("Where needs opset 9")
+    # Bounds of the input's rank (all dims 1): TVM's layout conversion rejects 0-d operands.
+    rank = len(g.shapes.get(input, ()))
+
+    def bound(value: float) -> str:
+        return g.const(np.full((1,) * rank, value), dtype)
+
+    result = input
+    if low is not None and low == 0.0:
+        result = g.op("Relu", result)
+    elif low is not None:
+        floor = bound(low)
+        result = g.op("Where", g.op("Greater", result, floor), result, floor)
+    if high is not None:
+        ceiling = bound(high)
+        result = g.op("Where", g.op("Less", result, ceiling), result, ceiling)
+    return [result if result != input else g.op("Identity", input)]
+
+
+def _clip_bound(g: Emitter, name: str, value: str | float) -> float | None:
+    """Return a Clip bound: an attribute's value (opset < 11) or a constant input's."""
+    if isinstance(value, float):
+        return value
+    if not value:
+        return None
+    array = g.constants.get(value)
+    if array is None or array.size != 1:
+        raise NotLegalizable(f"the {name} bound is not a constant scalar")
+    if np.isnan(array).any():
+        raise NotLegalizable(f"the {name} bound is NaN")
+    return float(array.reshape(()))
+
+
 # Float8 types: (largest finite value, the value from which rounding overflows, has infinity).
 # The FNUZ variants are left out: TVM 0.27 encodes them with the wrong exponent bias (values
 # come out halved), so partitioning sends those casts to ONNX Runtime.
@@ -449,6 +498,7 @@ LEGALIZATIONS: dict[str, Callable[..., list[str]]] = {
     "GRU": GRU,
     "RNN": RNN,
     "Gather": Gather,
+    "Clip": Clip,
 }
 
 
@@ -578,6 +628,10 @@ def _legalize_graph(graph: onnx.GraphProto, known: _Known, scope: str) -> int:
         for n in graph.node
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
     }
+    # Small initializers too (a Clip's bounds, a Gather's index); weights are not read here.
+    for tensor in graph.initializer:
+        if math.prod(tensor.dims) <= MAX_CONSTANT_ELEMENTS and tensor.name not in constants:
+            constants[tensor.name] = numpy_helper.to_array(tensor)
     for index, node in enumerate(graph.node):
         for attr in node.attribute:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from infer.errors import FallbackWarning
 
 __all__ = ["PIPELINES", "Pipeline", "lowering_pipeline", "pipeline_for", "run_pipeline"]
 
@@ -32,6 +35,8 @@ class Pipeline:
     lift_params: bool = False
     # The pipeline to retry with when this one cannot compile a model (said out loud).
     fallback: str | None = None
+    # The kernel library heavy operators are handed to ("onednn"), see offload.py.
+    offload: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form stored in manifests and cache keys."""
@@ -42,6 +47,7 @@ class Pipeline:
             "lift_params": self.lift_params,
             "schedule": self.schedule,
             "schedule_revision": SCHEDULE_REVISION if self.schedule == "parallel-vectorize" else 0,
+            "offload": self.offload,
         }
 
 
@@ -73,6 +79,7 @@ PIPELINES: dict[str, Pipeline] = {
         _CPU_LAYOUTS,
         lift_params=True,
         fallback="cpu-nchw",
+        offload="onednn",
     ),
     # The same schedule on the model's own layouts, for graphs ConvertLayout cannot rewrite.
     "cpu-nchw": Pipeline(
@@ -82,6 +89,7 @@ PIPELINES: dict[str, Pipeline] = {
         "parallel-vectorize",
         lift_params=True,
         fallback="cpu-naive",
+        offload="onednn",
     ),
     # TVM's own CPU lowering, which schedules nothing: for comparison and as a fallback.
     "cpu-naive": Pipeline("cpu-naive", "llvm", _PRE_PASSES, "tvm-default"),
@@ -94,8 +102,15 @@ def pipeline_for(target_kind: str) -> Pipeline:
     return PIPELINES["cuda-default" if target_kind == "cuda" else "cpu-default"]
 
 
-def run_pipeline(mod: Any, pipeline: Pipeline, target: Any, dump_dir: Path | None = None) -> Any:
-    """Return mod after every pass of pipeline, writing the IR after each into dump_dir if given."""
+def run_pipeline(
+    mod: Any,
+    pipeline: Pipeline,
+    target: Any,
+    dump_dir: Path | None = None,
+    offloaded: dict[str, int] | None = None,
+) -> Any:
+    """Return mod after every pass of pipeline, writing the IR after each into dump_dir if given;
+    the operators handed to a kernel library are counted into offloaded."""
     import tvm
 
     if dump_dir is not None:
@@ -108,15 +123,46 @@ def run_pipeline(mod: Any, pipeline: Pipeline, target: Any, dump_dir: Path | Non
     # Only where there is something to convert: ConvertLayout itself fails on some graphs
     # without convolutions (SIGFPE on a 0-d minimum, std::bad_alloc on silero-vad).
     if layouts and _calls_any(mod, set(layouts)):
+        from infer.optimize.canonicalize import canonicalize_for_layout
+
+        canonicalize = tvm.transform.module_pass(
+            lambda m, _ctx: canonicalize_for_layout(m), opt_level=0, name="CanonicalizeForLayout"
+        )
+        steps.append(("CanonicalizeForLayout", canonicalize))
         steps.append(("ConvertLayout", relax.transform.ConvertLayout(layouts)))
     if pipeline.lift_params:
         steps.append(("LiftTransformParams", relax.transform.LiftTransformParams()))
+    if pipeline.offload == "onednn" and _onednn_ready():
+        from infer.optimize.offload import offload_to_onednn
+
+        counts = offloaded if offloaded is not None else {}
+        offload = tvm.transform.module_pass(
+            lambda m, _ctx: offload_to_onednn(m, counts), opt_level=0, name="OffloadToOnednn"
+        )
+        steps.append(("OffloadToOnednn", offload))
     with target, tvm.transform.PassContext(opt_level=3):
         for index, (name, step) in enumerate(steps, start=1):
             mod = step(mod)
             if dump_dir is not None:
                 (dump_dir / f"{index:02d}-{name}.py").write_text(mod.script())
     return mod
+
+
+def _onednn_ready() -> bool:
+    """Register the oneDNN kernels (the build runs the module it compiles); say so when the
+    library is missing and everything stays in TVM."""
+    from infer.runtime import onednn
+
+    if not onednn.available():
+        warnings.warn(
+            f"oneDNN cannot be loaded (pip install {onednn.LIBRARY}): convolutions and matmuls "
+            "compile with TVM's own schedule, which is slower",
+            FallbackWarning,
+            stacklevel=3,
+        )
+        return False
+    onednn.register()
+    return True
 
 
 def _calls_any(mod: Any, op_names: set[str]) -> bool:

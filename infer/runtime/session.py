@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,12 @@ class Session:
         self._empty = tvm.runtime.empty
         self._shape_type = tvm.runtime.ShapeTuple
         self._param_addresses: set[int] = set()
+        self._onednn: Any = None
+        if self.manifest.pipeline.get("offload"):
+            from infer.runtime import onednn
+
+            onednn.register()
+            self._onednn = onednn.OnednnState(self.threads)
         self._steps: list[_Step] = []
         if not self.manifest.segments:
             dtypes = [s.dtype for s in self.manifest.outputs]
@@ -225,7 +232,7 @@ class Session:
                     f"the model's outputs are {', '.join(repr(n) for n in all_names)}"
                 )
             indices = [all_names.index(n) for n in output_names]
-        with self._lock:
+        with self._lock, self._library_state():
             self._ensure_threads()
             if len(self._steps) == 1 and not self.manifest.segments:
                 outputs = self._run_step(self._steps[0], arrays)
@@ -243,6 +250,13 @@ class Session:
                     f"{len(all_names)}"
                 )
             return [outputs[i] for i in indices]
+
+    def _library_state(self) -> AbstractContextManager[None]:
+        if self._onednn is None:
+            return nullcontext()
+        from infer.runtime import onednn
+
+        return onednn.active(self._onednn)
 
     def _run_step(self, step: _Step, args: list[np.ndarray]) -> list[np.ndarray]:
         try:

@@ -7,7 +7,12 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from infer.graph.cleanup import constant_initializers, constants_to_initializers, sum_to_add
+from infer.graph.cleanup import (
+    constant_initializers,
+    constants_to_initializers,
+    fold_conv_affine,
+    sum_to_add,
+)
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -137,3 +142,36 @@ def test_batch_norm_whose_conv_output_is_read_elsewhere_stays() -> None:
     conv_out = model.graph.node[0].output[0]
     model.graph.output.append(helper.make_tensor_value_info(conv_out, TensorProto.FLOAT, None))
     assert "BatchNormalization" in [n.op_type for n in fold_batch_norm(model).graph.node]
+
+
+def test_per_channel_scale_and_shift_after_a_conv_fold_into_its_weights() -> None:
+    rng = np.random.default_rng(0)
+    const = helper.make_tensor("shift", TensorProto.FLOAT, [1, 6, 1, 1], rng.standard_normal(6))
+    nodes = [
+        helper.make_node("Constant", [], ["shift_c"], value=const),
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["scale", "c"], ["m"]),  # the constant first, as Paddle writes it
+        helper.make_node("Add", ["m", "shift_c"], ["a"]),
+        helper.make_node("Mul", ["a", "spatial"], ["y"]),  # varies along W: stays
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "affine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 8, 8])],
+        [
+            numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b"),
+            numpy_helper.from_array(rng.standard_normal((6, 1, 1)).astype(np.float32), "scale"),
+            numpy_helper.from_array(
+                rng.standard_normal((1, 1, 1, 8)).astype(np.float32), "spatial"
+            ),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    folded = fold_conv_affine(model)
+    assert [n.op_type for n in folded.graph.node if n.op_type != "Constant"] == ["Conv", "Mul"]
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    (want,) = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    (got,) = ort.InferenceSession(folded.SerializeToString()).run(None, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -154,3 +154,32 @@ def test_float8_casts_compiled_follow_the_spec(tmp_path: Any, saturate: int, to:
     (want,) = ReferenceEvaluator(model).run(None, {"x": x})  # the spec, in numpy
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("opset", "bounds"),
+    [(6, {"min": 0.0}), (13, (-0.5, 0.75)), (13, (0.0, None)), (13, (None, 0.25))],
+)
+def test_clip_with_constant_bounds_becomes_relu_or_where(opset: int, bounds: Any) -> None:
+    inits, inputs, attrs = [], ["x"], {}
+    if isinstance(bounds, dict):
+        attrs = bounds
+    else:
+        for name, value in zip(("lo", "hi"), bounds, strict=True):
+            if value is not None:
+                inits.append(numpy_helper.from_array(np.array(value, np.float32), name))
+            inputs.append(name if value is not None else "")
+    graph = helper.make_graph(
+        [helper.make_node("Clip", inputs, ["y"], **attrs)],
+        "clip",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    rewritten = legalize(model)
+    assert "Clip" not in {n.op_type for n in rewritten.graph.node}
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    (want,) = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    (got,) = ort.InferenceSession(rewritten.SerializeToString()).run(None, {"x": x})
+    np.testing.assert_array_equal(got, want)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import infer
@@ -20,7 +21,49 @@ def test_convolutions_are_converted_to_nhwc(tmp_path: Path) -> None:
     path = save(onnx_models.conv_net(), tmp_path)
     infer.compile(path, output=tmp_path / "a.infer", dump_ir=tmp_path / "ir", check=False)
     assert "ConvertLayout" in _steps(tmp_path / "ir")
-    assert "R.nn.conv2d(" in (tmp_path / "ir" / "04-ConvertLayout.py").read_text()
+    (converted,) = (tmp_path / "ir").glob("*-ConvertLayout.py")
+    assert "R.nn.conv2d(" in converted.read_text()
+
+
+def test_elementwise_ops_between_convolutions_stay_nhwc(tmp_path: Path) -> None:
+    # A (1,) scale as Mul's first operand and a Clip: ConvertLayout alone would transpose back
+    # to NCHW and forward around each (PaddlePaddle's hard-swish blocks).
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["s", "c1"], ["m"]),
+        helper.make_node("Clip", ["m", "lo", "hi"], ["k"]),
+        helper.make_node("Add", ["k", "m"], ["a"]),
+        helper.make_node("Conv", ["a", "w2"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array([0.5], np.float32), "s"),
+        numpy_helper.from_array(np.array(-0.25, np.float32), "lo"),
+        numpy_helper.from_array(np.array(0.75, np.float32), "hi"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nhwc",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 12, 12])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    art = infer.compile(save(model, tmp_path), output=tmp_path / "a.infer", dump_ir=tmp_path / "ir")
+    (lifted,) = (tmp_path / "ir").glob("*-LiftTransformParams.py")  # weight permutes gone
+    main = lifted.read_text().split("def main(")[1]
+    big_transposes = [
+        line
+        for line in main.splitlines()
+        if "R.permute_dims(" in line and "(1, 1, 1, 1)" not in line
+    ]
+    assert len(big_transposes) == 2, big_transposes  # the input to NHWC, the output back
+    x = rng.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    (want,) = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    (got,) = art.load(threads=1).run(None, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_a_graph_without_convolutions_skips_layout_conversion(tmp_path: Path) -> None:

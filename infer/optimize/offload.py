@@ -1,0 +1,244 @@
+"""Hand the heavy operators of a Relax graph to a kernel library: convolutions and matmuls become
+`R.call_dps_packed` calls of infer/runtime/onednn.py's functions, with a following bias add and
+activation folded into the call (oneDNN post-ops); TVM compiles everything else.
+
+Runs on `main` after LiftTransformParams, so that weights are plain parameters (already in the
+layout ConvertLayout chose) and the kernel can pack each one once. Only float32 operators with at
+least MIN_OFFLOAD_MACS multiply-adds move: below that, a ~10 µs library call costs more than
+TVM's own loop nest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import tvm
+from tvm import relax, tirx
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+__all__ = ["MIN_OFFLOAD_MACS", "offload_to_onednn"]
+
+# Symbolic dims count as 1 here, so a dynamic batch does not hide a heavy operator.
+MIN_OFFLOAD_MACS = 1 << 18
+
+# out_dtype values that leave a float32 operator's output float32 (None prints as "None").
+_SAME_DTYPE = ("", "None", "void", "float32")
+# Max/Min with a constant scalar: oneDNN's clip with the other side open.
+_BOUNDS = ("relax.maximum", "relax.minimum")
+_FLOAT_MAX = 3.4028234663852886e38
+_ACTIVATIONS = {
+    "relax.nn.relu": "relu",
+    "relax.sigmoid": "logistic",
+    "relax.nn.gelu": "gelu_erf",
+    "relax.nn.gelu_tanh": "gelu_tanh",
+}
+
+
+def _op_name(expr: Any) -> str | None:
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        return str(expr.op.name)
+    return None
+
+
+def _static(shape: Any) -> list[int] | None:
+    """Return a shape's dims as ints (symbolic ones as 1), or None without a known rank."""
+    if not isinstance(shape, relax.ShapeExpr):
+        return None
+    return [int(d) if isinstance(d, tirx.IntImm) else 1 for d in shape.values]
+
+
+def _tensor(expr: Any) -> tuple[list[int], str] | None:
+    info = expr.ty
+    if not isinstance(info, relax.TensorType):
+        return None
+    dims = _static(info.shape)
+    return None if dims is None else (dims, str(info.dtype))
+
+
+def _is_float32(*exprs: Any) -> bool:
+    return all((t := _tensor(e)) is not None and t[1] == "float32" for e in exprs)
+
+
+def _conv2d(call: Any, weights: set[Any]) -> tuple[dict[str, Any], int] | None:
+    """Return (config, output channels) for an offloadable conv2d call, else None."""
+    attrs = call.attrs
+    data, kernel = call.args
+    if kernel not in weights or not _is_float32(data, kernel, call):
+        return None
+    if str(attrs.out_layout) != str(attrs.data_layout) or str(attrs.out_dtype) not in _SAME_DTYPE:
+        return None
+    data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)
+    if sorted(data_layout) != sorted("NCHW") or sorted(kernel_layout) != sorted("OIHW"):
+        return None
+    out_dims, kernel_dims = _tensor(call)[0], _tensor(kernel)[0]  # type: ignore[index]
+    macs = math.prod(out_dims) * math.prod(kernel_dims) // kernel_dims[kernel_layout.index("O")]
+    if macs < MIN_OFFLOAD_MACS:
+        return None
+    config = {
+        "data_layout": data_layout,
+        "kernel_layout": kernel_layout,
+        "groups": int(attrs.groups),
+        "strides": [int(s) for s in attrs.strides],
+        "padding": [int(p) for p in attrs.padding],
+        "dilation": [int(d) for d in attrs.dilation],
+    }
+    return config, kernel_dims[kernel_layout.index("O")]
+
+
+def _matmul(call: Any, weights: set[Any]) -> tuple[dict[str, Any], int] | None:
+    """Return (config, output columns) for an offloadable matmul call, else None."""
+    a, b = call.args
+    if not _is_float32(a, b, call) or str(call.attrs.out_dtype) not in _SAME_DTYPE:
+        return None
+    a_dims, b_dims = _tensor(a)[0], _tensor(b)[0]  # type: ignore[index]
+    if len(a_dims) < 2 or len(b_dims) < 2 or a in weights:
+        return None
+    on_weights = b in weights
+    if on_weights and len(b_dims) != 2:
+        return None
+    if math.prod(_tensor(call)[0]) * a_dims[-1] < MIN_OFFLOAD_MACS:  # type: ignore[index]
+        return None
+    return {"weights": on_weights}, b_dims[-1]
+
+
+def _bias_of(add: Any, produced: Any, weights: set[Any], channels: int, axis_last: bool) -> Any:
+    """Return the weight that add adds to produced per output channel, else None."""
+    if len(add.args) != 2:
+        return None
+    other = add.args[1] if add.args[0].same_as(produced) else add.args[0]
+    if other.same_as(produced) or other not in weights or not _is_float32(other):
+        return None
+    dims = _tensor(other)[0]  # type: ignore[index]
+    if math.prod(dims) != channels:
+        return None
+    if axis_last:
+        return other if dims and dims[-1] == channels else None
+    # NCHW: the bias must run along axis 1 of a 4-d output (1, C, 1, 1).
+    return other if len(dims) == 4 and dims[1] == channels else None
+
+
+def _activation(call: Any, produced: Any) -> tuple[str, float, float] | None:
+    """Return the oneDNN eltwise post-op (name, alpha, beta) that call applies to produced."""
+    name = _op_name(call)
+    if name is None or (name not in _BOUNDS and not call.args[0].same_as(produced)):
+        return None
+    if name in _ACTIVATIONS:
+        return (_ACTIVATIONS[name], 0.0, 0.0)
+    if name == "relax.clip":
+        low, high = call.args[1], call.args[2]
+        if isinstance(low, relax.PrimValue) and isinstance(high, relax.PrimValue):
+            try:
+                return ("clip", float(low.value.value), float(high.value.value))
+            except AttributeError:
+                return None
+    if name in _BOUNDS and len(call.args) == 2:
+        other = call.args[1] if call.args[0].same_as(produced) else call.args[0]
+        if isinstance(other, tvm.ir.GenericConst) and other.value.numpy().size == 1:
+            bound = float(other.value.numpy().reshape(()))
+            if not math.isfinite(bound) or str(other.value.dtype) != "float32":
+                return None
+            low, high = (bound, _FLOAT_MAX) if name == "relax.maximum" else (-_FLOAT_MAX, bound)
+            return ("clip", low, high)
+    return None
+
+
+def _plan(func: Any, weights: set[Any], counts: dict[str, int]) -> tuple[dict[Any, Any], set[Any]]:
+    """Return {var: new value} for the last binding of each chain, and the vars to drop."""
+    values: dict[Any, Any] = {}
+    uses: dict[Any, int] = {}
+    order: list[Any] = []
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            if isinstance(binding, relax.VarBinding):
+                values[binding.var] = binding.value
+                order.append(binding.var)
+            for var in relax.analysis.free_vars(binding.value):
+                uses[var] = uses.get(var, 0) + 1
+    for var in relax.analysis.free_vars(func.body.body):
+        uses[var] = uses.get(var, 0) + 1
+    users: dict[Any, Any] = {}
+    for var in order:
+        for used in relax.analysis.free_vars(values[var]):
+            users[used] = var
+
+    def sole_user(var: Any) -> Any:
+        # The one binding that reads var, when var is read once and not a function output.
+        if uses.get(var) != 1 or not isinstance(var, relax.DataflowVar):
+            return None
+        return users.get(var)
+
+    replace: dict[Any, Any] = {}
+    drop: set[Any] = set()
+    for var in order:
+        call = values[var]
+        name = _op_name(call)
+        if name == "relax.nn.conv2d":
+            found = _conv2d(call, weights)
+            function, axis_last = "infer.onednn.conv2d", None
+        elif name == "relax.matmul":
+            found = _matmul(call, weights)
+            function, axis_last = "infer.onednn.matmul", True
+        else:
+            continue
+        if found is None:
+            continue
+        config, channels = found
+        if axis_last is None:
+            axis_last = config["data_layout"].endswith("C")
+        last, bias, post_ops = var, None, []
+        user = sole_user(last)
+        if (
+            user is not None
+            and _op_name(values[user]) == "relax.add"
+            and (name == "relax.nn.conv2d" or config["weights"])
+        ):
+            bias = _bias_of(values[user], last, weights, channels, axis_last)
+            if bias is not None:
+                drop.add(last)
+                last, user = user, sole_user(user)
+        while user is not None and (post := _activation(values[user], last)) is not None:
+            post_ops.append(list(post))
+            drop.add(last)
+            last, user = user, sole_user(user)
+        config["post_ops"] = post_ops
+        args = [call.args[0], call.args[1], *([bias] if bias is not None else [])]
+        args.append(tvm.ir.StringImm(json.dumps(config, sort_keys=True)))
+        replace[last] = relax.call_dps_packed(function, relax.Tuple(args), last.ty)
+        for key, count in (
+            (function.rsplit(".", 1)[-1], 1),
+            ("post_ops", len(post_ops) + (bias is not None)),
+        ):
+            counts[key] = counts.get(key, 0) + count
+    return replace, drop
+
+
+@mutator
+class _Rewrite(PyExprMutator):  # type: ignore[misc]
+    def __init__(self, mod: Any, replace: dict[Any, Any], drop: set[Any]) -> None:
+        super().__init__(mod)
+        self.replace, self.drop = replace, drop
+
+    def visit_var_binding_(self, binding: Any) -> None:
+        if binding.var in self.drop:
+            return
+        if binding.var in self.replace:
+            value = self.builder_.normalize(self.visit_expr(self.replace[binding.var]))
+            self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
+            return
+        super().visit_var_binding_(binding)
+
+
+def offload_to_onednn(mod: Any, counts: dict[str, int]) -> Any:
+    """Return mod with main's heavy float32 convolutions and matmuls calling oneDNN; counts gets
+    the calls made per kind ("conv2d", "matmul") and the bias adds and activations folded in."""
+    main = mod["main"]
+    num_input = int(main.attrs["num_input"]) if main.attrs and "num_input" in main.attrs else 0
+    weights = set(main.params[num_input:])
+    replace, drop = _plan(main, weights, counts)
+    if not replace:
+        return mod
+    rewrite = _Rewrite(mod, replace, drop)
+    rewrite.builder_.update_func(mod.get_global_var("main"), rewrite.visit_expr(main))
+    return rewrite.builder_.get()

@@ -1,0 +1,525 @@
+"""oneDNN kernels for the convolutions and matmuls that compiled graphs hand off (see
+infer/optimize/offload.py): called through ctypes from `R.call_dps_packed`, weights reordered
+once per session into the layout oneDNN picks for this CPU.
+
+The library is the `onednn-cpu-gomp` wheel (oneDNN 3.2 on GNU OpenMP), whose brgemm kernels run
+fp32 Conv and MatMul at ONNX Runtime's speed on this CPU (TVM_NOTES.md); TVM compiles the rest.
+Each kernel is created on first use for one input shape and kept in the running session's state,
+so that packed weights live as long as the session that owns them and no longer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infer.errors import ArtifactError, InferError
+
+__all__ = [
+    "CONV2D",
+    "LIBRARY",
+    "MATMUL",
+    "OnednnState",
+    "active",
+    "available",
+    "library_version",
+    "register",
+]
+
+LIBRARY = "onednn-cpu-gomp"
+# The global function names compiled graphs call; their last argument is a JSON config string.
+CONV2D = "infer.onednn.conv2d"
+MATMUL = "infer.onednn.matmul"
+
+_SONAME = "libdnnl.so.3"
+# Values from oneDNN 3.2's dnnl_types.h / dnnl_common_types.h.
+_SUCCESS = 0
+_F32 = 3
+_FORMAT_ANY = 1
+_TAG_A = 2
+_TAG_AB = 3
+_ENGINE_CPU = 1
+_STREAM_IN_ORDER = 1
+_FORWARD_INFERENCE = 96
+_CONVOLUTION_DIRECT = 1
+_QUERY_WEIGHTS_MD = 131
+_ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS = 1, 17, 33, 41
+_ELTWISE = {"relu": 0x20, "clip": 46, "gelu_erf": 49, "gelu_tanh": 43, "logistic": 41}
+_MAX_NDIMS = 12
+_ALIGN = 64
+
+_Dims = ctypes.c_int64 * _MAX_NDIMS
+
+
+class _ExecArg(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_int), ("memory", ctypes.c_void_p)]
+
+
+class _Version(ctypes.Structure):
+    _fields_ = [
+        ("major", ctypes.c_int),
+        ("minor", ctypes.c_int),
+        ("patch", ctypes.c_int),
+        ("hash", ctypes.c_char_p),
+        ("cpu_runtime", ctypes.c_uint),
+        ("gpu_runtime", ctypes.c_uint),
+    ]
+
+
+def _library_candidates() -> list[str]:
+    # pip puts the wheel's libdnnl.so.3 into <prefix>/lib; a system install is the fallback.
+    paths = [str(Path(sys.prefix) / "lib" / _SONAME)]
+    found = ctypes.util.find_library("dnnl")
+    if found:
+        paths.append(found)
+    return paths
+
+
+class _Library:
+    """The C API of libdnnl, one engine per process and one stream per thread."""
+
+    def __init__(self) -> None:
+        errors = []
+        for path in _library_candidates():
+            try:
+                self.lib = ctypes.CDLL(path)
+                break
+            except OSError as exc:
+                errors.append(str(exc))
+        else:
+            raise ArtifactError(
+                f"this artifact calls oneDNN, and {_SONAME} cannot be loaded "
+                f"(pip install {LIBRARY}): {'; '.join(errors)}"
+            )
+        lib = self.lib
+        p = ctypes.c_void_p
+        for name in (
+            "dnnl_engine_create",
+            "dnnl_stream_create",
+            "dnnl_stream_wait",
+            "dnnl_memory_desc_create_with_tag",
+            "dnnl_memory_desc_create_with_strides",
+            "dnnl_convolution_forward_primitive_desc_create",
+            "dnnl_matmul_primitive_desc_create",
+            "dnnl_reorder_primitive_desc_create",
+            "dnnl_primitive_create",
+            "dnnl_primitive_execute",
+            "dnnl_memory_create",
+            "dnnl_memory_set_data_handle",
+            "dnnl_primitive_attr_create",
+            "dnnl_primitive_attr_set_post_ops",
+            "dnnl_post_ops_create",
+            "dnnl_post_ops_append_eltwise",
+            "dnnl_memory_desc_destroy",
+            "dnnl_primitive_desc_destroy",
+            "dnnl_primitive_destroy",
+            "dnnl_memory_destroy",
+            "dnnl_primitive_attr_destroy",
+            "dnnl_post_ops_destroy",
+            "dnnl_memory_desc_clone",
+        ):
+            getattr(lib, name).restype = ctypes.c_int
+        lib.dnnl_primitive_desc_query_md.restype = p
+        lib.dnnl_primitive_desc_query_md.argtypes = [p, ctypes.c_int, ctypes.c_int]
+        lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
+        lib.dnnl_memory_desc_get_size.argtypes = [p]
+        lib.dnnl_memory_desc_equal.restype = ctypes.c_int
+        lib.dnnl_memory_desc_equal.argtypes = [p, p]
+        lib.dnnl_memory_set_data_handle.argtypes = [p, p]
+        lib.dnnl_primitive_execute.argtypes = [p, p, ctypes.c_int, p]
+        lib.dnnl_stream_wait.argtypes = [p]
+        lib.dnnl_post_ops_append_eltwise.argtypes = [
+            p,
+            ctypes.c_int,
+            ctypes.c_float,
+            ctypes.c_float,
+        ]
+        lib.dnnl_version.restype = ctypes.POINTER(_Version)
+        self.engine = p()
+        self.check(lib.dnnl_engine_create(ctypes.byref(self.engine), _ENGINE_CPU, 0), "engine")
+        self._streams = threading.local()
+        try:
+            self.gomp: Any = ctypes.CDLL("libgomp.so.1")
+        except OSError:
+            self.gomp = None
+
+    @staticmethod
+    def check(status: int, what: str) -> None:
+        if status != _SUCCESS:
+            raise InferError(f"oneDNN: {what} failed (dnnl_status_t {status})")
+
+    def stream(self) -> ctypes.c_void_p:
+        stream = getattr(self._streams, "stream", None)
+        if stream is None:
+            stream = ctypes.c_void_p()
+            self.check(
+                self.lib.dnnl_stream_create(ctypes.byref(stream), self.engine, _STREAM_IN_ORDER),
+                "stream",
+            )
+            self._streams.stream = stream
+        return stream
+
+    def set_threads(self, threads: int) -> None:
+        # OpenMP's thread count is per calling thread; set it where oneDNN runs.
+        if self.gomp is not None and getattr(self._streams, "threads", None) != threads:
+            self.gomp.omp_set_num_threads(ctypes.c_int(threads))
+            self._streams.threads = threads
+
+    def md(self, dims: Sequence[int], strides: Sequence[int] | None = None) -> ctypes.c_void_p:
+        """Return an f32 memory descriptor: strided, or format `any` when strides is None."""
+        md = ctypes.c_void_p()
+        if strides is None:
+            status = self.lib.dnnl_memory_desc_create_with_tag(
+                ctypes.byref(md), len(dims), _Dims(*dims), _F32, _FORMAT_ANY
+            )
+        else:
+            status = self.lib.dnnl_memory_desc_create_with_strides(
+                ctypes.byref(md), len(dims), _Dims(*dims), _F32, _Dims(*strides)
+            )
+        self.check(status, f"memory descriptor {list(dims)}")
+        return md
+
+    def memory(self, md: Any) -> ctypes.c_void_p:
+        memory = ctypes.c_void_p()
+        self.check(
+            self.lib.dnnl_memory_create(ctypes.byref(memory), md, self.engine, None), "memory"
+        )
+        return memory
+
+    def attr(self, post_ops: Sequence[tuple[str, float, float]]) -> ctypes.c_void_p | None:
+        if not post_ops:
+            return None
+        attr, ops = ctypes.c_void_p(), ctypes.c_void_p()
+        self.check(self.lib.dnnl_primitive_attr_create(ctypes.byref(attr)), "attributes")
+        self.check(self.lib.dnnl_post_ops_create(ctypes.byref(ops)), "post-ops")
+        for name, alpha, beta in post_ops:
+            self.check(
+                self.lib.dnnl_post_ops_append_eltwise(ops, _ELTWISE[name], alpha, beta),
+                f"post-op {name}",
+            )
+        self.check(self.lib.dnnl_primitive_attr_set_post_ops(attr, ops), "post-ops")
+        self.lib.dnnl_post_ops_destroy(ops)
+        return attr
+
+    def version(self) -> str:
+        v = self.lib.dnnl_version().contents
+        return f"{v.major}.{v.minor}.{v.patch}"
+
+
+_LIBRARY: _Library | None = None
+_LIBRARY_LOCK = threading.Lock()
+
+
+def _library() -> _Library:
+    global _LIBRARY
+    with _LIBRARY_LOCK:
+        if _LIBRARY is None:
+            _LIBRARY = _Library()
+        return _LIBRARY
+
+
+def available() -> bool:
+    """Return whether oneDNN can be loaded here."""
+    try:
+        _library()
+    except ArtifactError:
+        return False
+    return True
+
+
+def library_version() -> str:
+    """Return oneDNN's version, e.g. '3.2.0'."""
+    return _library().version()
+
+
+def _strides(layout: str, shape: Sequence[int], logical: str) -> list[int]:
+    """Return the strides of logical's letters in a dense tensor of shape stored in layout."""
+    step, by_letter = 1, {}
+    for letter, extent in zip(reversed(layout), reversed(shape), strict=True):
+        by_letter[letter] = step
+        step *= extent
+    return [by_letter[letter] for letter in logical]
+
+
+class _Kernel:
+    """One oneDNN primitive for one set of shapes, its memory objects and packed weights."""
+
+    def __init__(
+        self,
+        lib: _Library,
+        pd: ctypes.c_void_p,
+        roles: Sequence[tuple[int, Any]],
+        packed: tuple[Any, np.ndarray] | None,
+        release: Sequence[Any] = (),
+    ) -> None:
+        """pd is consumed; roles are (DNNL_ARG_*, memory descriptor) in execution order;
+        release lists the descriptors this kernel's builder made, destroyed once the memory
+        objects (which copy them) exist."""
+        self.lib = lib
+        self.primitive = ctypes.c_void_p()
+        lib.check(lib.lib.dnnl_primitive_create(ctypes.byref(self.primitive), pd), "primitive")
+        self.memories = [lib.memory(md) for _, md in roles]
+        self.args = (_ExecArg * len(roles))(
+            *[_ExecArg(arg, m.value) for (arg, _), m in zip(roles, self.memories, strict=True)]
+        )
+        self.nargs = len(roles)
+        self.packed = packed  # (its memory descriptor, the buffer holding the packed weights)
+        self.packed_handle = None if packed is None else _aligned_address(packed[1])
+        lib.lib.dnnl_primitive_desc_destroy(pd)
+        for md in {md.value for md in release if md is not None}:
+            lib.lib.dnnl_memory_desc_destroy(ctypes.c_void_p(md))
+
+    def __call__(self, handles: Sequence[int | None]) -> None:
+        lib = self.lib.lib
+        for memory, handle in zip(self.memories, handles, strict=True):
+            lib.dnnl_memory_set_data_handle(memory, handle)
+        stream = self.lib.stream()
+        self.lib.check(
+            lib.dnnl_primitive_execute(self.primitive, stream, self.nargs, self.args), "execute"
+        )
+        lib.dnnl_stream_wait(stream)
+
+    def __del__(self) -> None:
+        lib = getattr(self.lib, "lib", None)
+        if lib is None:
+            return
+        for memory in self.memories:
+            lib.dnnl_memory_destroy(memory)
+        lib.dnnl_primitive_destroy(self.primitive)
+
+
+def _aligned_address(buffer: np.ndarray) -> int:
+    address = int(buffer.ctypes.data)
+    return address + (-address) % _ALIGN
+
+
+# Kernels kept per session: one per operator and input shape; the oldest go first, so that a
+# model fed ever new shapes (a server's text lengths) holds a bounded number.
+MAX_KERNELS = 512
+
+
+class OnednnState:
+    """The kernels and packed weights of one session, and the threads oneDNN may use."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.kernels: dict[tuple[Any, ...], _Kernel] = {}
+        self.packed: dict[int, list[tuple[Any, np.ndarray]]] = {}
+
+    def pack(self, lib: _Library, pd: Any, weight: Any, user_md: Any) -> tuple[Any, np.ndarray]:
+        """Return (memory descriptor, buffer) of weight reordered to the layout pd wants, reusing
+        an earlier reorder of the same weight into the same layout."""
+        wanted = lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_WEIGHTS_MD, 0)
+        address = weight.data_ptr()
+        for md, buffer in self.packed.get(address, []):
+            if lib.lib.dnnl_memory_desc_equal(md, wanted):
+                return md, buffer
+        # The query result belongs to pd, which is destroyed once the primitive exists: keep a copy.
+        md = _copy_md(lib, wanted)
+        size = lib.lib.dnnl_memory_desc_get_size(md)
+        buffer = np.empty(size + _ALIGN, dtype=np.uint8)
+        reorder_pd = ctypes.c_void_p()
+        lib.check(
+            lib.lib.dnnl_reorder_primitive_desc_create(
+                ctypes.byref(reorder_pd), user_md, lib.engine, md, lib.engine, None
+            ),
+            "weight reorder",
+        )
+        reorder = _Kernel(lib, reorder_pd, [(_ARG_SRC, user_md), (_ARG_DST, md)], None)
+        reorder([address, _aligned_address(buffer)])
+        self.packed.setdefault(address, []).append((md, buffer))
+        return md, buffer
+
+
+def _copy_md(lib: _Library, md: Any) -> ctypes.c_void_p:
+    copy = ctypes.c_void_p()
+    lib.check(lib.lib.dnnl_memory_desc_clone(ctypes.byref(copy), ctypes.c_void_p(md)), "clone")
+    return copy
+
+
+_ACTIVE = threading.local()
+
+
+@contextmanager
+def active(state: OnednnState) -> Iterator[None]:
+    """Run the block with state as the calling thread's oneDNN state."""
+    previous = getattr(_ACTIVE, "state", None)
+    _ACTIVE.state = state
+    try:
+        yield
+    finally:
+        _ACTIVE.state = previous
+
+
+def _state() -> OnednnState:
+    state = getattr(_ACTIVE, "state", None)
+    if state is None:  # called outside a Session: correct, but packs weights on every call
+        state = OnednnState(threads=1)
+    return state
+
+
+def _conv2d_kernel(
+    lib: _Library,
+    state: OnednnState,
+    config: dict[str, Any],
+    x: Any,
+    w: Any,
+    has_bias: bool,
+    out: Any,
+) -> _Kernel:
+    data_layout, kernel_layout = config["data_layout"], config["kernel_layout"]
+    x_shape, w_shape, y_shape = tuple(x.shape), tuple(w.shape), tuple(out.shape)
+    groups = config["groups"]
+    src_dims = [x_shape[data_layout.index(c)] for c in "NCHW"]
+    dst_dims = [y_shape[data_layout.index(c)] for c in "NCHW"]
+    src = lib.md(src_dims, _strides(data_layout, x_shape, "NCHW"))
+    dst = lib.md(dst_dims, _strides(data_layout, y_shape, "NCHW"))
+    o, i, kh, kw = (w_shape[kernel_layout.index(c)] for c in "OIHW")
+    o_stride, i_stride, h_stride, w_stride = _strides(kernel_layout, w_shape, "OIHW")
+    if groups == 1:
+        user_w = lib.md([o, i, kh, kw], [o_stride, i_stride, h_stride, w_stride])
+        any_w = lib.md([o, i, kh, kw])
+    else:
+        og = o // groups
+        dims = [groups, og, i, kh, kw]
+        user_w = lib.md(dims, [og * o_stride, o_stride, i_stride, h_stride, w_stride])
+        any_w = lib.md(dims)
+    bias = lib.md([o], [1]) if has_bias else None
+    top, left, bottom, right = config["padding"]
+    dilation = [d - 1 for d in config["dilation"]]
+    attr = lib.attr([tuple(op) for op in config["post_ops"]])
+    pd = ctypes.c_void_p()
+    lib.check(
+        lib.lib.dnnl_convolution_forward_primitive_desc_create(
+            ctypes.byref(pd),
+            lib.engine,
+            _FORWARD_INFERENCE,
+            _CONVOLUTION_DIRECT,
+            src,
+            any_w,
+            bias,
+            dst,
+            _Dims(*config["strides"]),
+            _Dims(*dilation),
+            _Dims(top, left),
+            _Dims(bottom, right),
+            attr,
+        ),
+        f"convolution {list(src_dims)} * {[o, i, kh, kw]} groups {groups}",
+    )
+    if attr is not None:
+        lib.lib.dnnl_primitive_attr_destroy(attr)
+    packed = state.pack(lib, pd, w, user_w)
+    roles = [(_ARG_SRC, src), (_ARG_WEIGHTS, packed[0]), (_ARG_DST, dst)]
+    if bias is not None:
+        roles.insert(2, (_ARG_BIAS, bias))
+    return _Kernel(lib, pd, roles, packed, release=(src, dst, bias, user_w, any_w))
+
+
+def _matmul_kernel(
+    lib: _Library,
+    state: OnednnState,
+    config: dict[str, Any],
+    x: Any,
+    w: Any,
+    has_bias: bool,
+    out: Any,
+) -> _Kernel:
+    x_shape, w_shape, y_shape = tuple(x.shape), tuple(w.shape), tuple(out.shape)
+    if config["weights"]:  # (..., M, K) @ (K, N): the rows of x flattened into one M
+        k, n = w_shape
+        m = int(np.prod(x_shape[:-1], dtype=np.int64))
+        src = lib.md([m, k], [k, 1])
+        dst = lib.md([m, n], [n, 1])
+        user_w = lib.md([k, n], [n, 1])
+        wanted_w = lib.md([k, n])
+        bias = lib.md([1, n], [n, 1]) if has_bias else None
+    else:  # batched: both operands are activations, batch dims broadcast
+        rank = len(y_shape)
+        xs = (1,) * (rank - len(x_shape)) + x_shape
+        ws = (1,) * (rank - len(w_shape)) + w_shape
+        src = lib.md(xs, _dense_strides(xs))
+        dst = lib.md(y_shape, _dense_strides(y_shape))
+        user_w = wanted_w = lib.md(ws, _dense_strides(ws))
+        bias = None
+    attr = lib.attr([tuple(op) for op in config["post_ops"]])
+    pd = ctypes.c_void_p()
+    lib.check(
+        lib.lib.dnnl_matmul_primitive_desc_create(
+            ctypes.byref(pd), lib.engine, src, wanted_w, bias, dst, attr
+        ),
+        f"matmul {list(x_shape)} @ {list(w_shape)}",
+    )
+    if attr is not None:
+        lib.lib.dnnl_primitive_attr_destroy(attr)
+    packed = state.pack(lib, pd, w, user_w) if config["weights"] else None
+    roles = [(_ARG_SRC, src), (_ARG_WEIGHTS, packed[0] if packed else user_w), (_ARG_DST, dst)]
+    if bias is not None:
+        roles.insert(2, (_ARG_BIAS, bias))
+    return _Kernel(lib, pd, roles, packed, release=(src, dst, bias, user_w, wanted_w))
+
+
+def _dense_strides(shape: Sequence[int]) -> list[int]:
+    strides, step = [], 1
+    for extent in reversed(shape):
+        strides.append(step)
+        step *= extent
+    return strides[::-1]
+
+
+_BUILDERS = {CONV2D: _conv2d_kernel, MATMUL: _matmul_kernel}
+_CONFIGS: dict[str, dict[str, Any]] = {}
+
+
+def _entry(name: str) -> Any:
+    build = _BUILDERS[name]
+
+    def call(*args: Any) -> None:
+        # (x, w, [bias], config, out): the config string is baked into the graph at compile time.
+        x, w, out, config_text = args[0], args[1], args[-1], args[-2]
+        bias = args[2] if len(args) == 5 else None
+        state = _state()
+        key = (name, config_text, tuple(x.shape), w.data_ptr())
+        kernel = state.kernels.get(key)
+        lib = _library()
+        if kernel is None:
+            config = _CONFIGS.get(config_text)
+            if config is None:
+                config = _CONFIGS[config_text] = json.loads(config_text)
+            kernel = build(lib, state, config, x, w, bias is not None, out)
+            if len(state.kernels) >= MAX_KERNELS:
+                del state.kernels[next(iter(state.kernels))]
+            state.kernels[key] = kernel
+        lib.set_threads(state.threads)
+        weight = kernel.packed_handle if kernel.packed_handle is not None else w.data_ptr()
+        if bias is None:
+            kernel([x.data_ptr(), weight, out.data_ptr()])
+        else:
+            kernel([x.data_ptr(), weight, bias.data_ptr(), out.data_ptr()])
+
+    return call
+
+
+_REGISTERED = False
+
+
+def register() -> None:
+    """Register the functions compiled graphs call (once per process); loads oneDNN."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    import tvm
+
+    _library()
+    for name in _BUILDERS:
+        tvm.register_global_func(name, _entry(name), override=True)
+    _REGISTERED = True

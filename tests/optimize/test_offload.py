@@ -1,0 +1,97 @@
+"""Convolutions and matmuls handed to oneDNN: what moves, what stays, and the numbers (vs ORT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import infer
+from infer.optimize import offload
+from infer.runtime import onednn
+from tests import onnx_models
+
+pytestmark = pytest.mark.skipif(not onednn.available(), reason="oneDNN is not installed")
+
+
+def attention_block(seq: int = 16, hidden: int = 32) -> onnx.ModelProto:
+    """x @ Wq, x @ Wk, softmax(q k^T) v, then Gemm + Relu: weight matmuls and batched ones."""
+    rng = np.random.default_rng(0)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.2, name)
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"]),
+        helper.make_node("Add", ["q", "bq"], ["qb"]),
+        helper.make_node("MatMul", ["x", "wk"], ["k"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["qb", "kt"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "x"], ["ctx"]),
+        helper.make_node("MatMul", ["ctx", "wo"], ["o"]),
+        helper.make_node("Add", ["bo", "o"], ["ob"]),
+        helper.make_node("Relu", ["ob"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", seq, hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", seq, hidden])],
+        [init("wq", hidden, hidden), init("bq", hidden), init("wk", hidden, hidden),
+         init("wo", hidden, hidden), init("bo", hidden)],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture
+def offload_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tests' models are small: hand every operator over, whatever its size.
+    monkeypatch.setattr(offload, "MIN_OFFLOAD_MACS", 1)
+
+
+def compile_and_compare(
+    model: onnx.ModelProto, tmp_path: Path, feeds: dict[str, np.ndarray]
+) -> dict:
+    artifact = infer.compile(model, output=tmp_path / "model.infer")
+    session = infer.Session(artifact.path, threads=2)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    got = session.run(None, feeds)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    offloaded: dict = artifact.manifest.pipeline["offload"]
+    return offloaded
+
+
+@pytest.mark.usefixtures("offload_everything")
+def test_convolutions_with_bias_and_relu_run_on_onednn(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    summary = compile_and_compare(onnx_models.conv_net(batch=4), tmp_path, {"x": x})
+    assert summary["library"] == "onednn" and summary["version"] == onednn.library_version()
+    assert summary["conv2d"] == 2 and summary["matmul"] == 1
+    assert summary["post_ops"] >= 3  # conv bias + relu, the classifier's bias
+
+
+@pytest.mark.usefixtures("offload_everything")
+def test_attention_matmuls_with_a_dynamic_batch(tmp_path: Path) -> None:
+    model = attention_block()
+    artifact = infer.compile(model, output=tmp_path / "model.infer")
+    summary = artifact.manifest.pipeline["offload"]
+    assert summary["matmul"] == 5  # three on weights, two batched
+    session = infer.Session(artifact.path, threads=1)
+    reference = ort.InferenceSession(model.SerializeToString())
+    for batch in (1, 3):  # one primitive per shape, packed weights shared
+        x = np.random.default_rng(batch).standard_normal((batch, 16, 32)).astype(np.float32)
+        (got,) = session.run(None, {"x": x})
+        (want,) = reference.run(None, {"x": x})
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_small_operators_stay_in_tvm(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    assert compile_and_compare(onnx_models.conv_net(), tmp_path, {"x": x}) is None
+    assert infer.Session(tmp_path / "model.infer")._onednn is None  # no library loaded to run it

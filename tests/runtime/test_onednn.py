@@ -1,0 +1,130 @@
+"""oneDNN kernels as compiled graphs call them, checked against ONNX Runtime's Conv and numpy."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from infer.runtime import onednn
+
+pytestmark = pytest.mark.skipif(not onednn.available(), reason="oneDNN is not installed")
+
+
+def tensor(array: np.ndarray) -> Any:
+    import tvm
+
+    return tvm.runtime.tensor(np.ascontiguousarray(array))
+
+
+def call(name: str, *args: Any, config: dict[str, Any], out_shape: tuple[int, ...]) -> np.ndarray:
+    import tvm
+
+    onednn.register()
+    out = tensor(np.full(out_shape, np.nan, np.float32))
+    tvm.get_global_func(name)(*[tensor(a) for a in args], json.dumps(config), out)
+    result: np.ndarray = out.numpy()
+    return result
+
+
+def ort_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, relu: bool, **attrs: Any) -> np.ndarray:
+    """x NCHW, w OIHW; Conv (+ Relu) run by ONNX Runtime."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], **attrs)]
+    nodes.append(helper.make_node("Relu" if relu else "Identity", ["c"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("x", "w", "b")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    result: np.ndarray = session.run(None, {"x": x, "w": w, "b": b})[0]
+    return result
+
+
+@pytest.mark.parametrize(
+    ("groups", "channels", "out_channels", "strides", "pads", "dilation"),
+    [
+        (1, 16, 32, [1, 1], [1, 1, 1, 1], [1, 1]),
+        (1, 3, 8, [2, 1], [1, 0, 2, 1], [1, 1]),  # asymmetric padding and strides
+        (16, 16, 16, [2, 2], [1, 1, 1, 1], [1, 1]),  # depthwise
+        (2, 8, 12, [1, 1], [2, 2, 2, 2], [2, 2]),  # grouped, dilated
+    ],
+)
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_conv2d_matches_onnxruntime(
+    groups: int,
+    channels: int,
+    out_channels: int,
+    strides: list[int],
+    pads: list[int],
+    dilation: list[int],
+    layout: str,
+) -> None:
+    rng = np.random.default_rng(groups + channels)
+    x = rng.standard_normal((2, channels, 13, 11), dtype=np.float32)
+    w = rng.standard_normal((out_channels, channels // groups, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(out_channels, dtype=np.float32)
+    want = ort_conv(x, w, b, True, strides=strides, pads=pads, group=groups, dilations=dilation)
+    top, left, bottom, right = pads[0], pads[1], pads[2], pads[3]
+    config = {
+        "data_layout": layout,
+        "kernel_layout": "HWIO" if layout == "NHWC" else "OIHW",
+        "groups": groups,
+        "strides": strides,
+        "padding": [top, left, bottom, right],
+        "dilation": dilation,
+        "post_ops": [["relu", 0.0, 0.0]],
+    }
+    if layout == "NHWC":
+        got = call(
+            onednn.CONV2D, x.transpose(0, 2, 3, 1), w.transpose(2, 3, 1, 0), b,
+            config=config, out_shape=want.transpose(0, 2, 3, 1).shape,
+        ).transpose(0, 3, 1, 2)  # fmt: skip
+    else:
+        got = call(onednn.CONV2D, x, w, b, config=config, out_shape=want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_on_weights_with_bias_and_clip() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 5, 64), dtype=np.float32)
+    w = rng.standard_normal((64, 48), dtype=np.float32)
+    b = rng.standard_normal(48, dtype=np.float32)
+    config = {"weights": True, "post_ops": [["clip", -1.0, 2.5]]}
+    got = call(onednn.MATMUL, x, w, b, config=config, out_shape=(2, 5, 48))
+    np.testing.assert_allclose(got, np.clip(x @ w + b, -1.0, 2.5), rtol=1e-4, atol=1e-4)
+
+
+def test_batched_matmul_broadcasts_batch_dims() -> None:
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((2, 4, 7, 16), dtype=np.float32)
+    c = rng.standard_normal((2, 1, 16, 9), dtype=np.float32)
+    got = call(
+        onednn.MATMUL, a, c, config={"weights": False, "post_ops": []}, out_shape=(2, 4, 7, 9)
+    )
+    np.testing.assert_allclose(got, a @ c, rtol=1e-4, atol=1e-4)
+
+
+def test_a_session_state_packs_each_weight_once_per_layout() -> None:
+    import tvm
+
+    onednn.register()
+    rng = np.random.default_rng(3)
+    w = tensor(rng.standard_normal((32, 16), dtype=np.float32))
+    state = onednn.OnednnState(threads=1)
+    function = tvm.get_global_func(onednn.MATMUL)
+    config = json.dumps({"weights": True, "post_ops": []})
+    with onednn.active(state):
+        for rows in (4, 4, 8):
+            x = rng.standard_normal((rows, 32), dtype=np.float32)
+            out = tensor(np.zeros((rows, 16), np.float32))
+            function(tensor(x), w, config, out)
+            np.testing.assert_allclose(out.numpy(), x @ w.numpy(), rtol=1e-4, atol=1e-4)
+    assert len(state.kernels) == 2  # one primitive per input shape
+    assert sum(len(v) for v in state.packed.values()) <= 2  # reused when the layout is the same
