@@ -473,6 +473,13 @@ def inspect_command(model: str, as_json: bool) -> None:
                 console.print(f"  why not TVM: {reason}", markup=False)
         if not manifest.segments:
             console.print("every node runs on TVM")
+        offload = manifest.pipeline.get("offload")
+        if offload:
+            counts = ", ".join(f"{k} {v}" for k, v in offload.items() if isinstance(v, int))
+            console.print(
+                f"library kernels: {offload['library']} {offload['version']} ({counts})",
+                markup=False,
+            )
         console.print(f"parity: {(manifest.parity or {}).get('status', 'none')}")
         return
     from infer.api import load_onnx

@@ -8,9 +8,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 import infer
+from infer.cli import cli
 from infer.optimize import offload
 from infer.runtime import onednn
 from tests import onnx_models
@@ -74,6 +76,9 @@ def test_convolutions_with_bias_and_relu_run_on_onednn(tmp_path: Path) -> None:
     assert summary["library"] == "onednn" and summary["version"] == onednn.library_version()
     assert summary["conv2d"] == 2 and summary["matmul"] == 1
     assert summary["post_ops"] >= 3  # conv bias + relu, the classifier's bias
+    shown = CliRunner().invoke(cli, ["--quiet", "inspect", str(tmp_path / "model.infer")])
+    assert shown.exit_code == 0, shown.output
+    assert f"library kernels: onednn {onednn.library_version()} (conv2d 2, matmul 1" in shown.output
 
 
 @pytest.mark.usefixtures("offload_everything")
