@@ -62,9 +62,11 @@ def _is_float32(*exprs: Any) -> bool:
 
 
 def _conv2d(call: Any, weights: set[Any]) -> tuple[dict[str, Any], int] | None:
-    """Return (config, output channels) for an offloadable conv2d call, else None."""
+    """Return (config, output channels) for an offloadable conv2d or conv2d_transpose call
+    (oneDNN's convolution or deconvolution), else None."""
     attrs = call.attrs
     data, kernel = call.args
+    transposed = _op_name(call) == "relax.nn.conv2d_transpose"
     if kernel not in weights or not _is_float32(data, kernel, call):
         return None
     if str(attrs.out_layout) != str(attrs.data_layout) or str(attrs.out_dtype) not in _SAME_DTYPE:
@@ -72,8 +74,15 @@ def _conv2d(call: Any, weights: set[Any]) -> tuple[dict[str, Any], int] | None:
     data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)
     if sorted(data_layout) != sorted("NCHW") or sorted(kernel_layout) != sorted("OIHW"):
         return None
+    if transposed and (int(attrs.groups) != 1 or any(int(p) for p in attrs.output_padding)):
+        return None
     out_dims, kernel_dims = _tensor(call)[0], _tensor(kernel)[0]  # type: ignore[index]
-    macs = math.prod(out_dims) * math.prod(kernel_dims) // kernel_dims[kernel_layout.index("O")]
+    # Multiply-adds: each output (each input, transposed) meets one filter of its group.
+    if transposed:
+        macs = math.prod(_tensor(data)[0]) * math.prod(kernel_dims)  # type: ignore[index]
+        macs //= kernel_dims[kernel_layout.index("I")]
+    else:
+        macs = math.prod(out_dims) * math.prod(kernel_dims) // kernel_dims[kernel_layout.index("O")]
     if macs < MIN_OFFLOAD_MACS:
         return None
     config = {
@@ -83,6 +92,7 @@ def _conv2d(call: Any, weights: set[Any]) -> tuple[dict[str, Any], int] | None:
         "strides": [int(s) for s in attrs.strides],
         "padding": [int(p) for p in attrs.padding],
         "dilation": [int(d) for d in attrs.dilation],
+        "transposed": transposed,
     }
     return config, kernel_dims[kernel_layout.index("O")]
 
@@ -174,7 +184,7 @@ def _plan(func: Any, weights: set[Any], counts: dict[str, int]) -> tuple[dict[An
     for var in order:
         call = values[var]
         name = _op_name(call)
-        if name == "relax.nn.conv2d":
+        if name in ("relax.nn.conv2d", "relax.nn.conv2d_transpose"):
             found = _conv2d(call, weights)
             function, axis_last = "infer.onednn.conv2d", None
         elif name == "relax.matmul":
@@ -192,7 +202,7 @@ def _plan(func: Any, weights: set[Any], counts: dict[str, int]) -> tuple[dict[An
         if (
             user is not None
             and _op_name(values[user]) == "relax.add"
-            and (name == "relax.nn.conv2d" or config["weights"])
+            and (name != "relax.matmul" or config["weights"])
         ):
             bias = _bias_of(values[user], last, weights, channels, axis_last)
             if bias is not None:

@@ -51,6 +51,7 @@ _ENGINE_CPU = 1
 _STREAM_IN_ORDER = 1
 _FORWARD_INFERENCE = 96
 _CONVOLUTION_DIRECT = 1
+_DECONVOLUTION_DIRECT = 10
 _QUERY_WEIGHTS_MD = 131
 _ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS = 1, 17, 33, 41
 _ELTWISE = {"relu": 0x20, "clip": 46, "gelu_erf": 49, "gelu_tanh": 43, "logistic": 41}
@@ -109,6 +110,7 @@ class _Library:
             "dnnl_memory_desc_create_with_tag",
             "dnnl_memory_desc_create_with_strides",
             "dnnl_convolution_forward_primitive_desc_create",
+            "dnnl_deconvolution_forward_primitive_desc_create",
             "dnnl_matmul_primitive_desc_create",
             "dnnl_reorder_primitive_desc_create",
             "dnnl_primitive_create",
@@ -398,12 +400,20 @@ def _conv2d_kernel(
     dilation = [d - 1 for d in config["dilation"]]
     attr = lib.attr([tuple(op) for op in config["post_ops"]])
     pd = ctypes.c_void_p()
+    # A transposed convolution is oneDNN's deconvolution: the same arguments, weights (O, I, ...)
+    # with O its output channels (the second dim of ONNX's / Relax's IOHW).
+    transposed = config.get("transposed", False)
+    create = (
+        lib.lib.dnnl_deconvolution_forward_primitive_desc_create
+        if transposed
+        else lib.lib.dnnl_convolution_forward_primitive_desc_create
+    )
     lib.check(
-        lib.lib.dnnl_convolution_forward_primitive_desc_create(
+        create(
             ctypes.byref(pd),
             lib.engine,
             _FORWARD_INFERENCE,
-            _CONVOLUTION_DIRECT,
+            _DECONVOLUTION_DIRECT if transposed else _CONVOLUTION_DIRECT,
             src,
             any_w,
             bias,
@@ -414,7 +424,8 @@ def _conv2d_kernel(
             _Dims(bottom, right),
             attr,
         ),
-        f"convolution {list(src_dims)} * {[o, i, kh, kw]} groups {groups}",
+        f"{'de' if transposed else ''}convolution {list(src_dims)} * {[o, i, kh, kw]} "
+        f"groups {groups}",
     )
     if attr is not None:
         lib.lib.dnnl_primitive_attr_destroy(attr)

@@ -100,3 +100,25 @@ def test_small_operators_stay_in_tvm(tmp_path: Path) -> None:
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
     assert compile_and_compare(onnx_models.conv_net(), tmp_path, {"x": x}) is None
     assert infer.Session(tmp_path / "model.infer")._onednn is None  # no library loaded to run it
+
+
+@pytest.mark.usefixtures("offload_everything")
+def test_a_transposed_convolution_runs_as_a_deconvolution(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ConvTranspose", ["x", "w", "b"], ["d"], strides=[2, 2]),
+            helper.make_node("Sigmoid", ["d"], ["y"]),
+        ],
+        "deconv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 20, 20])],
+        [
+            numpy_helper.from_array(rng.standard_normal((8, 4, 2, 2)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, 8, 10, 10)).astype(np.float32)
+    summary = compile_and_compare(model, tmp_path, {"x": x})
+    assert summary["conv2d"] == 1 and summary["post_ops"] == 2  # bias and sigmoid folded in

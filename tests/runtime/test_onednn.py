@@ -128,3 +128,31 @@ def test_a_session_state_packs_each_weight_once_per_layout() -> None:
             np.testing.assert_allclose(out.numpy(), x @ w.numpy(), rtol=1e-4, atol=1e-4)
     assert len(state.kernels) == 2  # one primitive per input shape
     assert sum(len(v) for v in state.packed.values()) <= 2  # reused when the layout is the same
+
+
+@pytest.mark.parametrize(("strides", "pads"), [([2, 2], [0, 0, 0, 0]), ([2, 1], [1, 0, 1, 1])])
+def test_conv2d_transpose_matches_onnxruntime(strides: list[int], pads: list[int]) -> None:
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 6, 7, 5), dtype=np.float32)
+    w = rng.standard_normal((6, 4, 3, 3), dtype=np.float32)  # (in, out, kh, kw): IOHW
+    b = rng.standard_normal(4, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=strides, pads=pads)],
+        "deconv",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("x", "w", "b")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (want,) = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "w": w, "b": b})
+    config = {
+        "data_layout": "NCHW",
+        "kernel_layout": "IOHW",
+        "groups": 1,
+        "strides": strides,
+        "padding": pads,
+        "dilation": [1, 1],
+        "transposed": True,
+        "post_ops": [],
+    }
+    got = call(onednn.CONV2D, x, w, b, config=config, out_shape=want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
