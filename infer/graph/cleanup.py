@@ -13,7 +13,6 @@ __all__ = [
     "constant_initializers",
     "constants_to_initializers",
     "dropout_to_identity",
-    "fold_batch_norm",
     "fold_conv_affine",
     "sum_to_add",
 ]
@@ -137,70 +136,15 @@ def dropout_to_identity(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def fold_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a copy where each inference BatchNormalization after a Conv is folded into its weights.
-
-    BN(conv(x, W) + b) = conv(x, W * s) + (b - mean) * s + beta with s = scale / sqrt(var + eps),
-    per output channel: one pass over the activations and a division per element saved. Only a
-    Conv whose output nothing else reads, with every parameter constant, is folded.
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    inits = _constant_tensors(graph)
-    readers = _reader_counts(graph)
-    producer = {node.output[0]: node for node in graph.node if node.output}
-    folded: set[str] = set()
-    for bn in graph.node:
-        if (
-            bn.op_type != "BatchNormalization"
-            or bn.domain not in ("", "ai.onnx")
-            or len(bn.output) != 1
-        ):
-            continue
-        conv = producer.get(bn.input[0])
-        if conv is None or conv.op_type != "Conv" or readers.get(conv.output[0], 0) != 1:
-            continue
-        has_bias = len(conv.input) > 2 and bool(conv.input[2])
-        names = [conv.input[1], *bn.input[1:5]] + ([conv.input[2]] if has_bias else [])
-        if not all(n in inits for n in names):
-            continue
-        weight = numpy_helper.to_array(inits[conv.input[1]])
-        scale, beta, mean, var = (
-            numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5]
-        )
-        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-        bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if has_bias else 0.0
-        s = scale / np.sqrt(var + eps)
-        per_channel = s.reshape(-1, *([1] * (weight.ndim - 1)))
-        new_w = numpy_helper.from_array(
-            (weight * per_channel).astype(weight.dtype), f"{bn.output[0]}__folded_w"
-        )
-        new_b = numpy_helper.from_array(
-            ((bias - mean) * s + beta).astype(weight.dtype), f"{bn.output[0]}__folded_b"
-        )
-        graph.initializer.extend([new_w, new_b])
-        del conv.input[1:]
-        conv.input.extend([new_w.name, new_b.name])
-        conv.output[0] = bn.output[0]
-        folded.add(bn.output[0])
-    kept = [
-        n
-        for n in graph.node
-        if not (n.op_type == "BatchNormalization" and n.output and n.output[0] in folded)
-    ]
-    del graph.node[:]
-    graph.node.extend(kept)
-    return out
-
-
 def fold_conv_affine(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a copy where a constant per-channel Mul or Add after a Conv is folded into it.
+    """Return a copy where the per-channel affine ops after a Conv are folded into its weights.
 
     conv(x, W) * s + t = conv(x, W * s) + (b * s + t) when s and t vary only along the output
-    channels: PaddlePaddle's re-parameterised blocks (MobileOne) export such a scale and shift
-    after every convolution. Only a Conv whose output nothing else reads, with constant weights
-    (and bias), is folded; each Mul/Add is one pass over the activations saved.
+    channels. Such a chain is any run of inference BatchNormalization (s = scale / sqrt(var +
+    eps), t = beta - mean * s) and Mul/Add by constants (PaddlePaddle's re-parameterised MobileOne
+    blocks export a scale and shift after every convolution). Only a Conv whose output nothing
+    else reads, with constant weights (and bias), is folded, and each op only while its output is
+    read once; every op folded is one pass over the activations saved.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -228,16 +172,10 @@ def fold_conv_affine(model: onnx.ModelProto) -> onnx.ModelProto:
             shift = numpy_helper.to_array(values[conv.input[2]]).astype(np.float64)
         output = conv.output[0]
         while readers.get(output, 0) == 1 and (user := consumers.get(output)) is not None:
-            if user.op_type not in ("Mul", "Add") or user.domain not in ("", "ai.onnx"):
+            affine = _affine(user, output, values, channels, rank)
+            if affine is None:
                 break
-            other = user.input[1] if user.input[0] == output else user.input[0]
-            per_channel = _per_channel(values.get(other), channels, rank)
-            if other == output or per_channel is None:
-                break
-            if user.op_type == "Mul":
-                scale, shift = scale * per_channel, shift * per_channel
-            else:
-                shift = shift + per_channel
+            scale, shift = scale * affine[0], shift * affine[0] + affine[1]
             removed.add(id(user))
             output = user.output[0]
         if output == conv.output[0]:
@@ -255,6 +193,38 @@ def fold_conv_affine(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(kept)
     return out
+
+
+def _affine(
+    node: onnx.NodeProto,
+    produced: str,
+    values: dict[str, onnx.TensorProto],
+    channels: int,
+    rank: int,
+) -> tuple[np.ndarray | float, np.ndarray | float] | None:
+    """Return (s, t) with node(y) = y * s + t per output channel for the conv output produced,
+    None when node is not such an op."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "BatchNormalization":
+        names = list(node.input[1:5])
+        if node.input[0] != produced or len(node.output) != 1 or len(names) != 4:
+            return None
+        if not all(name in values for name in names):
+            return None
+        scale, beta, mean, var = (
+            numpy_helper.to_array(values[name]).astype(np.float64) for name in names
+        )
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        s = scale / np.sqrt(var + eps)
+        return s, beta - mean * s
+    if node.op_type not in ("Mul", "Add"):
+        return None
+    other = node.input[1] if node.input[0] == produced else node.input[0]
+    per_channel = _per_channel(values.get(other), channels, rank)
+    if other == produced or per_channel is None:
+        return None
+    return (per_channel, 0.0) if node.op_type == "Mul" else (1.0, per_channel)
 
 
 def _per_channel(tensor: onnx.TensorProto | None, channels: int, rank: int) -> np.ndarray | None:
@@ -312,4 +282,4 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     if rebuilt is not cleaned:
         cleaned = fold_constants(rebuilt)
     cleaned = constants_to_initializers(cleaned)
-    return fold_conv_affine(fold_batch_norm(dropout_to_identity(sum_to_add(cleaned))))
+    return fold_conv_affine(dropout_to_identity(sum_to_add(cleaned)))

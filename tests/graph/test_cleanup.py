@@ -121,11 +121,10 @@ def test_dropout_without_a_used_mask_becomes_identity() -> None:
 
 
 def test_batch_norm_after_conv_is_folded_into_its_weights() -> None:
-    from infer.graph.cleanup import fold_batch_norm
     from tests import onnx_models
 
     model = onnx_models.conv_net(batch=2)  # Conv (with bias) -> BatchNormalization -> Relu ...
-    folded = fold_batch_norm(model)
+    folded = fold_conv_affine(model)
     assert "BatchNormalization" not in [n.op_type for n in folded.graph.node]
     onnx.checker.check_model(folded, full_check=True)
     x = np.random.default_rng(3).standard_normal((2, 3, 16, 16)).astype(np.float32)
@@ -135,13 +134,12 @@ def test_batch_norm_after_conv_is_folded_into_its_weights() -> None:
 
 
 def test_batch_norm_whose_conv_output_is_read_elsewhere_stays() -> None:
-    from infer.graph.cleanup import fold_batch_norm
     from tests import onnx_models
 
     model = onnx_models.conv_net(batch=1)
     conv_out = model.graph.node[0].output[0]
     model.graph.output.append(helper.make_tensor_value_info(conv_out, TensorProto.FLOAT, None))
-    assert "BatchNormalization" in [n.op_type for n in fold_batch_norm(model).graph.node]
+    assert "BatchNormalization" in [n.op_type for n in fold_conv_affine(model).graph.node]
 
 
 def test_per_channel_scale_and_shift_after_a_conv_fold_into_its_weights() -> None:
