@@ -45,8 +45,6 @@ _SONAME = "libdnnl.so.3"
 _SUCCESS = 0
 _F32 = 3
 _FORMAT_ANY = 1
-_TAG_A = 2
-_TAG_AB = 3
 _ENGINE_CPU = 1
 _STREAM_IN_ORDER = 1
 _FORWARD_INFERENCE = 96
@@ -243,12 +241,18 @@ def library_version() -> str:
     return _library().version()
 
 
+def _dense_strides(shape: Sequence[int]) -> list[int]:
+    """Return the element strides of a dense row-major tensor of shape."""
+    strides, step = [], 1
+    for extent in reversed(shape):
+        strides.append(step)
+        step *= extent
+    return strides[::-1]
+
+
 def _strides(layout: str, shape: Sequence[int], logical: str) -> list[int]:
     """Return the strides of logical's letters in a dense tensor of shape stored in layout."""
-    step, by_letter = 1, {}
-    for letter, extent in zip(reversed(layout), reversed(shape), strict=True):
-        by_letter[letter] = step
-        step *= extent
+    by_letter = dict(zip(layout, _dense_strides(shape), strict=True))
     return [by_letter[letter] for letter in logical]
 
 
@@ -427,13 +431,7 @@ def _conv2d_kernel(
         f"{'de' if transposed else ''}convolution {list(src_dims)} * {[o, i, kh, kw]} "
         f"groups {groups}",
     )
-    if attr is not None:
-        lib.lib.dnnl_primitive_attr_destroy(attr)
-    packed = state.pack(lib, pd, w, user_w)
-    roles = [(_ARG_SRC, src), (_ARG_WEIGHTS, packed[0]), (_ARG_DST, dst)]
-    if bias is not None:
-        roles.insert(2, (_ARG_BIAS, bias))
-    return _Kernel(lib, pd, roles, packed, release=(src, dst, bias, user_w, any_w))
+    return _finish(lib, state, pd, attr, src, dst, bias, w, user_w, any_w, pack=True)
 
 
 def _matmul_kernel(
@@ -470,21 +468,34 @@ def _matmul_kernel(
         ),
         f"matmul {list(x_shape)} @ {list(w_shape)}",
     )
+    return _finish(
+        lib, state, pd, attr, src, dst, bias, w, user_w, wanted_w, pack=config["weights"]
+    )
+
+
+def _finish(
+    lib: _Library,
+    state: OnednnState,
+    pd: Any,
+    attr: Any,
+    src: Any,
+    dst: Any,
+    bias: Any,
+    w: Any,
+    user_w: Any,
+    wanted_w: Any,
+    *,
+    pack: bool,
+) -> _Kernel:
+    """Return the kernel of primitive descriptor pd, its weights packed once (pack) or read in
+    place; the attributes and descriptors made for it are released."""
     if attr is not None:
         lib.lib.dnnl_primitive_attr_destroy(attr)
-    packed = state.pack(lib, pd, w, user_w) if config["weights"] else None
+    packed = state.pack(lib, pd, w, user_w) if pack else None
     roles = [(_ARG_SRC, src), (_ARG_WEIGHTS, packed[0] if packed else user_w), (_ARG_DST, dst)]
     if bias is not None:
         roles.insert(2, (_ARG_BIAS, bias))
     return _Kernel(lib, pd, roles, packed, release=(src, dst, bias, user_w, wanted_w))
-
-
-def _dense_strides(shape: Sequence[int]) -> list[int]:
-    strides, step = [], 1
-    for extent in reversed(shape):
-        strides.append(step)
-        step *= extent
-    return strides[::-1]
 
 
 _BUILDERS = {CONV2D: _conv2d_kernel, MATMUL: _matmul_kernel}
@@ -492,7 +503,7 @@ _CONFIGS: dict[str, dict[str, Any]] = {}
 
 
 def _entry(name: str) -> Any:
-    build = _BUILDERS[name]
+    build, lib = _BUILDERS[name], _library()
 
     def call(*args: Any) -> None:
         # (x, w, [bias], config, out): the config string is baked into the graph at compile time.
@@ -501,7 +512,6 @@ def _entry(name: str) -> Any:
         state = _state()
         key = (name, config_text, tuple(x.shape), w.data_ptr())
         kernel = state.kernels.get(key)
-        lib = _library()
         if kernel is None:
             config = _CONFIGS.get(config_text)
             if config is None:
@@ -530,7 +540,6 @@ def register() -> None:
         return
     import tvm
 
-    _library()
     for name in _BUILDERS:
         tvm.register_global_func(name, _entry(name), override=True)
     _REGISTERED = True
