@@ -20,6 +20,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from infer.optimize.relax_main import op_name, replace_main, weight_params
+
 __all__ = ["canonicalize_for_layout"]
 
 _CLAMPS = {"relax.less": relax.op.minimum, "relax.greater": relax.op.maximum}
@@ -52,7 +54,7 @@ class _Canonicalize(PyExprMutator):  # type: ignore[misc]
 
     def visit_call_(self, call: Any) -> Any:
         call = super().visit_call_(call)
-        name = str(call.op.name) if isinstance(call.op, tvm.ir.Op) else None
+        name = op_name(call)
         if name == "relax.where":
             return self._clamp(call)
         if name in _BINARY and len(call.args) == 2:
@@ -75,12 +77,11 @@ class _Canonicalize(PyExprMutator):  # type: ignore[misc]
         if not isinstance(condition, relax.Var):
             return call
         compare = self.lookup_binding(condition)
-        if not isinstance(compare, relax.Call) or not isinstance(compare.op, tvm.ir.Op):
-            return call
-        op = _CLAMPS.get(str(compare.op.name))
+        op = _CLAMPS.get(op_name(compare) or "")
         if op is None or not (compare.args[0].same_as(x) and compare.args[1].same_as(c)):
             return call
-        return self._full_rank(self._constant_second(op(x, c), str(op(x, c).op.name)))
+        clamp = op(x, c)
+        return self._full_rank(self._constant_second(clamp, str(clamp.op.name)))
 
     def _full_rank(self, call: Any) -> Any:
         a, b = call.args
@@ -89,9 +90,9 @@ class _Canonicalize(PyExprMutator):  # type: ignore[misc]
             return call
         low, high = (0, rb) if ra < rb else (1, ra)
         operand = call.args[low]
-        shape = [int(d) for d in operand.ty.shape.values] if _static(operand) else None
-        if shape is None:
+        if not _static(operand):
             return call
+        shape = [int(d) for d in operand.ty.shape.values]
         target = [1] * (high - len(shape)) + shape
         if isinstance(operand, tvm.ir.GenericConst):
             value = operand.value.numpy().reshape(target)
@@ -114,8 +115,5 @@ def _static(expr: Any) -> bool:
 def canonicalize_for_layout(mod: Any) -> Any:
     """Return mod with main's clamps as minimum/maximum and broadcast constants at full rank."""
     main = mod["main"]
-    num_input = int(main.attrs["num_input"]) if main.attrs and "num_input" in main.attrs else 0
-    rewrite = _Canonicalize(mod, set(main.params[num_input:]))
-    updated = relax.analysis.remove_all_unused(rewrite.visit_expr(main))
-    rewrite.builder_.update_func(mod.get_global_var("main"), updated)
-    return rewrite.builder_.get()
+    rewrite = _Canonicalize(mod, weight_params(main))
+    return replace_main(mod, rewrite, relax.analysis.remove_all_unused(rewrite.visit_expr(main)))

@@ -18,6 +18,8 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from infer.optimize.relax_main import op_name, replace_main, weight_params
+
 __all__ = ["MIN_OFFLOAD_MACS", "offload_to_onednn"]
 
 # Symbolic dims count as 1 here, so a dynamic batch does not hide a heavy operator.
@@ -34,12 +36,6 @@ _ACTIVATIONS = {
     "relax.nn.gelu": "gelu_erf",
     "relax.nn.gelu_tanh": "gelu_tanh",
 }
-
-
-def _op_name(expr: Any) -> str | None:
-    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
-        return str(expr.op.name)
-    return None
 
 
 def _static(shape: Any) -> list[int] | None:
@@ -66,7 +62,7 @@ def _conv2d(call: Any, weights: set[Any]) -> tuple[dict[str, Any], int] | None:
     (oneDNN's convolution or deconvolution), else None."""
     attrs = call.attrs
     data, kernel = call.args
-    transposed = _op_name(call) == "relax.nn.conv2d_transpose"
+    transposed = op_name(call) == "relax.nn.conv2d_transpose"
     if kernel not in weights or not _is_float32(data, kernel, call):
         return None
     if str(attrs.out_layout) != str(attrs.data_layout) or str(attrs.out_dtype) not in _SAME_DTYPE:
@@ -131,7 +127,7 @@ def _bias_of(add: Any, produced: Any, weights: set[Any], channels: int, axis_las
 
 def _activation(call: Any, produced: Any) -> tuple[str, float, float] | None:
     """Return the oneDNN eltwise post-op (name, alpha, beta) that call applies to produced."""
-    name = _op_name(call)
+    name = op_name(call)
     if name is None or (name not in _BOUNDS and not call.args[0].same_as(produced)):
         return None
     if name in _ACTIVATIONS:
@@ -159,19 +155,19 @@ def _plan(func: Any, weights: set[Any], counts: dict[str, int]) -> tuple[dict[An
     values: dict[Any, Any] = {}
     uses: dict[Any, int] = {}
     order: list[Any] = []
+    users: dict[Any, Any] = {}  # var -> the (last) binding that reads it
     for block in func.body.blocks:
         for binding in block.bindings:
-            if isinstance(binding, relax.VarBinding):
+            plain = isinstance(binding, relax.VarBinding)  # not a match_cast
+            if plain:
                 values[binding.var] = binding.value
                 order.append(binding.var)
             for var in relax.analysis.free_vars(binding.value):
                 uses[var] = uses.get(var, 0) + 1
+                if plain:
+                    users[var] = binding.var
     for var in relax.analysis.free_vars(func.body.body):
         uses[var] = uses.get(var, 0) + 1
-    users: dict[Any, Any] = {}
-    for var in order:
-        for used in relax.analysis.free_vars(values[var]):
-            users[used] = var
 
     def sole_user(var: Any) -> Any:
         # The one binding that reads var, when var is read once and not a function output.
@@ -183,7 +179,7 @@ def _plan(func: Any, weights: set[Any], counts: dict[str, int]) -> tuple[dict[An
     drop: set[Any] = set()
     for var in order:
         call = values[var]
-        name = _op_name(call)
+        name = op_name(call)
         if name in ("relax.nn.conv2d", "relax.nn.conv2d_transpose"):
             found = _conv2d(call, weights)
             function, axis_last = "infer.onednn.conv2d", None
@@ -201,7 +197,7 @@ def _plan(func: Any, weights: set[Any], counts: dict[str, int]) -> tuple[dict[An
         user = sole_user(last)
         if (
             user is not None
-            and _op_name(values[user]) == "relax.add"
+            and op_name(values[user]) == "relax.add"
             and (name != "relax.matmul" or config["weights"])
         ):
             bias = _bias_of(values[user], last, weights, channels, axis_last)
@@ -244,11 +240,8 @@ def offload_to_onednn(mod: Any, counts: dict[str, int]) -> Any:
     """Return mod with main's heavy float32 convolutions and matmuls calling oneDNN; counts gets
     the calls made per kind ("conv2d", "matmul") and the bias adds and activations folded in."""
     main = mod["main"]
-    num_input = int(main.attrs["num_input"]) if main.attrs and "num_input" in main.attrs else 0
-    weights = set(main.params[num_input:])
-    replace, drop = _plan(main, weights, counts)
+    replace, drop = _plan(main, weight_params(main), counts)
     if not replace:
         return mod
     rewrite = _Rewrite(mod, replace, drop)
-    rewrite.builder_.update_func(mod.get_global_var("main"), rewrite.visit_expr(main))
-    return rewrite.builder_.get()
+    return replace_main(mod, rewrite, rewrite.visit_expr(main))

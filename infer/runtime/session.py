@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -74,11 +75,14 @@ class Session:
         self._shape_type = tvm.runtime.ShapeTuple
         self._param_addresses: set[int] = set()
         self._onednn: Any = None
+        # Entered around each run: the oneDNN state (kernels, packed weights) of this session.
+        self._library_state: Callable[[], AbstractContextManager[None]] = nullcontext
         if self.manifest.pipeline.get("offload"):
             from infer.runtime import onednn
 
             onednn.register()
             self._onednn = onednn.OnednnState(self.threads)
+            self._library_state = functools.partial(onednn.active, self._onednn)
         self._steps: list[_Step] = []
         if not self.manifest.segments:
             dtypes = [s.dtype for s in self.manifest.outputs]
@@ -250,13 +254,6 @@ class Session:
                     f"{len(all_names)}"
                 )
             return [outputs[i] for i in indices]
-
-    def _library_state(self) -> AbstractContextManager[None]:
-        if self._onednn is None:
-            return nullcontext()
-        from infer.runtime import onednn
-
-        return onednn.active(self._onednn)
 
     def _run_step(self, step: _Step, args: list[np.ndarray]) -> list[np.ndarray]:
         try:
