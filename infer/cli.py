@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import click
 import numpy as np
 
+from infer.bench import DEFAULT_REPEAT as BENCH_REPEAT
+from infer.bench import DEFAULT_WARMUP as BENCH_WARMUP
 from infer.errors import InferError, InputError
 
 __all__ = ["main"]
@@ -427,6 +429,127 @@ def run_command(
         console.print(
             f"ratio infer/onnxruntime (median): {ratio:.2f}x ({verdict} than ONNX Runtime)"
         )
+
+
+def _int_list(option: str, value: str) -> list[int]:
+    try:
+        values = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise InputError(f"{option} {value!r}: expected a comma-separated list of integers >= 1")
+    return values
+
+
+@cli.command("bench")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--threads", "threads_list", default="1,2", show_default=True, help="Thread counts.")
+@click.option("--batch", "batch_list", default="1", show_default=True, help="Batch sizes.")
+@click.option("--repeat", type=click.IntRange(min=1), default=BENCH_REPEAT, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=BENCH_WARMUP, show_default=True)
+@click.option(
+    "--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of another symbolic dim."
+)
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="NAME=D0,D1,..",
+    help="Compile with this input shape.",
+)
+@click.option("--pipeline", default=None, help="Compile pipeline (default: the CPU's).")
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write a bar chart of the ratios (PNG).",
+)
+@click.option(
+    "--markdown", type=click.Path(path_type=Path), default=None, help="Write the table as markdown."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def bench_command(
+    models: tuple[str, ...], threads_list: str, batch_list: str, repeat: int, warmup: int,
+    dims: tuple[str, ...], shapes: tuple[str, ...], pipeline: str | None, plot: Path | None,
+    markdown: Path | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Time MODELS (names, .onnx files or artifacts) against ONNX Runtime at equal threads.
+
+    Each runtime runs in a process of its own per (model, threads, batch): same seeded inputs,
+    warm-up, then the median and p90 of --repeat runs, and the process's peak RSS.
+    """
+    import infer
+    from infer.artifact.manifest import ArtifactManifest
+    from infer.bench import (
+        RUNTIMES,
+        BenchCell,
+        BenchRow,
+        bench_cell,
+        cell_dims,
+        markdown_table,
+        plot_rows,
+        require_matplotlib,
+    )
+    from infer.sources import resolve_model
+
+    if plot is not None:
+        require_matplotlib()  # before the long part
+    thread_counts = _int_list("--threads", threads_list)
+    batches = _int_list("--batch", batch_list)
+    dim_sizes = _dim_options(dims)
+    progress = _progress()
+    cells: list[BenchCell] = []
+    for model in models:
+        ref = resolve_model(model, progress)
+        if ref.kind == "artifact":
+            path = Path(ref.model)  # type: ignore[arg-type]
+        else:
+            with progress.stage(f"compile {ref.display}"):
+                path = infer.compile(
+                    model, shapes=_shape_options(shapes), pipeline=pipeline, progress=progress,
+                    check_dims=dim_sizes,
+                ).path  # fmt: skip
+        specs = ArtifactManifest.read(path).inputs
+        label = Path(model).stem if model.endswith(".onnx") else Path(model).name
+        for batch in batches:
+            cell_dims(specs, batch, dim_sizes)  # an InputError now, before any timing
+            for threads in thread_counts:
+                cells.append(
+                    BenchCell(label, path, threads, batch, dim_sizes, repeat=repeat, warmup=warmup)
+                )
+    rows: list[BenchRow] = []
+    for i, cell in enumerate(cells, 1):
+        results = {}
+        for runtime in RUNTIMES:
+            with progress.stage(
+                f"[{i}/{len(cells)}] {cell.label}, threads {cell.threads}, batch {cell.batch}: {runtime}"
+            ):
+                results[runtime] = bench_cell(cell, runtime)
+        rows.append(BenchRow(cell, results))
+        progress.log(f"{cell.label}: ratio {rows[-1].ratio:.2f}x")
+    table = markdown_table(rows)
+    if markdown is not None:
+        markdown.write_text(table + "\n", encoding="utf-8")
+    if plot is not None:
+        plot_rows(rows, plot)
+    if as_json:
+        click.echo(json.dumps([row.to_json() for row in rows], indent=2))
+        return
+    from rich.table import Table
+
+    out = Table(
+        caption=f"median (p90) of {repeat} runs after {warmup} warm-up; each runtime in its own process"
+    )
+    for column in ("model", "threads", "batch", "infer ms", "ORT ms", "ratio", "peak RSS MiB"):
+        out.add_column(column, justify="left" if column == "model" else "right")
+    for row in rows:
+        texts = row.cells()
+        texts[5] = f"[{'green' if row.ratio <= 1 else 'red'}]{texts[5]}[/]"
+        out.add_row(*texts)
+    console = _console()
+    console.print(out)
+    if plot is not None:
+        console.print(f"plot written to {plot}")
 
 
 @cli.command("inspect")

@@ -1,0 +1,325 @@
+"""Compiled models against ONNX Runtime, side by side: latency, peak memory, the ratio (`infer bench`).
+
+Every (model, threads, batch) cell runs each runtime in a process of its own: a fresh process
+per runtime means neither thread pool can steal the other's cores, and its peak RSS is that
+runtime's alone. Both processes feed the same seeded inputs, warm up, then time `repeat` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infer.errors import InferError, InputError
+from infer.signature import TensorSpec
+from infer.timing import LatencyStats, measure
+
+__all__ = [
+    "RUNTIMES",
+    "BenchCell",
+    "BenchRow",
+    "RuntimeResult",
+    "batch_dims",
+    "bench_cell",
+    "cell_dims",
+    "markdown_table",
+    "plot_rows",
+    "require_matplotlib",
+]
+
+RUNTIMES = ("infer", "onnxruntime")
+DEFAULT_REPEAT = 30
+DEFAULT_WARMUP = 5
+# A worker that runs longer than this is stopped and its cell reported as failed.
+WORKER_TIMEOUT_S = 1800
+_KIB_PER_MIB = 1024
+
+
+@dataclass(frozen=True)
+class BenchCell:
+    """One measurement: an artifact at a thread count and batch size (other symbolic dims fixed)."""
+
+    label: str
+    artifact: Path
+    threads: int
+    batch: int
+    dims: Mapping[str, int] = field(default_factory=dict)
+    repeat: int = DEFAULT_REPEAT
+    warmup: int = DEFAULT_WARMUP
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RuntimeResult:
+    """What one runtime's worker process measured."""
+
+    runtime: str
+    version: str
+    latency: LatencyStats
+    load_s: float
+    base_rss_mb: float  # after imports, before the model is loaded
+    peak_rss_mb: float  # the process's peak, after the timed runs
+
+    @property
+    def model_rss_mb(self) -> float:
+        """Return the memory the model itself added: peak RSS over the RSS after imports."""
+        return self.peak_rss_mb - self.base_rss_mb
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the result as JSON data."""
+        return {
+            "runtime": self.runtime,
+            "version": self.version,
+            "latency": self.latency.to_json(),
+            "load_s": self.load_s,
+            "base_rss_mb": self.base_rss_mb,
+            "peak_rss_mb": self.peak_rss_mb,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RuntimeResult:
+        """Return the result read back from to_json's data."""
+        return cls(
+            runtime=str(data["runtime"]),
+            version=str(data["version"]),
+            latency=LatencyStats(**data["latency"]),
+            load_s=float(data["load_s"]),
+            base_rss_mb=float(data["base_rss_mb"]),
+            peak_rss_mb=float(data["peak_rss_mb"]),
+        )
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """A cell and each runtime's result."""
+
+    cell: BenchCell
+    results: Mapping[str, RuntimeResult]
+
+    @property
+    def ratio(self) -> float:
+        """Return infer's median latency over ONNX Runtime's (below 1: infer is faster)."""
+        return (
+            self.results["infer"].latency.median_ms / self.results["onnxruntime"].latency.median_ms
+        )
+
+    def cells(self) -> list[str]:
+        """Return the row as table cells: model, threads, batch, both latencies, ratio, RSS."""
+        ours, ort = self.results["infer"], self.results["onnxruntime"]
+        return [
+            self.cell.label,
+            str(self.cell.threads),
+            str(self.cell.batch),
+            f"{ours.latency.median_ms:.4g} ({ours.latency.p90_ms:.4g})",
+            f"{ort.latency.median_ms:.4g} ({ort.latency.p90_ms:.4g})",
+            f"{self.ratio:.2f}x",
+            f"{ours.peak_rss_mb:.0f} / {ort.peak_rss_mb:.0f}",
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the row as JSON data."""
+        return {
+            "model": self.cell.label,
+            "artifact": str(self.cell.artifact),
+            "threads": self.cell.threads,
+            "batch": self.cell.batch,
+            "dims": dict(self.cell.dims),
+            "repeat": self.cell.repeat,
+            "warmup": self.cell.warmup,
+            **{name: r.to_json() for name, r in self.results.items()},
+            "ratio_vs_onnxruntime": self.ratio,
+        }
+
+
+def batch_dims(specs: Sequence[TensorSpec]) -> set[str]:
+    """Return the symbolic dims that lead some input's shape: the batch dims."""
+    return {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], str)}
+
+
+def cell_dims(specs: Sequence[TensorSpec], batch: int, dims: Mapping[str, int]) -> dict[str, int]:
+    """Return the sizes of the symbolic dims for a batch; InputError if the model has no batch dim."""
+    leading = batch_dims(specs)
+    if batch != 1 and not leading:
+        shapes = ", ".join(f"{s.name} {list(s.shape)}" for s in specs)
+        raise InputError(f"batch {batch}: the model has a fixed batch size ({shapes})")
+    return {**{d: batch for d in leading}, **dims}
+
+
+def _rss_mb() -> float:
+    """Return this process's peak RSS in MiB.
+
+    Linux's VmHWM, not getrusage's ru_maxrss: that one survives exec, so a worker started by a
+    big parent would report the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / _KIB_PER_MIB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / _KIB_PER_MIB
+
+
+def _worker(runtime: str, cell: BenchCell) -> RuntimeResult:
+    """Measure one runtime on the cell in this process (called in a fresh one by bench_cell)."""
+    from infer.artifact.manifest import ArtifactManifest
+    from infer.parity import random_feeds
+
+    manifest = ArtifactManifest.read(cell.artifact)
+    feeds = random_feeds(
+        manifest.inputs,
+        seed=cell.seed,
+        dims=cell_dims(manifest.inputs, cell.batch, cell.dims),
+        default_dim=None,
+    )
+    run: Callable[[], object]
+    if runtime == "infer":
+        import tvm  # imported before the baseline, so that the baseline holds the runtime's code
+
+        from infer.runtime.session import Session
+
+        base = _rss_mb()
+        started = time.perf_counter()
+        session = Session(cell.artifact, threads=cell.threads)
+        version = f"infer (tvm {tvm.__version__})"
+
+        def run() -> object:
+            return session.run(None, feeds)
+
+    elif runtime == "onnxruntime":
+        import onnxruntime
+
+        from infer.api import source_model
+        from infer.reference import ReferenceSession
+
+        base = _rss_mb()
+        started = time.perf_counter()
+        reference = ReferenceSession(source_model(cell.artifact), cell.threads)
+        version = f"onnxruntime {onnxruntime.__version__}"
+
+        def run() -> object:
+            return reference.run(feeds)
+
+    else:
+        raise InputError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    load_s = time.perf_counter() - started
+    latency = measure(run, cell.repeat, cell.warmup)
+    return RuntimeResult(runtime, version, latency, load_s, base, _rss_mb())
+
+
+def _cell_json(cell: BenchCell) -> str:
+    return json.dumps(
+        {
+            "label": cell.label,
+            "artifact": str(cell.artifact),
+            "threads": cell.threads,
+            "batch": cell.batch,
+            "dims": dict(cell.dims),
+            "repeat": cell.repeat,
+            "warmup": cell.warmup,
+            "seed": cell.seed,
+        }
+    )
+
+
+def bench_cell(cell: BenchCell, runtime: str) -> RuntimeResult:
+    """Return one runtime's measurement of the cell, taken in a fresh worker process."""
+    command = [sys.executable, "-m", "infer.bench", runtime, _cell_json(cell)]
+    where = f"{cell.label} ({runtime}, threads {cell.threads}, batch {cell.batch})"
+    try:
+        proc = subprocess.run(
+            command, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise InferError(f"bench {where}: no result after {WORKER_TIMEOUT_S} s") from None
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
+        raise InferError(f"bench {where}: {lines[-1]}")
+    return RuntimeResult.from_json(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def markdown_table(rows: Sequence[BenchRow]) -> str:
+    """Return the rows as a markdown table (medians, p90s, peak RSS and the ratio)."""
+    lines = [
+        "| model | threads | batch | infer ms (p90) | ONNX Runtime ms (p90) | ratio | peak RSS infer / ORT MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def require_matplotlib() -> Any:
+    """Return matplotlib.pyplot on the Agg backend; InputError saying how to install it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError(
+            "--plot needs matplotlib: pip install 'infer[plot]' (or matplotlib)"
+        ) from None
+    return plt
+
+
+def plot_rows(rows: Sequence[BenchRow], path: Path) -> None:
+    """Write a bar chart of the ratios (infer's median over ONNX Runtime's) to path."""
+    plt = require_matplotlib()
+    labels = [f"{r.cell.label}\n{r.cell.threads}t, batch {r.cell.batch}" for r in rows]
+    ratios = [r.ratio for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
+    colors = ["tab:green" if x <= 1 else "tab:red" for x in ratios]
+    bars = ax.barh(range(len(rows)), ratios, color=colors)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks(range(len(rows)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("median latency, infer / ONNX Runtime (below 1: infer is faster)")
+    for bar, row in zip(bars, rows, strict=True):
+        ours = row.results["infer"].latency.median_ms
+        ort = row.results["onnxruntime"].latency.median_ms
+        ax.text(
+            bar.get_width(),
+            bar.get_y() + bar.get_height() / 2,
+            f" {row.ratio:.2f}x ({ours:.2f} vs {ort:.2f} ms)",
+            va="center",
+            fontsize=8,
+        )
+    ax.set_xlim(0, max(ratios) * 1.6)
+    ax.set_title("infer vs ONNX Runtime: equal threads, each runtime in its own process")
+    fig.tight_layout()
+    staged = path.with_name(path.name + ".partial.png")
+    fig.savefig(staged, dpi=120)
+    plt.close(fig)
+    staged.replace(path)
+
+
+def _main(argv: Sequence[str]) -> None:
+    """The worker: `python -m infer.bench RUNTIME CELL_JSON` prints one RuntimeResult as JSON."""
+    runtime, data = argv
+    spec = json.loads(data)
+    cell = BenchCell(
+        label=spec["label"],
+        artifact=Path(spec["artifact"]),
+        threads=int(spec["threads"]),
+        batch=int(spec["batch"]),
+        dims={str(k): int(v) for k, v in spec["dims"].items()},
+        repeat=int(spec["repeat"]),
+        warmup=int(spec["warmup"]),
+        seed=int(spec["seed"]),
+    )
+    try:
+        result = _worker(runtime, cell)
+    except InferError as exc:
+        sys.exit(f"error: {exc}")
+    print(json.dumps(result.to_json()))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

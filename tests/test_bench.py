@@ -1,0 +1,93 @@
+"""`infer bench`: each runtime measured in a worker process of its own, on a small compiled model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import infer
+from infer.bench import (
+    BenchCell,
+    BenchRow,
+    bench_cell,
+    cell_dims,
+    markdown_table,
+    plot_rows,
+)
+from infer.cli import cli
+from infer.errors import InferError, InputError
+from tests import onnx_models
+from tests.conftest import save
+
+
+@pytest.fixture
+def mlp_artifact(mlp_path: Path, tmp_path: Path) -> Path:
+    return infer.compile(mlp_path, output=tmp_path / "mlp.infer", check_dims={"batch": 2}).path
+
+
+def test_each_runtime_reports_latency_memory_and_version(
+    mlp_artifact: Path, tmp_path: Path
+) -> None:
+    cell = BenchCell("mlp", mlp_artifact, threads=1, batch=4, repeat=5, warmup=1)
+    ours = bench_cell(cell, "infer")
+    ort = bench_cell(cell, "onnxruntime")
+    assert ours.version.startswith("infer (tvm ") and ort.version.startswith("onnxruntime 1.")
+    for result in (ours, ort):
+        assert result.latency.runs == 5
+        assert 0 < result.latency.min_ms <= result.latency.median_ms <= result.latency.p90_ms
+        # The worker's own peak (VmHWM), not its big parent's: a fresh process stays far below.
+        assert 0 < result.base_rss_mb <= result.peak_rss_mb < 2048
+    # ONNX Runtime's worker never imports TVM, so its baseline is well below infer's.
+    assert ort.base_rss_mb < ours.base_rss_mb
+    row = BenchRow(cell, {"infer": ours, "onnxruntime": ort})
+    assert row.ratio == pytest.approx(ours.latency.median_ms / ort.latency.median_ms)
+    table = markdown_table([row])
+    assert table.splitlines()[2].startswith("| mlp | 1 | 4 | ")
+    assert f"{row.ratio:.2f}x" in table
+    plot_rows([row], tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_a_batch_needs_a_symbolic_leading_dim(tmp_path: Path) -> None:
+    fixed = infer.compile(
+        save(onnx_models.conv_net(batch=1), tmp_path), output=tmp_path / "c.infer"
+    )
+    specs = fixed.manifest.inputs
+    assert cell_dims(specs, 1, {}) == {}
+    with pytest.raises(InputError, match=r"batch 8: the model has a fixed batch size \(x \[1, 3"):
+        cell_dims(specs, 8, {})
+
+
+def test_a_failing_worker_names_the_cell(mlp_artifact: Path) -> None:
+    cell = BenchCell("mlp", mlp_artifact, threads=1, batch=1, dims={}, repeat=1, warmup=0)
+    with pytest.raises(
+        InferError, match=r"bench mlp \(tensorflow, threads 1, batch 1\): error: runtime"
+    ):
+        bench_cell(cell, "tensorflow")
+
+
+def test_cli_bench_prints_rows_and_writes_markdown(mlp_artifact: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["--quiet", "bench", str(mlp_artifact), "--threads", "1,2", "--batch", "1,3",
+         "--repeat", "3", "--warmup", "1", "--json", "--markdown", str(tmp_path / "t.md")],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["threads"], r["batch"]) for r in rows] == [(1, 1), (2, 1), (1, 3), (2, 3)]
+    for r in rows:
+        assert r["ratio_vs_onnxruntime"] == pytest.approx(
+            r["infer"]["latency"]["median_ms"] / r["onnxruntime"]["latency"]["median_ms"]
+        )
+    assert len((tmp_path / "t.md").read_text().splitlines()) == 2 + 4
+
+
+def test_cli_bench_rejects_bad_lists(mlp_artifact: Path) -> None:
+    result = CliRunner().invoke(cli, ["bench", str(mlp_artifact), "--threads", "1,x"])
+    assert result.exit_code == 2
+    assert "--threads '1,x': expected a comma-separated list of integers >= 1" in result.output
