@@ -3,6 +3,8 @@
 art = infer.compile("model.onnx", shapes={"x": (1, 3, 224, 224)}, output="model.infer")
 sess = infer.load("model.infer", threads=2)
 outputs = sess.run(None, {"x": x})
+clf = infer.pipeline("image-classification")     # the task's default model, compiled on first use
+clf("photo.jpg")                                  # [{"label": ..., "score": ...}, ...]
 """
 
 from infer._version import __version__
@@ -17,6 +19,7 @@ from infer.errors import (
     PipelineError,
     UnsupportedOpError,
 )
+from infer.pipelines import Pipeline, pipeline
 from infer.runtime.session import Session
 from infer.signature import TensorSpec
 
@@ -28,6 +31,7 @@ __all__ = [
     "InferError",
     "InputError",
     "ModelError",
+    "Pipeline",
     "PipelineError",
     "Session",
     "TensorSpec",
@@ -36,4 +40,5 @@ __all__ = [
     "check",
     "compile",
     "load",
+    "pipeline",
 ]

@@ -147,7 +147,14 @@ def cli(debug: bool, quiet: bool) -> None:
 
 
 @cli.command("compile")
-@click.argument("model")
+@click.argument("model", required=False)
+@click.option("--task", default=None, help="Also write the task's pipeline.json (needs -o).")
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --task: the pipeline's config as JSON (default: the model recipe's).",
+)
 @click.option(
     "-o",
     "--output",
@@ -188,21 +195,39 @@ def cli(debug: bool, quiet: bool) -> None:
     help="Load a pickled (.pkl/.joblib) scikit-learn model: that runs code from the file.",
 )
 def compile_command(
-    model: str, output: Path | None, target: str, shapes: tuple[str, ...], threads: int | None,
+    model: str | None, task: str | None, config: Path | None, output: Path | None, target: str, shapes: tuple[str, ...], threads: int | None,
     no_check: bool, no_fallback: bool, pipeline: str | None, seed: int, dims: tuple[str, ...],
     dump_ir: Path | None, save_onnx: Path | None, trust_pickle: bool,
 ) -> None:  # fmt: skip
     """Compile MODEL (an .onnx file, a model name, a torch.export .pt2 or a scikit-learn .skops
-    file) into an artifact directory."""
+    file) into an artifact directory; with --task, one that `infer.pipeline(task, model=DIR)` runs."""
     import infer
 
     started = time.perf_counter()
+    task_config: dict[str, Any] | None = None
+    if task is not None:
+        from infer.pipelines import get_task, pipeline_config
+        from infer.sources import resolve_model
+
+        if output is None:
+            raise InputError("--task writes pipeline.json into the artifact: give -o DIR")
+        model = model or get_task(task).default_model
+        recipe = resolve_model(model, _progress()).recipe if config is None else None
+        task_config = pipeline_config(task, recipe, _read_config(config))
+    elif model is None or config is not None:
+        raise InputError(
+            "give a MODEL (or --task TASK for its default model); --config needs --task"
+        )
     artifact = infer.compile(
         model, target=target, shapes=_shape_options(shapes), output=output, check=not no_check,
         seed=seed, check_dims=_dim_options(dims), threads=threads, dump_ir=dump_ir, pipeline=pipeline,
         fallback=not no_fallback, progress=_progress(), save_onnx=save_onnx,
         trust_pickle=trust_pickle,
     )  # fmt: skip
+    if task_config is not None:
+        from infer.pipelines import write_pipeline_config
+
+        write_pipeline_config(artifact.path, task_config)
     parity = (artifact.parity or {}).get("status", "not checked")
     click.echo(
         f"{artifact.path}  ({'cache hit, ' if artifact.cache_hit else ''}{time.perf_counter() - started:.1f}s, parity: {parity})"
@@ -268,7 +293,22 @@ def _output_table(title: str, names: Sequence[str], arrays: Sequence[np.ndarray]
 
 
 @cli.command("run")
-@click.argument("model")
+@click.argument("args", nargs=-1, metavar="MODEL | --task TASK INPUT...")
+@click.option(
+    "--task", default=None, help="Run a task's pipeline on INPUTs (see 'infer pipelines')."
+)
+@click.option(
+    "--model", "task_model", default=None, help="With --task: the model (default: the task's)."
+)
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --task: the pipeline's config as JSON (for a model without recipe or pipeline.json).",
+)
+@click.option(
+    "--top-k", type=click.IntRange(min=1), default=None, help="With --task image-classification."
+)
 @click.option(
     "--inputs",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -328,12 +368,22 @@ def _output_table(title: str, names: Sequence[str], arrays: Sequence[np.ndarray]
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_model_options
 def run_command(
-    model: str, inputs: Path | None, named_inputs: tuple[str, ...], use_random: bool, image: Path | None, sample: bool, seed: int,
+    args: tuple[str, ...], task: str | None, task_model: str | None, config: Path | None,
+    top_k: int | None, inputs: Path | None, named_inputs: tuple[str, ...], use_random: bool, image: Path | None, sample: bool, seed: int,
     dims: tuple[str, ...], output: Path | None, repeat: int, warmup: int, compare_ort: bool, as_json: bool,
     target: str, shapes: tuple[str, ...], threads: int | None, no_check: bool, no_fallback: bool,
     pipeline: str | None,
 ) -> None:  # fmt: skip
-    """Run MODEL (an artifact, an .onnx file or a model name; compiled into the cache on first use)."""
+    """Run MODEL (an artifact, an .onnx file or a model name; compiled into the cache on first use),
+    or with --task, a task's pipeline on INPUTs (files)."""
+    if task is not None:
+        _run_task(task, task_model, config, args, sample, top_k, threads, as_json)
+        return
+    if len(args) != 1 or task_model or config or top_k:
+        raise InputError(
+            "give one MODEL, or --task TASK with inputs (--model, --config and --top-k need --task)"
+        )
+    model = args[0]
     import infer
     from infer.api import source_model
     from infer.config import default_num_threads
@@ -550,6 +600,68 @@ def bench_command(
     console.print(out)
     if plot is not None:
         console.print(f"plot written to {plot}")
+
+
+def _read_config(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"--config {path}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"--config {path}: expected a JSON object")
+    return data
+
+
+def _run_task(
+    task: str, model: str | None, config_file: Path | None, inputs: Sequence[str], sample: bool,
+    top_k: int | None, threads: int | None, as_json: bool,
+) -> None:  # fmt: skip
+    import infer
+    from infer.registry import get_recipe, pull_sample
+
+    progress = _progress()
+    pipe = infer.pipeline(
+        task, model, config=_read_config(config_file), threads=threads, progress=progress
+    )
+    files = list(inputs)
+    if sample:
+        recipe = get_recipe(model or type(pipe).default_model)
+        files.append(str(pull_sample(recipe, log=progress.log)))
+    if not files:
+        raise InputError(f"--task {task}: give input files (or --sample)")
+    options = {"top_k": top_k} if top_k else {}
+    results = pipe(files, **options)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [{"input": f, "result": r} for f, r in zip(files, results, strict=True)], indent=2
+            )
+        )
+        return
+    console = _console()
+    for name, result in zip(files, results, strict=True):
+        console.print(f"[bold]{name}[/]", markup=True)
+        for item in result:
+            console.print(f"  {item['score']:.4f}  {item['label']}", markup=False)
+
+
+@cli.command("pipelines")
+def pipelines_command() -> None:
+    """List the tasks, their default models and licences."""
+    from rich.table import Table
+
+    from infer.pipelines import TASKS
+    from infer.registry import get_recipe
+
+    table = Table()
+    for column in ("task", "default model", "licence", "does"):
+        table.add_column(column, no_wrap=column != "does")
+    for name, cls in sorted(TASKS.items()):
+        recipe = get_recipe(cls.default_model)
+        table.add_row(name, recipe.name, recipe.license, cls.description)
+    _console().print(table)
 
 
 @cli.command("inspect")

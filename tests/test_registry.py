@@ -11,7 +11,7 @@ import pytest
 
 import infer
 from infer.errors import ModelError
-from infer.registry import ModelRecipe, get_recipe, list_recipes, pull
+from infer.registry import ModelRecipe, get_recipe, list_recipes, pull, recipe_labels
 
 
 def test_recipes_are_complete() -> None:
@@ -27,7 +27,7 @@ def test_recipes_are_complete() -> None:
 def test_unknown_model_lists_the_known_ones() -> None:
     with pytest.raises(
         ModelError,
-        match=r"unknown model 'nope'; known models: ppocr-cls, ppocr-det, ppocr-rec, resnet50-light, silero-vad",
+        match=r"unknown model 'nope'; known models: efficientnet-lite0, ppocr-cls, ppocr-det, ppocr-rec, resnet50-light, silero-vad",
     ):
         get_recipe("nope")
 
@@ -92,3 +92,21 @@ def test_resnet50_light_pull_gives_random_weights_that_do_not_saturate(tmp_path:
     assert probs.shape == (1, 1000)
     assert 0.0 < probs.max() < 0.99  # not one-hot: a comparison of probabilities means something
     assert np.isclose(probs.sum(), 1.0, atol=1e-4)
+
+
+def test_an_export_step_names_a_module_and_its_code_wheel() -> None:
+    recipe = get_recipe("efficientnet-lite0")
+    assert recipe.export is not None and recipe.export.builder == "efficientnet_lite"
+    assert recipe.export.code is not None
+    assert recipe.export.code.requirement == "efficientnet-lite-pytorch==0.1.0"
+    assert len(recipe_labels(recipe)) == 1000 and recipe_labels(recipe)[281] == "tabby, tabby cat"
+    data = {
+        "name": "x",
+        "license": "MIT",
+        "source": {"package": "p", "version": "1", "path": "w.pth", "sha256": "0"},
+        "export": {"builder": "../evil"},
+    }
+    with pytest.raises(ModelError, match=r"\[export\] builder '\.\./evil' is not a module name"):
+        ModelRecipe.from_toml(data, "x.toml")
+    with pytest.raises(ModelError, match=r"recipe x\.toml: missing field 'builder'"):
+        ModelRecipe.from_toml({**data, "export": {}}, "x.toml")

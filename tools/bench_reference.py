@@ -1,0 +1,168 @@
+"""The reference set of issue 5, compiled by infer and timed against ONNX Runtime: a markdown table.
+
+Models: ResNet-50 (the onnx wheel's, seeded weights), ResNet-18 and MobileNetV2 (the classic
+architectures as transformers implements them, seeded random weights), EfficientNet-Lite0 (real
+ImageNet weights), a BERT-base encoder at sequence 128 (seeded random weights), PP-OCRv4 det at
+640x640 and Silero VAD (one 512-sample window per call). Each (model, threads) pair runs each
+runtime in a process of its own (`infer bench`): same seeded inputs, warm-up, median of --repeat.
+
+    python tools/bench_reference.py                      # default builds, threads 1 and 2
+    python tools/bench_reference.py --only bert-base --threads 1 --repeat 50
+    python tools/bench_reference.py --markdown docs/benchmarks.md --plot docs/benchmarks.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+
+import infer
+from infer.bench import (
+    DEFAULT_REPEAT,
+    DEFAULT_WARMUP,
+    RUNTIMES,
+    BenchCell,
+    BenchRow,
+    bench_cell,
+    markdown_table,
+    plot_rows,
+)
+from infer.config import cache_dir
+from infer.progress import Progress
+
+SEED = 0
+BERT_SEQUENCE = 128
+IMAGE = 224
+
+
+def _seeded_torch() -> object:
+    from infer.frontends import require
+
+    torch = require("pytorch")
+    torch.manual_seed(SEED)
+    return torch
+
+
+def _export(model: object, example: tuple[object, ...], names: list[str]) -> onnx.ModelProto:
+    from infer.frontends.pytorch import convert
+
+    return convert(model, example_inputs=example, input_names=names).proto
+
+
+def resnet18() -> onnx.ModelProto:
+    """ResNet-18 (basic blocks 2-2-2-2, 11.7 M parameters), seeded random weights."""
+    torch = _seeded_torch()
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(
+        layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512], num_labels=1000
+    )
+    model = ResNetForImageClassification(config).eval()
+    return _export(model, (torch.randn(1, 3, IMAGE, IMAGE),), ["pixel_values"])  # type: ignore[attr-defined]
+
+
+def mobilenetv2() -> onnx.ModelProto:
+    """MobileNetV2 1.0 (3.5 M parameters, symmetric padding as torchvision's), seeded random weights."""
+    torch = _seeded_torch()
+    from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
+
+    model = MobileNetV2ForImageClassification(
+        MobileNetV2Config(num_labels=1000, tf_padding=False)
+    ).eval()
+    return _export(model, (torch.randn(1, 3, IMAGE, IMAGE),), ["pixel_values"])  # type: ignore[attr-defined]
+
+
+def bert_base() -> onnx.ModelProto:
+    """BERT-base encoder (12 layers, hidden 768, 12 heads), sequence 128, seeded random weights."""
+    torch = _seeded_torch()
+    from transformers import BertConfig, BertModel
+
+    model = BertModel(BertConfig(), add_pooling_layer=False).eval()
+    ids = torch.randint(0, 30522, (1, BERT_SEQUENCE))  # type: ignore[attr-defined]
+    mask = torch.ones(1, BERT_SEQUENCE, dtype=torch.int64)  # type: ignore[attr-defined]
+    return _export(model, (ids, mask), ["input_ids", "attention_mask"])
+
+
+# name -> a recipe name (pulled with pip) or a builder of the ONNX model
+REFERENCE: dict[str, str | Callable[[], onnx.ModelProto]] = {
+    "resnet50": "resnet50-light",
+    "resnet18": resnet18,
+    "mobilenetv2": mobilenetv2,
+    "efficientnet-lite0": "efficientnet-lite0",
+    "bert-base": bert_base,
+    "ppocr-det": "ppocr-det",
+    "silero-vad": "silero-vad",
+}
+
+
+def model_source(name: str, progress: Progress) -> str:
+    """Return what infer.compile takes for the reference model: a recipe name or an .onnx path."""
+    source = REFERENCE[name]
+    if isinstance(source, str):
+        return source
+    path = cache_dir() / "bench-models" / f"{name}.onnx"
+    if not path.is_file():
+        with progress.stage(f"build {name}"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staged = path.with_suffix(".partial")
+            onnx.save(source(), staged)
+            staged.replace(path)
+    return str(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", nargs="+", choices=sorted(REFERENCE), default=list(REFERENCE))
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT)
+    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
+    parser.add_argument("--markdown", type=Path, default=None, help="write the table here too")
+    parser.add_argument("--plot", type=Path, default=None, help="a bar chart of the ratios (PNG)")
+    args = parser.parse_args()
+    progress = Progress("auto")
+    rows: list[BenchRow] = []
+    for name in args.only:
+        with progress.stage(f"compile {name}"):
+            artifact = infer.compile(model_source(name, progress), progress=progress).path
+        for threads in args.threads:
+            cell = BenchCell(name, artifact, threads, 1, repeat=args.repeat, warmup=args.warmup)
+            results = {}
+            for runtime in RUNTIMES:
+                with progress.stage(f"{name}, threads {threads}: {runtime}"):
+                    results[runtime] = bench_cell(cell, runtime)
+            rows.append(BenchRow(cell, results))
+            progress.log(f"{name}, threads {threads}: {rows[-1].ratio:.2f}x")
+    ort = rows[0].results["onnxruntime"].version
+    header = (
+        f"Default builds (no tuning), batch 1, {infer.__version__} vs {ort}, on "
+        f"{platform.processor() or platform.machine()} ({_cpu_name()}). Median (p90) of "
+        f"{args.repeat} runs after {args.warmup} warm-up; each runtime in a process of its own; "
+        "ratio = infer / ONNX Runtime (below 1: infer is faster)."
+    )
+    text = f"{header}\n\n{markdown_table(rows)}\n"
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text, encoding="utf-8")
+    if args.plot:
+        plot_rows(rows, args.plot)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
