@@ -29,10 +29,14 @@ from infer.target import host_cpu_features, host_cpu_name
 __all__ = ["SCHEDULE_REVISION", "ParallelVectorize", "vector_bits"]
 
 # Bumped whenever the rule's output changes, so that compile caches do not serve older code.
-SCHEDULE_REVISION = 5
+SCHEDULE_REVISION = 6
 
 # Below this many iterations a parallel loop costs more in dispatch than it saves.
 MIN_PARALLEL_EXTENT = 2
+# Nor is a loop nest of fewer iterations in all (spatial x reduction) worth waking the pool's
+# threads for: it takes a few µs on one core, a wake-up of sleeping workers tens (Silero VAD's
+# ~40 small kernels ran 1.6x slower on 2 threads than on 1).
+MIN_PARALLEL_WORK = 1 << 15
 # Rows of outputs a reduction computes per vector step (register blocking): the largest of
 # these that divides the loop; 8 accumulators + operands fit AVX2's 16 vector registers.
 BLOCK_ROWS = (8, 7, 6, 5, 4, 3, 2)
@@ -149,6 +153,8 @@ class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
         spatial_iters = [it for it in info.iters if it.kind == "S"]
         spatial = [it.loop_rv for it in spatial_iters]
         reduction = [it.loop_rv for it in info.iters if it.kind == "R"]
+        extents = [_static(sch.get(loop).extent) for loop in (*spatial, *reduction)]
+        small = None not in extents and math.prod(extents) < MIN_PARALLEL_WORK  # type: ignore[arg-type]
         reuse = _reuse_loop(sch, info) if reduction else None
         # which spatial loops index the reused operand (the weights): they stay outermost
         weight_deps = [
@@ -185,7 +191,7 @@ class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
                     sch.reorder(*spatial, *reduction, *inner_order)
         fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
         extent = _static(sch.get(fused).extent)
-        if extent is None or extent >= MIN_PARALLEL_EXTENT:
+        if not small and (extent is None or extent >= MIN_PARALLEL_EXTENT):
             sch.parallel(fused)
         if vector_loop is not None:
             # before decompose_reduction: vectorize needs the block to still carry its init

@@ -4,8 +4,8 @@ activation folded into the call (oneDNN post-ops); TVM compiles everything else.
 
 Runs on `main` after LiftTransformParams, so that weights are plain parameters (already in the
 layout ConvertLayout chose) and the kernel can pack each one once. Only float32 operators with at
-least MIN_OFFLOAD_MACS multiply-adds move: below that, a ~10 µs library call costs more than
-TVM's own loop nest.
+least MIN_OFFLOAD_MACS multiply-adds move: below that, a library call (~6 µs from the graph,
+oneDNN's own dispatch included) costs more than TVM's own loop nest.
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from infer.optimize.relax_main import op_name, replace_main, weight_params
 
-__all__ = ["MIN_OFFLOAD_MACS", "offload_to_onednn"]
+__all__ = ["MIN_OFFLOAD_MACS", "MIN_PARALLEL_MACS", "offload_to_onednn"]
 
-# Symbolic dims count as 1 here, so a dynamic batch does not hide a heavy operator.
-MIN_OFFLOAD_MACS = 1 << 18
+# Symbolic dims count as 1 here, so a dynamic batch does not hide a heavy operator. Silero VAD's
+# 1-d convolutions and LSTM matmuls (12-264 K multiply-adds) took 8-50x longer in TVM.
+MIN_OFFLOAD_MACS = 1 << 12
+# Smaller operators run on one of oneDNN's threads: waking the others costs more than they save.
+MIN_PARALLEL_MACS = 1 << 18
 
 # out_dtype values that leave a float32 operator's output float32 (None prints as "None").
 _SAME_DTYPE = ("", "None", "void", "float32")
@@ -57,18 +60,24 @@ def _is_float32(*exprs: Any) -> bool:
     return all((t := _tensor(e)) is not None and t[1] == "float32" for e in exprs)
 
 
-def _conv2d(call: Any, weights: set[Any]) -> tuple[dict[str, Any], int] | None:
-    """Return (config, output channels) for an offloadable conv2d or conv2d_transpose call
-    (oneDNN's convolution or deconvolution), else None."""
+_CONVOLUTIONS = ("relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv2d_transpose")
+
+
+def _conv(call: Any, weights: set[Any]) -> tuple[dict[str, Any], int] | None:
+    """Return (config, output channels) for an offloadable conv1d, conv2d or conv2d_transpose
+    call (oneDNN's convolution or deconvolution), else None."""
     attrs = call.attrs
     data, kernel = call.args
     transposed = op_name(call) == "relax.nn.conv2d_transpose"
+    spatial = "W" if op_name(call) == "relax.nn.conv1d" else "HW"
     if kernel not in weights or not _is_float32(data, kernel, call):
         return None
     if str(attrs.out_layout) != str(attrs.data_layout) or str(attrs.out_dtype) not in _SAME_DTYPE:
         return None
     data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)
-    if sorted(data_layout) != sorted("NCHW") or sorted(kernel_layout) != sorted("OIHW"):
+    if sorted(data_layout) != sorted("NC" + spatial) or sorted(kernel_layout) != sorted(
+        "OI" + spatial
+    ):
         return None
     if transposed and (int(attrs.groups) != 1 or any(int(p) for p in attrs.output_padding)):
         return None
@@ -89,6 +98,7 @@ def _conv2d(call: Any, weights: set[Any]) -> tuple[dict[str, Any], int] | None:
         "padding": [int(p) for p in attrs.padding],
         "dilation": [int(d) for d in attrs.dilation],
         "transposed": transposed,
+        "single_thread": macs < MIN_PARALLEL_MACS,
     }
     return config, kernel_dims[kernel_layout.index("O")]
 
@@ -104,9 +114,10 @@ def _matmul(call: Any, weights: set[Any]) -> tuple[dict[str, Any], int] | None:
     on_weights = b in weights
     if on_weights and len(b_dims) != 2:
         return None
-    if math.prod(_tensor(call)[0]) * a_dims[-1] < MIN_OFFLOAD_MACS:  # type: ignore[index]
+    macs = math.prod(_tensor(call)[0]) * a_dims[-1]  # type: ignore[index]
+    if macs < MIN_OFFLOAD_MACS:
         return None
-    return {"weights": on_weights}, b_dims[-1]
+    return {"weights": on_weights, "single_thread": macs < MIN_PARALLEL_MACS}, b_dims[-1]
 
 
 def _bias_of(add: Any, produced: Any, weights: set[Any], channels: int, axis_last: bool) -> Any:
@@ -121,8 +132,9 @@ def _bias_of(add: Any, produced: Any, weights: set[Any], channels: int, axis_las
         return None
     if axis_last:
         return other if dims and dims[-1] == channels else None
-    # NCHW: the bias must run along axis 1 of a 4-d output (1, C, 1, 1).
-    return other if len(dims) == 4 and dims[1] == channels else None
+    # Channels first: the bias must run along axis 1 of an output of its rank (1, C, 1, 1).
+    rank = len(_tensor(produced)[0])  # type: ignore[index]
+    return other if len(dims) == rank and dims[1] == channels else None
 
 
 def _activation(call: Any, produced: Any) -> tuple[str, float, float] | None:
@@ -180,8 +192,8 @@ def _plan(func: Any, weights: set[Any], counts: dict[str, int]) -> tuple[dict[An
     for var in order:
         call = values[var]
         name = op_name(call)
-        if name in ("relax.nn.conv2d", "relax.nn.conv2d_transpose"):
-            found = _conv2d(call, weights)
+        if name in _CONVOLUTIONS:
+            found = _conv(call, weights)
             function, axis_last = "infer.onednn.conv2d", None
         elif name == "relax.matmul":
             found = _matmul(call, weights)

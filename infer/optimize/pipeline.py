@@ -13,7 +13,9 @@ from infer.errors import FallbackWarning
 __all__ = ["PIPELINES", "Pipeline", "lowering_pipeline", "pipeline_for", "run_pipeline"]
 
 # Kept in step with infer.optimize.cpu_schedule.SCHEDULE_REVISION (which imports TVM).
-SCHEDULE_REVISION = 5
+SCHEDULE_REVISION = 6
+# Bumped when infer.optimize.offload changes what it hands to the library (part of cache keys).
+OFFLOAD_REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Pipeline:
             "schedule": self.schedule,
             "schedule_revision": SCHEDULE_REVISION if self.schedule == "parallel-vectorize" else 0,
             "offload": self.offload,
+            "offload_revision": OFFLOAD_REVISION if self.offload else 0,
         }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,11 @@ def _as_array(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
     )
 
 
+@functools.cache
+def _dtype(name: str) -> np.dtype[Any]:
+    return np.dtype(name)
+
+
 def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> list[np.ndarray]:
     """Return the feeds as C-contiguous arrays in signature order; InputError naming what is wrong."""
     if not isinstance(feeds, Mapping):
@@ -46,7 +52,7 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> list[n
     bound: dict[str, tuple[int, str]] = {}
     for spec in specs:
         array = _as_array(spec.name, feeds[spec.name], spec)
-        if array.dtype.name != spec.dtype:
+        if array.dtype != _dtype(spec.dtype):
             raise InputError(f"input {spec.name!r}: expected {spec.dtype}, got {array.dtype.name}")
         if array.ndim != len(spec.shape):
             raise InputError(

@@ -278,6 +278,8 @@ class _Kernel:
             *[_ExecArg(arg, m.value) for (arg, _), m in zip(roles, self.memories, strict=True)]
         )
         self.nargs = len(roles)
+        self.handles: list[int | None] = [-1] * len(roles)
+        self.threads = 1  # OpenMP threads to run on, set by whoever builds the kernel
         self.packed = packed  # (its memory descriptor, the buffer holding the packed weights)
         self.packed_handle = None if packed is None else _aligned_address(packed[1])
         lib.lib.dnnl_primitive_desc_destroy(pd)
@@ -286,8 +288,11 @@ class _Kernel:
 
     def __call__(self, handles: Sequence[int | None]) -> None:
         lib = self.lib.lib
-        for memory, handle in zip(self.memories, handles, strict=True):
-            lib.dnnl_memory_set_data_handle(memory, handle)
+        # The VM's memory plan gives an operator the same buffers run after run.
+        for i, (memory, handle) in enumerate(zip(self.memories, handles, strict=True)):
+            if self.handles[i] != handle:
+                lib.dnnl_memory_set_data_handle(memory, handle)
+                self.handles[i] = handle
         stream = self.lib.stream()
         self.lib.check(
             lib.dnnl_primitive_execute(self.primitive, stream, self.nargs, self.args), "execute"
@@ -373,6 +378,12 @@ def _state() -> OnednnState:
     return state
 
 
+def _unit_height(layout: str, shape: Sequence[int]) -> tuple[str, tuple[int, ...]]:
+    """Return a 1-d layout and shape with a height of 1 before the width: NCW -> NCHW."""
+    at = layout.index("W")
+    return layout[:at] + "H" + layout[at:], (*shape[:at], 1, *shape[at:])
+
+
 def _conv2d_kernel(
     lib: _Library,
     state: OnednnState,
@@ -385,6 +396,12 @@ def _conv2d_kernel(
     data_layout, kernel_layout = config["data_layout"], config["kernel_layout"]
     x_shape, w_shape, y_shape = tuple(x.shape), tuple(w.shape), tuple(out.shape)
     groups = config["groups"]
+    strides, padding, dilation = config["strides"], config["padding"], config["dilation"]
+    if "H" not in data_layout:  # 1-d: oneDNN's 2-d convolution with a height of 1
+        _, y_shape = _unit_height(data_layout, y_shape)
+        data_layout, x_shape = _unit_height(data_layout, x_shape)
+        kernel_layout, w_shape = _unit_height(kernel_layout, w_shape)
+        strides, dilation, padding = [1, *strides], [1, *dilation], [0, padding[0], 0, padding[1]]
     src_dims = [x_shape[data_layout.index(c)] for c in "NCHW"]
     dst_dims = [y_shape[data_layout.index(c)] for c in "NCHW"]
     src = lib.md(src_dims, _strides(data_layout, x_shape, "NCHW"))
@@ -400,8 +417,8 @@ def _conv2d_kernel(
         user_w = lib.md(dims, [og * o_stride, o_stride, i_stride, h_stride, w_stride])
         any_w = lib.md(dims)
     bias = lib.md([o], [1]) if has_bias else None
-    top, left, bottom, right = config["padding"]
-    dilation = [d - 1 for d in config["dilation"]]
+    top, left, bottom, right = padding
+    dilation = [d - 1 for d in dilation]
     attr = lib.attr([tuple(op) for op in config["post_ops"]])
     pd = ctypes.c_void_p()
     # A transposed convolution is oneDNN's deconvolution: the same arguments, weights (O, I, ...)
@@ -422,7 +439,7 @@ def _conv2d_kernel(
             any_w,
             bias,
             dst,
-            _Dims(*config["strides"]),
+            _Dims(*strides),
             _Dims(*dilation),
             _Dims(top, left),
             _Dims(bottom, right),
@@ -517,10 +534,11 @@ def _entry(name: str) -> Any:
             if config is None:
                 config = _CONFIGS[config_text] = json.loads(config_text)
             kernel = build(lib, state, config, x, w, bias is not None, out)
+            kernel.threads = 1 if config.get("single_thread") else state.threads
             if len(state.kernels) >= MAX_KERNELS:
                 del state.kernels[next(iter(state.kernels))]
             state.kernels[key] = kernel
-        lib.set_threads(state.threads)
+        lib.set_threads(kernel.threads)
         weight = kernel.packed_handle if kernel.packed_handle is not None else w.data_ptr()
         if bias is None:
             kernel([x.data_ptr(), weight, out.data_ptr()])

@@ -39,7 +39,13 @@ def lowered_prim_funcs(pipeline_name: str) -> list[str]:
     return [f.script() for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
 
 
-def test_every_loop_nest_runs_parallel_and_most_are_vectorised() -> None:
+def test_every_loop_nest_runs_parallel_and_most_are_vectorised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from infer.optimize import cpu_schedule
+
+    # The test's network is small: every loop nest counts as worth its threads.
+    monkeypatch.setattr(cpu_schedule, "MIN_PARALLEL_WORK", 1)
     funcs = [f for f in lowered_prim_funcs("cpu-default") if "for " in f]
     assert funcs
     # parallel, or so small that one vector is the whole loop (a per-channel weight transform)
@@ -48,6 +54,14 @@ def test_every_loop_nest_runs_parallel_and_most_are_vectorised() -> None:
     assert sum("T.parallel(" in f for f in funcs) >= len(funcs) * 2 // 3
     naive = lowered_prim_funcs("cpu-naive")
     assert not any("T.parallel(" in f for f in naive)
+
+
+def test_small_loop_nests_stay_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infer.optimize import cpu_schedule
+
+    monkeypatch.setattr(cpu_schedule, "MIN_PARALLEL_WORK", 1 << 40)
+    funcs = [f for f in lowered_prim_funcs("cpu-default") if "for " in f]
+    assert funcs and not any("T.parallel(" in f for f in funcs)
 
 
 @pytest.mark.parametrize("pipeline", ["cpu-default", "cpu-naive"])

@@ -97,8 +97,9 @@ def test_attention_matmuls_with_a_dynamic_batch(tmp_path: Path) -> None:
 
 
 def test_small_operators_stay_in_tvm(tmp_path: Path) -> None:
-    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
-    assert compile_and_compare(onnx_models.conv_net(), tmp_path, {"x": x}) is None
+    # 16 x 32 and 32 x 10 multiply-adds per row: below MIN_OFFLOAD_MACS.
+    x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
+    assert compile_and_compare(onnx_models.mlp(batch=1), tmp_path, {"input:0": x}) is None
     assert infer.Session(tmp_path / "model.infer")._onednn is None  # no library loaded to run it
 
 
@@ -122,3 +123,32 @@ def test_a_transposed_convolution_runs_as_a_deconvolution(tmp_path: Path) -> Non
     x = rng.standard_normal((1, 8, 10, 10)).astype(np.float32)
     summary = compile_and_compare(model, tmp_path, {"x": x})
     assert summary["conv2d"] == 1 and summary["post_ops"] == 2  # bias and sigmoid folded in
+
+
+@pytest.mark.usefixtures("offload_everything")
+def test_one_dimensional_convolutions_run_on_onednn(tmp_path: Path) -> None:
+    # Silero VAD's shape: a strided 1-d convolution (its STFT), then conv + bias + Relu ones.
+    rng = np.random.default_rng(0)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.1, name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "basis"], ["spec"], strides=[16]),
+        helper.make_node("Conv", ["spec", "w1", "b1"], ["c1"], pads=[1, 1], strides=[2]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["y"], pads=[2, 0], dilations=[2], group=2),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv1d",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 160])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 3])],
+        [init("basis", 12, 1, 32), init("w1", 6, 12, 3), init("b1", 6), init("w2", 8, 3, 3),
+         init("b2", 8)],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    x = rng.standard_normal((1, 1, 160)).astype(np.float32)
+    summary = compile_and_compare(model, tmp_path, {"x": x})
+    assert summary["conv2d"] == 3 and summary["post_ops"] == 3  # two biases, one Relu

@@ -162,6 +162,32 @@ def test_outputs_that_alias_a_weight_are_copies(tmp_path: Path) -> None:
     )
 
 
+def test_an_output_that_is_an_input_survives_the_next_run(tmp_path: Path) -> None:
+    # Inputs go through buffers the session keeps and refills: an output that is one of them
+    # must be a copy, or the next run would change the caller's array.
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["same"]), helper.make_node("Neg", ["x"], ["neg"])],
+        "passthrough",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+        [
+            helper.make_tensor_value_info("same", TensorProto.FLOAT, ["n", 3]),
+            helper.make_tensor_value_info("neg", TensorProto.FLOAT, ["n", 3]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = infer.compile(save(model, tmp_path), output=tmp_path / "p.infer").load()
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    same, neg = sess.run(None, {"x": a})
+    sess.run(None, {"x": a + 100})
+    np.testing.assert_array_equal(same, a)
+    np.testing.assert_array_equal(neg, -a)
+    # A new shape gets a new buffer; strided and non-contiguous feeds are copied in.
+    b = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(4, 3))
+    same, neg = sess.run(None, {"x": b})
+    np.testing.assert_array_equal(same, b)
+    np.testing.assert_array_equal(neg, -b)
+
+
 def test_running_does_not_pin_the_calling_thread(tmp_path: Path) -> None:
     import os
 
