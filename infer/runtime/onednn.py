@@ -461,20 +461,20 @@ def _matmul_kernel(
     out: Any,
 ) -> _Kernel:
     x_shape, w_shape, y_shape = tuple(x.shape), tuple(w.shape), tuple(out.shape)
-    if config["weights"]:  # (..., M, K) @ (K, N): the rows of x flattened into one M
+    on_weights = config["weights"]
+    if on_weights and w_shape[0] <= w_shape[1]:
+        return _rows_times_weights(lib, state, config, x_shape, w, has_bias)
+    if on_weights:  # (..., M, K) @ (K, N): the rows of x flattened into one M
         k, n = w_shape
         m = int(np.prod(x_shape[:-1], dtype=np.int64))
-        src = lib.md([m, k], [k, 1])
-        dst = lib.md([m, n], [n, 1])
-        user_w = lib.md([k, n], [n, 1])
-        wanted_w = lib.md([k, n])
+        src, dst = lib.md([m, k], [k, 1]), lib.md([m, n], [n, 1])
+        user_w, wanted_w = lib.md([k, n], [n, 1]), lib.md([k, n])
         bias = lib.md([1, n], [n, 1]) if has_bias else None
     else:  # batched: both operands are activations, batch dims broadcast
         rank = len(y_shape)
         xs = (1,) * (rank - len(x_shape)) + x_shape
         ws = (1,) * (rank - len(w_shape)) + w_shape
-        src = lib.md(xs, _dense_strides(xs))
-        dst = lib.md(y_shape, _dense_strides(y_shape))
+        src, dst = lib.md(xs, _dense_strides(xs)), lib.md(y_shape, _dense_strides(y_shape))
         user_w = wanted_w = lib.md(ws, _dense_strides(ws))
         bias = None
     attr = lib.attr([tuple(op) for op in config["post_ops"]])
@@ -485,9 +485,41 @@ def _matmul_kernel(
         ),
         f"matmul {list(x_shape)} @ {list(w_shape)}",
     )
-    return _finish(
-        lib, state, pd, attr, src, dst, bias, w, user_w, wanted_w, pack=config["weights"]
-    )
+    return _finish(lib, state, pd, attr, src, dst, bias, w, user_w, wanted_w, pack=on_weights)
+
+
+def _rows_times_weights(
+    lib: _Library,
+    state: OnednnState,
+    config: dict[str, Any],
+    x_shape: tuple[int, ...],
+    w: Any,
+    has_bias: bool,
+) -> _Kernel:
+    """(..., M, K) @ (K, N) as oneDNN's 1x1 convolution over M pixels of K channels (NHWC).
+
+    On AVX2, oneDNN 3.2's f32 matmul is its gemm:jit; its 1x1 convolution (brgconv_1x1:avx2)
+    packs the weights once and, measured on BERT-base's projections at 128 rows, takes 8.9 ms
+    for 768 -> 3072 (gemm 17.9 ms) and 2.2 ms for 768 -> 768 (gemm 2.4 ms), but 27.8 ms for
+    3072 -> 768 (gemm 10.4 ms): so it takes the weights with K <= N.
+    """
+    k, n = tuple(w.shape)
+    m = int(np.prod(x_shape[:-1], dtype=np.int64))
+    src = lib.md([1, k, 1, m], [m * k, 1, m * k, k])  # NCHW dims, NHWC strides: rows as width
+    dst = lib.md([1, n, 1, m], [m * n, 1, m * n, n])
+    user_w = lib.md([n, k, 1, 1], [1, n, n * k, n * k])  # OIHW over the (K, N) buffer
+    wanted_w = lib.md([n, k, 1, 1])
+    bias = lib.md([n], [1]) if has_bias else None
+    attr = lib.attr([tuple(op) for op in config["post_ops"]])
+    pd = ctypes.c_void_p()
+    lib.check(
+        lib.lib.dnnl_convolution_forward_primitive_desc_create(
+            ctypes.byref(pd), lib.engine, _FORWARD_INFERENCE, _CONVOLUTION_DIRECT,
+            src, wanted_w, bias, dst, _Dims(1, 1), _Dims(0, 0), _Dims(0, 0), _Dims(0, 0), attr,
+        ),
+        f"matmul {list(x_shape)} @ {[k, n]} (as a 1x1 convolution)",
+    )  # fmt: skip
+    return _finish(lib, state, pd, attr, src, dst, bias, w, user_w, wanted_w, pack=True)
 
 
 def _finish(
@@ -533,6 +565,7 @@ def _entry(name: str) -> Any:
             config = _CONFIGS.get(config_text)
             if config is None:
                 config = _CONFIGS[config_text] = json.loads(config_text)
+            lib.set_threads(state.threads)  # packing the weights runs OpenMP regions too
             kernel = build(lib, state, config, x, w, bias is not None, out)
             kernel.threads = 1 if config.get("single_thread") else state.threads
             if len(state.kernels) >= MAX_KERNELS:

@@ -152,3 +152,11 @@ def test_one_dimensional_convolutions_run_on_onednn(tmp_path: Path) -> None:
     x = rng.standard_normal((1, 1, 160)).astype(np.float32)
     summary = compile_and_compare(model, tmp_path, {"x": x})
     assert summary["conv2d"] == 3 and summary["post_ops"] == 3  # two biases, one Relu
+
+
+@pytest.mark.usefixtures("offload_everything")
+def test_weight_matmuls_both_ways(tmp_path: Path) -> None:
+    # 16 -> 32 runs as a 1x1 convolution (K <= N), 32 -> 10 as oneDNN's matmul (K > N).
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    summary = compile_and_compare(onnx_models.mlp(batch="batch"), tmp_path, {"input:0": x})
+    assert summary["matmul"] == 2 and summary["post_ops"] == 3  # two biases, one Relu
