@@ -14,6 +14,7 @@ __all__ = [
     "constants_to_initializers",
     "dropout_to_identity",
     "fold_conv_affine",
+    "gelu_from_erf",
     "sum_to_add",
 ]
 
@@ -241,6 +242,106 @@ def _per_channel(tensor: onnx.TensorProto | None, channels: int, rank: int) -> n
     return np.broadcast_to(array.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
+# The contrib op that gelu_from_erf writes: ONNX Runtime runs it, TVM's importer converts it to
+# relax.nn.gelu (which infer hands to oneDNN as a post-op of the matmul before it).
+GELU = ("com.microsoft", "Gelu")
+_SQRT2 = float(np.sqrt(2.0))
+
+
+def gelu_from_erf(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy where each exact GELU written out with Erf is one Gelu node.
+
+    Exporters below opset 20 write gelu(x) = x * 0.5 * (1 + erf(x / sqrt(2))) as five nodes
+    (Div or Mul by 1/sqrt(2), Erf, Add 1, and two Muls in any order); TVM then computes erf with
+    a scalar libm call per element, in a pass of its own. Only chains whose intermediate values
+    nothing else reads are fused.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    values = _constant_tensors(graph)
+    readers = _reader_counts(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    consumer = {i: n for n in graph.node for i in n.input}
+
+    def scalar(name: str) -> float | None:
+        if name not in values:
+            return None
+        array = numpy_helper.to_array(values[name])
+        return float(array.reshape(())) if array.size == 1 and array.dtype.kind == "f" else None
+
+    def other(node: onnx.NodeProto, name: str) -> str | None:
+        # The other operand of a binary node that reads name once.
+        if len(node.input) != 2 or list(node.input).count(name) != 1:
+            return None
+        return str(node.input[1] if node.input[0] == name else node.input[0])
+
+    def sole(name: str, op: str) -> onnx.NodeProto | None:
+        node = consumer.get(name)
+        if node is None or readers.get(name) != 1 or node.op_type != op:
+            return None
+        return node if node.domain in ("", "ai.onnx") else None
+
+    removed: set[int] = set()
+    fused = 0
+    for erf in list(graph.node):
+        if erf.op_type != "Erf" or erf.domain not in ("", "ai.onnx"):
+            continue
+        scaled = producer.get(erf.input[0])
+        if scaled is None or readers.get(erf.input[0]) != 1 or len(scaled.input) != 2:
+            continue
+        x, c = scaled.input
+        factor = scalar(c)
+        if factor is None or not (
+            (scaled.op_type == "Div" and np.isclose(factor, _SQRT2, rtol=1e-5))
+            or (scaled.op_type == "Mul" and np.isclose(factor, 1 / _SQRT2, rtol=1e-5))
+        ):
+            continue
+        plus = sole(erf.output[0], "Add")
+        if plus is None or scalar(other(plus, erf.output[0]) or "") != 1.0:
+            continue
+        first = sole(plus.output[0], "Mul")
+        if first is None:
+            continue
+        with_x = other(first, plus.output[0])
+        if with_x == x:  # x * (1 + erf) then * 0.5
+            last = sole(first.output[0], "Mul")
+            ok = last is not None and scalar(other(last, first.output[0]) or "") == 0.5
+        elif scalar(with_x or "") == 0.5:  # 0.5 * (1 + erf) then * x
+            last = sole(first.output[0], "Mul")
+            ok = last is not None and other(last, first.output[0]) == x
+        else:  # (x * 0.5) * (1 + erf)
+            half = producer.get(with_x or "")
+            last, first = first, half
+            ok = (
+                half is not None
+                and half.op_type == "Mul"
+                and readers.get(half.output[0]) == 1
+                and scalar(other(half, x) or "") == 0.5
+            )
+        if not ok or last is None or first is None:
+            continue
+        chain = (scaled, erf, plus, first, last)
+        removed |= {id(n) for n in chain}
+        gelu = onnx.helper.make_node(
+            GELU[1],
+            [x],
+            [last.output[0]],
+            name=f"{erf.name or last.output[0]}__gelu",
+            domain=GELU[0],
+        )
+        graph.node.insert(list(graph.node).index(last), gelu)
+        fused += 1
+    if not fused:
+        return model
+    kept = [n for n in graph.node if id(n) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+    if not any(o.domain == GELU[0] for o in out.opset_import):
+        out.opset_import.append(onnx.helper.make_opsetid(GELU[0], 1))
+    return out
+
+
 def _constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     """Return the graph's initializers and Constant-node values by name (exporters store small
     parameters, such as PaddlePaddle's BN statistics, as Constant nodes)."""
@@ -282,4 +383,4 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     if rebuilt is not cleaned:
         cleaned = fold_constants(rebuilt)
     cleaned = constants_to_initializers(cleaned)
-    return fold_conv_affine(dropout_to_identity(sum_to_add(cleaned)))
+    return gelu_from_erf(fold_conv_affine(dropout_to_identity(sum_to_add(cleaned))))

@@ -22,7 +22,7 @@ from onnx import helper
 from infer.errors import UnsupportedOp
 from infer.graph.legalize import NOT_LEGALIZED
 from infer.graph.shapes import dims_of, inferred_types
-from infer.graph.support import iter_nodes, supported_op_types
+from infer.graph.support import TVM_CONTRIB_OPS, iter_nodes, supported_op_types
 
 __all__ = [
     "ONNXRUNTIME",
@@ -176,6 +176,8 @@ _TVM_WRONG: dict[str, tuple[Callable[[onnx.NodeProto], bool], str]] = {
 
 def _tvm_rejects(node: onnx.NodeProto, supported: frozenset[str]) -> str | None:
     for inner in iter_nodes(helper.make_graph([node], "n", [], [])):
+        if (inner.domain, inner.op_type) in TVM_CONTRIB_OPS:
+            continue
         if inner.domain not in _DEFAULT_DOMAINS:
             return f"domain {inner.domain!r}"
         if inner.op_type not in supported:

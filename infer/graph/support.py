@@ -10,6 +10,7 @@ import onnx
 from infer.errors import UnsupportedOp, UnsupportedOpError
 
 __all__ = [
+    "TVM_CONTRIB_OPS",
     "check_supported",
     "default_opset",
     "find_unsupported",
@@ -21,6 +22,8 @@ __all__ = [
 _DIRECT_OPS = frozenset({"If", "Constant"})
 _DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 NODE_NAMES_SHOWN = 3
+# Contrib ops (domain, op type) that infer writes itself and TVM's importer converts.
+TVM_CONTRIB_OPS = frozenset({("com.microsoft", "Gelu")})
 
 
 def supported_op_types() -> frozenset[str]:
@@ -52,6 +55,8 @@ def find_unsupported(model: onnx.ModelProto) -> list[UnsupportedOp]:
     found: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
     for index, node in enumerate(iter_nodes(model.graph)):
         if node.domain in _DEFAULT_DOMAINS and node.op_type in supported:
+            continue
+        if (node.domain, node.op_type) in TVM_CONTRIB_OPS:
             continue
         found[(node.domain, node.op_type)].append(node.name or f"#{index}")
     return [

@@ -11,6 +11,7 @@ from infer.graph.cleanup import (
     constant_initializers,
     constants_to_initializers,
     fold_conv_affine,
+    gelu_from_erf,
     sum_to_add,
 )
 
@@ -173,3 +174,54 @@ def test_per_channel_scale_and_shift_after_a_conv_fold_into_its_weights() -> Non
     (want,) = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
     (got,) = ort.InferenceSession(folded.SerializeToString()).run(None, {"x": x})
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _erf_gelu(order: str, div: float = float(np.sqrt(2.0)), tap: bool = False) -> onnx.ModelProto:
+    """x * 0.5 * (1 + erf(x / div)) in one of the orders exporters write, then Tanh."""
+    scaled = helper.make_node("Div", ["x", "c_div"], ["d"])
+    nodes = [
+        scaled,
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["c_one", "e"], ["a"]),
+    ]
+    if order == "x_first":  # (x * (1 + erf)) * 0.5
+        nodes += [
+            helper.make_node("Mul", ["x", "a"], ["m"]),
+            helper.make_node("Mul", ["m", "c_half"], ["g"]),
+        ]
+    elif order == "half_first":  # x * (0.5 * (1 + erf)), as torch's exporter writes it
+        nodes += [
+            helper.make_node("Mul", ["c_half", "a"], ["m"]),
+            helper.make_node("Mul", ["x", "m"], ["g"]),
+        ]
+    else:  # (x * 0.5) * (1 + erf)
+        nodes += [
+            helper.make_node("Mul", ["x", "c_half"], ["m"]),
+            helper.make_node("Mul", ["m", "a"], ["g"]),
+        ]
+    nodes.append(helper.make_node("Tanh", ["g"], ["y"]))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])]
+    if tap:  # erf's output is read elsewhere too: nothing may be fused
+        outputs.append(helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 5]))
+    graph = helper.make_graph(
+        nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])], outputs,
+        [numpy_helper.from_array(np.array(v, np.float32), n)
+         for n, v in (("c_div", div), ("c_one", 1.0), ("c_half", 0.5))],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_gelu_written_with_erf_becomes_one_gelu_node() -> None:
+    x = np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32) * 3
+    for order in ("x_first", "half_first", "half_of_x"):
+        model = _erf_gelu(order)
+        fused = gelu_from_erf(model)
+        assert [(n.domain, n.op_type) for n in fused.graph.node] == [
+            ("com.microsoft", "Gelu"), ("", "Tanh")
+        ], order  # fmt: skip
+        np.testing.assert_allclose(run(fused, {"x": x})[0], run(model, {"x": x})[0], atol=1e-6)
+
+
+def test_near_misses_of_gelu_stay_as_written() -> None:
+    for model in (_erf_gelu("x_first", tap=True), _erf_gelu("x_first", div=float(np.sqrt(3.0)))):
+        assert gelu_from_erf(model) is model

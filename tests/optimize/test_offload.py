@@ -160,3 +160,32 @@ def test_weight_matmuls_both_ways(tmp_path: Path) -> None:
     x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
     summary = compile_and_compare(onnx_models.mlp(batch="batch"), tmp_path, {"input:0": x})
     assert summary["matmul"] == 2 and summary["post_ops"] == 3  # two biases, one Relu
+
+
+@pytest.mark.usefixtures("offload_everything")
+def test_a_gelu_written_with_erf_folds_into_the_matmul_before_it(tmp_path: Path) -> None:
+    # BERT's feed-forward as torch exports it below opset 20: MatMul, Add bias, then
+    # x * (0.5 * (1 + erf(x / sqrt 2))) -- one Gelu after clean-up, a oneDNN post-op here.
+    rng = np.random.default_rng(0)
+    consts = {"c_div": np.sqrt(2.0), "c_one": 1.0, "c_half": 0.5}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h0"]),
+        helper.make_node("Add", ["h0", "b"], ["h"]),
+        helper.make_node("Div", ["h", "c_div"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "c_one"], ["a"]),
+        helper.make_node("Mul", ["c_half", "a"], ["m"]),
+        helper.make_node("Mul", ["h", "m"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32])],
+        [numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b"),
+         *(numpy_helper.from_array(np.array(v, np.float32), n) for n, v in consts.items())],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((1, 8, 16)).astype(np.float32)
+    summary = compile_and_compare(model, tmp_path, {"x": x})
+    assert summary["matmul"] == 1 and summary["post_ops"] == 2  # the bias and the GELU
+    assert infer.Session(tmp_path / "model.infer").manifest.segments == []  # all on TVM
