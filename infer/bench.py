@@ -2,7 +2,9 @@
 
 Every (model, threads, batch) cell runs each runtime in a process of its own: a fresh process
 per runtime means neither thread pool can steal the other's cores, and its peak RSS is that
-runtime's alone. Both processes feed the same seeded inputs, warm up, then time `repeat` runs.
+runtime's alone. Both processes feed the same seeded inputs, warm up, then time `repeat` runs,
+or more: as many as fill MIN_SECONDS, so that a model of a fraction of a millisecond is not
+judged on a few milliseconds of a shared machine's time.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ __all__ = [
 RUNTIMES = ("infer", "onnxruntime")
 DEFAULT_REPEAT = 30
 DEFAULT_WARMUP = 5
+# Timed runs fill at least this long (the warm-up's slowest run sets the count).
+MIN_SECONDS = 2.0
+MAX_REPEAT = 20_000
 # A worker that runs longer than this is stopped and its cell reported as failed.
 WORKER_TIMEOUT_S = 1800
 _KIB_PER_MIB = 1024
@@ -54,6 +59,7 @@ class BenchCell:
     repeat: int = DEFAULT_REPEAT
     warmup: int = DEFAULT_WARMUP
     seed: int = 0
+    min_seconds: float = MIN_SECONDS
 
 
 @dataclass(frozen=True)
@@ -210,7 +216,12 @@ def _worker(runtime: str, cell: BenchCell) -> RuntimeResult:
     else:
         raise InputError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     load_s = time.perf_counter() - started
-    latency = measure(run, cell.repeat, cell.warmup)
+    started = time.perf_counter()
+    for _ in range(max(cell.warmup, 1)):
+        run()
+    per_run = (time.perf_counter() - started) / max(cell.warmup, 1)
+    repeat = max(cell.repeat, min(int(cell.min_seconds / max(per_run, 1e-6)), MAX_REPEAT))
+    latency = measure(run, repeat, 0)
     return RuntimeResult(runtime, version, latency, load_s, base, _rss_mb())
 
 
@@ -225,6 +236,7 @@ def _cell_json(cell: BenchCell) -> str:
             "repeat": cell.repeat,
             "warmup": cell.warmup,
             "seed": cell.seed,
+            "min_seconds": cell.min_seconds,
         }
     )
 
@@ -313,6 +325,7 @@ def _main(argv: Sequence[str]) -> None:
         repeat=int(spec["repeat"]),
         warmup=int(spec["warmup"]),
         seed=int(spec["seed"]),
+        min_seconds=float(spec["min_seconds"]),
     )
     try:
         result = _worker(runtime, cell)

@@ -16,6 +16,7 @@ import numpy as np
 
 from infer.bench import DEFAULT_REPEAT as BENCH_REPEAT
 from infer.bench import DEFAULT_WARMUP as BENCH_WARMUP
+from infer.bench import MIN_SECONDS as BENCH_SECONDS
 from infer.errors import InferError, InputError
 
 __all__ = ["main"]
@@ -498,6 +499,13 @@ def _int_list(option: str, value: str) -> list[int]:
 @click.option("--repeat", type=click.IntRange(min=1), default=BENCH_REPEAT, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=BENCH_WARMUP, show_default=True)
 @click.option(
+    "--min-seconds",
+    type=click.FloatRange(min=0),
+    default=BENCH_SECONDS,
+    show_default=True,
+    help="More timed runs than --repeat when they take less than this.",
+)
+@click.option(
     "--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of another symbolic dim."
 )
 @click.option(
@@ -519,7 +527,7 @@ def _int_list(option: str, value: str) -> list[int]:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 def bench_command(
-    models: tuple[str, ...], threads_list: str, batch_list: str, repeat: int, warmup: int,
+    models: tuple[str, ...], threads_list: str, batch_list: str, repeat: int, warmup: int, min_seconds: float,
     dims: tuple[str, ...], shapes: tuple[str, ...], pipeline: str | None, plot: Path | None,
     markdown: Path | None, as_json: bool,
 ) -> None:  # fmt: skip
@@ -565,7 +573,16 @@ def bench_command(
             cell_dims(specs, batch, dim_sizes)  # an InputError now, before any timing
             for threads in thread_counts:
                 cells.append(
-                    BenchCell(label, path, threads, batch, dim_sizes, repeat=repeat, warmup=warmup)
+                    BenchCell(
+                        label,
+                        path,
+                        threads,
+                        batch,
+                        dim_sizes,
+                        repeat=repeat,
+                        warmup=warmup,
+                        min_seconds=min_seconds,
+                    )
                 )
     rows: list[BenchRow] = []
     for i, cell in enumerate(cells, 1):
@@ -588,7 +605,8 @@ def bench_command(
     from rich.table import Table
 
     out = Table(
-        caption=f"median (p90) of {repeat} runs after {warmup} warm-up; each runtime in its own process"
+        caption=f"median (p90) of at least {repeat} runs and {min_seconds:g} s after {warmup} warm-up; "
+        "each runtime in its own process"
     )
     for column in ("model", "threads", "batch", "infer ms", "ORT ms", "ratio", "peak RSS MiB"):
         out.add_column(column, justify="left" if column == "model" else "right")

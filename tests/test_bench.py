@@ -31,7 +31,7 @@ def mlp_artifact(mlp_path: Path, tmp_path: Path) -> Path:
 def test_each_runtime_reports_latency_memory_and_version(
     mlp_artifact: Path, tmp_path: Path
 ) -> None:
-    cell = BenchCell("mlp", mlp_artifact, threads=1, batch=4, repeat=5, warmup=1)
+    cell = BenchCell("mlp", mlp_artifact, threads=1, batch=4, repeat=5, warmup=1, min_seconds=0)
     ours = bench_cell(cell, "infer")
     ort = bench_cell(cell, "onnxruntime")
     assert ours.version.startswith("infer (tvm ") and ort.version.startswith("onnxruntime 1.")
@@ -63,7 +63,9 @@ def test_a_batch_needs_a_symbolic_leading_dim(tmp_path: Path) -> None:
 
 
 def test_a_failing_worker_names_the_cell(mlp_artifact: Path) -> None:
-    cell = BenchCell("mlp", mlp_artifact, threads=1, batch=1, dims={}, repeat=1, warmup=0)
+    cell = BenchCell(
+        "mlp", mlp_artifact, threads=1, batch=1, dims={}, repeat=1, warmup=0, min_seconds=0
+    )
     with pytest.raises(
         InferError, match=r"bench mlp \(tensorflow, threads 1, batch 1\): error: runtime"
     ):

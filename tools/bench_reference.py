@@ -25,6 +25,7 @@ import infer
 from infer.bench import (
     DEFAULT_REPEAT,
     DEFAULT_WARMUP,
+    MIN_SECONDS,
     RUNTIMES,
     BenchCell,
     BenchRow,
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT)
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
+    parser.add_argument("--min-seconds", type=float, default=MIN_SECONDS)
     parser.add_argument("--markdown", type=Path, default=None, help="write the table here too")
     parser.add_argument("--plot", type=Path, default=None, help="a bar chart of the ratios (PNG)")
     args = parser.parse_args()
@@ -132,7 +134,10 @@ def main() -> None:
         with progress.stage(f"compile {name}"):
             artifact = infer.compile(model_source(name, progress), progress=progress).path
         for threads in args.threads:
-            cell = BenchCell(name, artifact, threads, 1, repeat=args.repeat, warmup=args.warmup)
+            cell = BenchCell(
+                name, artifact, threads, 1, repeat=args.repeat, warmup=args.warmup,
+                min_seconds=args.min_seconds,
+            )  # fmt: skip
             results = {}
             for runtime in RUNTIMES:
                 with progress.stage(f"{name}, threads {threads}: {runtime}"):
@@ -142,9 +147,9 @@ def main() -> None:
     ort = rows[0].results["onnxruntime"].version
     header = (
         f"Default builds (no tuning), batch 1, {infer.__version__} vs {ort}, on "
-        f"{platform.processor() or platform.machine()} ({_cpu_name()}). Median (p90) of "
-        f"{args.repeat} runs after {args.warmup} warm-up; each runtime in a process of its own; "
-        "ratio = infer / ONNX Runtime (below 1: infer is faster)."
+        f"{platform.processor() or platform.machine()} ({_cpu_name()}). Median (p90) of at least "
+        f"{args.repeat} runs and {args.min_seconds:g} s after {args.warmup} warm-up; each runtime "
+        "in a process of its own; ratio = infer / ONNX Runtime (below 1: infer is faster)."
     )
     text = f"{header}\n\n{markdown_table(rows)}\n"
     print(text)
