@@ -137,7 +137,29 @@ def _bias_of(add: Any, produced: Any, weights: set[Any], channels: int, axis_las
     return other if len(dims) == rank and dims[1] == channels else None
 
 
-def _activation(call: Any, produced: Any) -> tuple[str, float, float] | None:
+# Ops that leave the value of a one-element constant as it is (ConvertLayout puts a
+# permute_dims on the (1, 1, 1, 1) bound of a ReLU6).
+_SHAPE_ONLY = frozenset(
+    f"relax.{name}" for name in ("permute_dims", "reshape", "expand_dims", "squeeze")
+)
+
+
+def _one_element_const(expr: Any, values: dict[Any, Any]) -> Any:
+    """Return the one-element constant that expr is (through bindings and shape-only ops)."""
+    while True:
+        if isinstance(expr, tvm.ir.GenericConst):
+            return expr if expr.value.numpy().size == 1 else None
+        if isinstance(expr, relax.Var) and expr in values:
+            expr = values[expr]
+        elif isinstance(expr, relax.Call) and op_name(expr) in _SHAPE_ONLY:
+            expr = expr.args[0]
+        else:
+            return None
+
+
+def _activation(
+    call: Any, produced: Any, values: dict[Any, Any]
+) -> tuple[str, float, float] | None:
     """Return the oneDNN eltwise post-op (name, alpha, beta) that call applies to produced."""
     name = op_name(call)
     if name is None or (name not in _BOUNDS and not call.args[0].same_as(produced)):
@@ -152,8 +174,10 @@ def _activation(call: Any, produced: Any) -> tuple[str, float, float] | None:
             except AttributeError:
                 return None
     if name in _BOUNDS and len(call.args) == 2:
-        other = call.args[1] if call.args[0].same_as(produced) else call.args[0]
-        if isinstance(other, tvm.ir.GenericConst) and other.value.numpy().size == 1:
+        other = _one_element_const(
+            call.args[1] if call.args[0].same_as(produced) else call.args[0], values
+        )
+        if other is not None:
             bound = float(other.value.numpy().reshape(()))
             if not math.isfinite(bound) or str(other.value.dtype) != "float32":
                 return None
@@ -216,7 +240,7 @@ def _plan(func: Any, weights: set[Any], counts: dict[str, int]) -> tuple[dict[An
             if bias is not None:
                 drop.add(last)
                 last, user = user, sole_user(user)
-        while user is not None and (post := _activation(values[user], last)) is not None:
+        while user is not None and (post := _activation(values[user], last, values)) is not None:
             post_ops.append(list(post))
             drop.add(last)
             last, user = user, sole_user(user)
@@ -256,4 +280,7 @@ def offload_to_onednn(mod: Any, counts: dict[str, int]) -> Any:
     if not replace:
         return mod
     rewrite = _Rewrite(mod, replace, drop)
-    return replace_main(mod, rewrite, rewrite.visit_expr(main))
+    # The bounds folded in may leave their shape-only ops on constants unread.
+    return relax.transform.DeadCodeElimination()(
+        replace_main(mod, rewrite, rewrite.visit_expr(main))
+    )

@@ -189,3 +189,31 @@ def test_a_gelu_written_with_erf_folds_into_the_matmul_before_it(tmp_path: Path)
     summary = compile_and_compare(model, tmp_path, {"x": x})
     assert summary["matmul"] == 1 and summary["post_ops"] == 2  # the bias and the GELU
     assert infer.Session(tmp_path / "model.infer").manifest.segments == []  # all on TVM
+
+
+@pytest.mark.usefixtures("offload_everything")
+def test_relu6_after_a_convolution_is_one_post_op_chain(tmp_path: Path) -> None:
+    # Clip(0, 6) becomes Relu + minimum with a (1, 1, 1, 1) bound that ConvertLayout transposes:
+    # both fold into the convolution, and no TVM kernel is left between the two convolutions.
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Clip", ["c1", "lo", "hi"], ["r"]),
+            helper.make_node("Conv", ["r", "w2"], ["y"]),
+        ],
+        "relu6",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 12, 12])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, 3, 12, 12)).astype(np.float32) * 4
+    summary = compile_and_compare(model, tmp_path, {"x": x})
+    assert summary["conv2d"] == 2 and summary["post_ops"] == 2  # relu, then clip at 6
