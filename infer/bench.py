@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infer.artifact.manifest import ArtifactManifest
 from infer.errors import InferError, InputError
 from infer.signature import TensorSpec
 from infer.timing import LatencyStats, measure
@@ -33,6 +34,7 @@ __all__ = [
     "cell_dims",
     "markdown_table",
     "plot_rows",
+    "reference_file",
     "require_matplotlib",
 ]
 
@@ -60,6 +62,10 @@ class BenchCell:
     warmup: int = DEFAULT_WARMUP
     seed: int = 0
     min_seconds: float = MIN_SECONDS
+    # The source .onnx, already checked against the artifact (reference_file): ONNX Runtime's
+    # worker loads it by path. Else the worker loads and checks it, and the ModelProto in memory
+    # and its serialisation count in ONNX Runtime's peak RSS.
+    reference: str = ""
 
 
 @dataclass(frozen=True)
@@ -175,7 +181,6 @@ def _rss_mb() -> float:
 
 def _worker(runtime: str, cell: BenchCell) -> RuntimeResult:
     """Measure one runtime on the cell in this process (called in a fresh one by bench_cell)."""
-    from infer.artifact.manifest import ArtifactManifest
     from infer.parity import random_feeds
 
     manifest = ArtifactManifest.read(cell.artifact)
@@ -207,7 +212,7 @@ def _worker(runtime: str, cell: BenchCell) -> RuntimeResult:
 
         base = _rss_mb()
         started = time.perf_counter()
-        reference = ReferenceSession(source_model(cell.artifact), cell.threads)
+        reference = ReferenceSession(cell.reference or source_model(cell.artifact), cell.threads)
         version = f"onnxruntime {onnxruntime.__version__}"
 
         def run() -> object:
@@ -225,6 +230,16 @@ def _worker(runtime: str, cell: BenchCell) -> RuntimeResult:
     return RuntimeResult(runtime, version, latency, load_s, base, _rss_mb())
 
 
+def reference_file(artifact: Path) -> str:
+    """Return the path of the .onnx file the artifact was compiled from, checked against its
+    manifest's hash; "" when it was not compiled from a file."""
+    from infer.api import source_model
+
+    source_model(artifact)  # ArtifactError when the file is not the one compiled
+    source = Path(ArtifactManifest.read(artifact).model_source)
+    return str(source) if source.suffix == ".onnx" and source.is_file() else ""
+
+
 def _cell_json(cell: BenchCell) -> str:
     return json.dumps(
         {
@@ -237,6 +252,7 @@ def _cell_json(cell: BenchCell) -> str:
             "warmup": cell.warmup,
             "seed": cell.seed,
             "min_seconds": cell.min_seconds,
+            "reference": cell.reference,
         }
     )
 
@@ -326,6 +342,7 @@ def _main(argv: Sequence[str]) -> None:
         warmup=int(spec["warmup"]),
         seed=int(spec["seed"]),
         min_seconds=float(spec["min_seconds"]),
+        reference=str(spec["reference"]),
     )
     try:
         result = _worker(runtime, cell)

@@ -546,6 +546,7 @@ def bench_command(
         cell_dims,
         markdown_table,
         plot_rows,
+        reference_file,
         require_matplotlib,
     )
     from infer.sources import resolve_model
@@ -568,6 +569,7 @@ def bench_command(
                     check_dims=dim_sizes,
                 ).path  # fmt: skip
         specs = ArtifactManifest.read(path).inputs
+        reference = reference_file(path)
         label = Path(model).stem if model.endswith(".onnx") else Path(model).name
         for batch in batches:
             cell_dims(specs, batch, dim_sizes)  # an InputError now, before any timing
@@ -582,6 +584,7 @@ def bench_command(
                         repeat=repeat,
                         warmup=warmup,
                         min_seconds=min_seconds,
+                        reference=reference,
                     )
                 )
     rows: list[BenchRow] = []

@@ -16,7 +16,8 @@ __all__ = ["ReferenceSession"]
 class ReferenceSession:
     """An onnxruntime.InferenceSession on the CPU with a fixed number of intra-op threads."""
 
-    def __init__(self, model: onnx.ModelProto, threads: int) -> None:
+    def __init__(self, model: onnx.ModelProto | str, threads: int) -> None:
+        """model is a ModelProto or the path of an .onnx file (external data beside it)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -27,7 +28,9 @@ class ReferenceSession:
         self.version = f"onnxruntime {ort.__version__}"
         try:
             self._session = ort.InferenceSession(
-                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+                model if isinstance(model, str) else model.SerializeToString(),
+                options,
+                providers=["CPUExecutionProvider"],
             )
         except Exception as exc:
             raise CompileError(f"ONNX Runtime cannot load the model for reference: {exc}") from None

@@ -32,6 +32,7 @@ from infer.bench import (
     bench_cell,
     markdown_table,
     plot_rows,
+    reference_file,
 )
 from infer.config import cache_dir
 from infer.progress import Progress
@@ -136,7 +137,7 @@ def main() -> None:
         for threads in args.threads:
             cell = BenchCell(
                 name, artifact, threads, 1, repeat=args.repeat, warmup=args.warmup,
-                min_seconds=args.min_seconds,
+                min_seconds=args.min_seconds, reference=reference_file(artifact),
             )  # fmt: skip
             results = {}
             for runtime in RUNTIMES:
