@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from infer.artifact.manifest import ArtifactManifest
+from infer.artifact.manifest import ArtifactManifest, sha256_file
 from infer.errors import PipelineError
 from infer.runtime.session import Session
 
@@ -66,12 +66,18 @@ def read_pipeline_config(artifact: Path) -> dict[str, Any] | None:
 
 
 def write_pipeline_config(artifact: Path, config: Mapping[str, Any]) -> None:
-    """Write pipeline.json into the artifact and record its sha256 in the manifest."""
+    """Write pipeline.json into the artifact and record its sha256 in the manifest.
+
+    Every other file is checked against the manifest first (ArtifactError when one changed),
+    so that recording the new file never vouches for a damaged one.
+    """
     manifest = ArtifactManifest.read(artifact)
+    manifest.files.pop(PIPELINE_FILE, None)
+    manifest.verify_files(artifact)
     staged = artifact / (PIPELINE_FILE + ".tmp")
     staged.write_text(
         json.dumps({"format": PIPELINE_FORMAT, **config}, indent=2) + "\n", encoding="utf-8"
     )
     os.replace(staged, artifact / PIPELINE_FILE)
-    manifest.hash_files(artifact)
+    manifest.files[PIPELINE_FILE] = sha256_file(artifact / PIPELINE_FILE)
     manifest.write(artifact)

@@ -184,6 +184,9 @@ def test_an_artifact_carries_its_pipeline_json(tmp_path: Path) -> None:
     tampered = {k: v for k, v in stored.items() if k != "format"}
     write_pipeline_config(out, {**tampered, "labels": list("vwxyz")})  # re-signed: loads again
     assert infer.pipeline("image-classification", out).labels == list("vwxyz")
+    (out / "params.safetensors").write_bytes(b"damaged")  # never vouched for by a new config
+    with pytest.raises(ArtifactError, match=r"params\.safetensors.*modified or damaged"):
+        write_pipeline_config(out, tampered)
 
 
 def _config_file(tmp_path: Path) -> Path:
