@@ -100,9 +100,15 @@ def _to_rgb(picture: Any) -> Any:
 
     if picture.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         pixels = np.asarray(picture, dtype=np.float64)
-        top = 65535.0 if picture.mode.startswith("I;16") else max(float(pixels.max()), 1.0)
-        if picture.mode == "F" and pixels.max() <= 1.0:
-            top = 1.0
+        # Full scale: 16-bit for I;16; for 32-bit ints and floats, the smallest of 1 (floats),
+        # 8 and 16 bits that holds the largest value, else that value.
+        peak = float(pixels.max()) if pixels.size else 0.0
+        scales = ((1.0,) if picture.mode == "F" else ()) + (255.0, 65535.0)
+        top = (
+            65535.0
+            if picture.mode.startswith("I;16")
+            else next((scale for scale in scales if peak <= scale), peak)
+        )
         grey = np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     return picture.convert("RGB")

@@ -93,6 +93,11 @@ def test_grey_rgba_and_16_bit_pictures_become_8_bit_rgb(tmp_path: Path) -> None:
     Image.fromarray(grey16).save(tmp_path / "g16.png")
     assert Image.open(tmp_path / "g16.png").mode.startswith("I")
     np.testing.assert_array_equal(np.asarray(open_image(tmp_path / "g16.png")), 100)
+    # 32-bit ints holding 16-bit data, and floats in [0, 1], scale the same way.
+    as_int = Image.fromarray(np.full((2, 2), 257 * 100, np.int32))
+    assert as_int.mode == "I" and np.asarray(open_image(as_int))[0, 0].tolist() == [100] * 3
+    as_float = Image.fromarray(np.full((2, 2), 0.5, np.float32))
+    assert as_float.mode == "F" and np.asarray(open_image(as_float))[0, 0].tolist() == [128] * 3
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., 2] = 200
     assert np.asarray(open_image(rgba))[0, 0].tolist() == [0, 0, 200]
