@@ -290,7 +290,13 @@ class Session:
                 if slot is not None:
                     self._input_addresses.discard(slot[0].ctypes.data)
                 tensor = self._empty(array.shape, array.dtype.name, self._device)
-                slot = slots[index] = (np.from_dlpack(tensor), tensor)
+                try:
+                    view = np.from_dlpack(tensor)
+                except (BufferError, TypeError, RuntimeError):
+                    # numpy cannot view bfloat16 or float8 through DLPack: copied in by TVM
+                    tensor.copyfrom(array)
+                    return tensor
+                slot = slots[index] = (view, tensor)
                 if slot[0].size:
                     self._input_addresses.add(slot[0].ctypes.data)
             np.copyto(slot[0], array, casting="no")

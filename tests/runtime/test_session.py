@@ -188,6 +188,24 @@ def test_an_output_that_is_an_input_survives_the_next_run(tmp_path: Path) -> Non
     np.testing.assert_array_equal(neg, -b)
 
 
+def test_inputs_numpy_cannot_view_through_dlpack_still_run(tmp_path: Path) -> None:
+    # bfloat16 (ml_dtypes) has no DLPack view in numpy: such inputs are copied in by TVM.
+    import ml_dtypes
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+        "bf16",
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = infer.compile(save(model, tmp_path), output=tmp_path / "b.infer", check=False).load()
+    x = np.array([[1.5, -2.0, 0.25], [3.0, 4.5, -0.5]], dtype=ml_dtypes.bfloat16)
+    for _ in range(2):
+        (y,) = sess.run(None, {"x": x})
+        np.testing.assert_array_equal(y, x.astype(np.float32))
+
+
 def test_running_does_not_pin_the_calling_thread(tmp_path: Path) -> None:
     import os
 
