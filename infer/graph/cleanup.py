@@ -152,10 +152,7 @@ def fold_conv_affine(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = out.graph
     values = _constant_tensors(graph)
     readers = _reader_counts(graph)
-    consumers: dict[str, onnx.NodeProto] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name] = node
+    consumers = _consumers(graph)
     removed: set[int] = set()
     for conv in graph.node:
         if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or len(conv.input) < 2:
@@ -262,7 +259,7 @@ def gelu_from_erf(model: onnx.ModelProto) -> onnx.ModelProto:
     values = _constant_tensors(graph)
     readers = _reader_counts(graph)
     producer = {o: n for n in graph.node for o in n.output}
-    consumer = {i: n for n in graph.node for i in n.input}
+    consumer = _consumers(graph)
 
     def scalar(name: str) -> float | None:
         if name not in values:
@@ -283,8 +280,8 @@ def gelu_from_erf(model: onnx.ModelProto) -> onnx.ModelProto:
         return node if node.domain in ("", "ai.onnx") else None
 
     removed: set[int] = set()
-    fused = 0
-    for erf in list(graph.node):
+    gelu_at: dict[int, onnx.NodeProto] = {}  # id of a chain's last node -> the Gelu in its place
+    for erf in graph.node:
         if erf.op_type != "Erf" or erf.domain not in ("", "ai.onnx"):
             continue
         scaled = producer.get(erf.input[0])
@@ -321,8 +318,7 @@ def gelu_from_erf(model: onnx.ModelProto) -> onnx.ModelProto:
             )
         if not ok or last is None or first is None:
             continue
-        chain = (scaled, erf, plus, first, last)
-        removed |= {id(n) for n in chain}
+        removed |= {id(n) for n in (scaled, erf, plus, first)}
         gelu = onnx.helper.make_node(
             GELU[1],
             [x],
@@ -330,11 +326,10 @@ def gelu_from_erf(model: onnx.ModelProto) -> onnx.ModelProto:
             name=f"{erf.name or last.output[0]}__gelu",
             domain=GELU[0],
         )
-        graph.node.insert(list(graph.node).index(last), gelu)
-        fused += 1
-    if not fused:
+        gelu_at[id(last)] = gelu
+    if not gelu_at:
         return model
-    kept = [n for n in graph.node if id(n) not in removed]
+    kept = [gelu_at.get(id(n), n) for n in graph.node if id(n) not in removed]
     del graph.node[:]
     graph.node.extend(kept)
     if not any(o.domain == GELU[0] for o in out.opset_import):
@@ -354,6 +349,11 @@ def _constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
             if value is not None:
                 values.setdefault(node.output[0], value)
     return values
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """Return the (last) node of the graph that reads each value."""
+    return {name: node for node in graph.node for name in node.input}
 
 
 def _reader_counts(graph: onnx.GraphProto) -> dict[str, int]:

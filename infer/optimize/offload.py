@@ -281,6 +281,4 @@ def offload_to_onednn(mod: Any, counts: dict[str, int]) -> Any:
         return mod
     rewrite = _Rewrite(mod, replace, drop)
     # The bounds folded in may leave their shape-only ops on constants unread.
-    return relax.transform.DeadCodeElimination()(
-        replace_main(mod, rewrite, rewrite.visit_expr(main))
-    )
+    return replace_main(mod, rewrite, relax.analysis.remove_all_unused(rewrite.visit_expr(main)))

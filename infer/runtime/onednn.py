@@ -393,8 +393,24 @@ def _conv2d_kernel(
     has_bias: bool,
     out: Any,
 ) -> _Kernel:
+    return _convolution(
+        lib, state, config, tuple(x.shape), w, tuple(w.shape), tuple(out.shape), has_bias
+    )
+
+
+def _convolution(
+    lib: _Library,
+    state: OnednnState,
+    config: dict[str, Any],
+    x_shape: tuple[int, ...],
+    w: Any,
+    w_shape: tuple[int, ...],
+    y_shape: tuple[int, ...],
+    has_bias: bool,
+) -> _Kernel:
+    """Return the convolution (or deconvolution) kernel of config on tensors of these shapes,
+    stored in config's layouts; w is the weight tensor, packed once into oneDNN's layout."""
     data_layout, kernel_layout = config["data_layout"], config["kernel_layout"]
-    x_shape, w_shape, y_shape = tuple(x.shape), tuple(w.shape), tuple(out.shape)
     groups = config["groups"]
     strides, padding, dilation = config["strides"], config["padding"], config["dilation"]
     if "H" not in data_layout:  # 1-d: oneDNN's 2-d convolution with a height of 1
@@ -505,21 +521,14 @@ def _rows_times_weights(
     """
     k, n = tuple(w.shape)
     m = int(np.prod(x_shape[:-1], dtype=np.int64))
-    src = lib.md([1, k, 1, m], [m * k, 1, m * k, k])  # NCHW dims, NHWC strides: rows as width
-    dst = lib.md([1, n, 1, m], [m * n, 1, m * n, n])
-    user_w = lib.md([n, k, 1, 1], [1, n, n * k, n * k])  # OIHW over the (K, N) buffer
-    wanted_w = lib.md([n, k, 1, 1])
-    bias = lib.md([n], [1]) if has_bias else None
-    attr = lib.attr([tuple(op) for op in config["post_ops"]])
-    pd = ctypes.c_void_p()
-    lib.check(
-        lib.lib.dnnl_convolution_forward_primitive_desc_create(
-            ctypes.byref(pd), lib.engine, _FORWARD_INFERENCE, _CONVOLUTION_DIRECT,
-            src, wanted_w, bias, dst, _Dims(1, 1), _Dims(0, 0), _Dims(0, 0), _Dims(0, 0), attr,
-        ),
-        f"matmul {list(x_shape)} @ {[k, n]} (as a 1x1 convolution)",
-    )  # fmt: skip
-    return _finish(lib, state, pd, attr, src, dst, bias, w, user_w, wanted_w, pack=True)
+    # The rows of x as one image row of M pixels (NHWC), the (K, N) weights as HWIO.
+    one_by_one = {
+        "data_layout": "NHWC", "kernel_layout": "HWIO", "groups": 1, "strides": [1, 1],
+        "padding": [0, 0, 0, 0], "dilation": [1, 1], "post_ops": config["post_ops"],
+    }  # fmt: skip
+    return _convolution(
+        lib, state, one_by_one, (1, 1, m, k), w, (1, 1, k, n), (1, 1, m, n), has_bias
+    )
 
 
 def _finish(
