@@ -378,6 +378,16 @@ def run_command(
     """Run MODEL (an artifact, an .onnx file or a model name; compiled into the cache on first use),
     or with --task, a task's pipeline on INPUTs (files)."""
     if task is not None:
+        unused = {
+            "--inputs/--input": bool(inputs or named_inputs), "--random": use_random,
+            "--image": image is not None, "-o": output is not None, "--repeat": repeat > 1,
+            "--compare-ort": compare_ort,
+        }  # fmt: skip
+        if any(unused.values()):
+            given = ", ".join(name for name, used in unused.items() if used)
+            raise InputError(
+                f"--task {task}: {given} do(es) not apply to a task (give input files)"
+            )
         _run_task(task, task_model, config, args, sample, top_k, threads, as_json)
         return
     if len(args) != 1 or task_model or config or top_k:
@@ -553,6 +563,9 @@ def bench_command(
 
     if plot is not None:
         require_matplotlib()  # before the long part
+    for option, path in (("--plot", plot), ("--markdown", markdown)):
+        if path is not None and not path.parent.is_dir():
+            raise InputError(f"{option} {path}: the directory {path.parent} does not exist")
     thread_counts = _int_list("--threads", threads_list)
     batches = _int_list("--batch", batch_list)
     dim_sizes = _dim_options(dims)

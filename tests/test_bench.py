@@ -93,3 +93,6 @@ def test_cli_bench_rejects_bad_lists(mlp_artifact: Path) -> None:
     result = CliRunner().invoke(cli, ["bench", str(mlp_artifact), "--threads", "1,x"])
     assert result.exit_code == 2
     assert "--threads '1,x': expected a comma-separated list of integers >= 1" in result.output
+    result = CliRunner().invoke(cli, ["bench", str(mlp_artifact), "--markdown", "/no/such/t.md"])
+    assert result.exit_code == 2
+    assert "--markdown /no/such/t.md: the directory /no/such does not exist" in result.output

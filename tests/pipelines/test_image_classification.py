@@ -178,6 +178,10 @@ def test_an_artifact_carries_its_pipeline_json(tmp_path: Path) -> None:
         cli, ["--quiet", "run", "--task", "ocr", "--model", str(out), "x.png"]
     )
     assert result.exit_code == 2 and "unknown task 'ocr'" in result.output
+    args = ["run", "--task", "image-classification", "--model", str(out), "--random", "x.png"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "--random do(es) not apply to a task (give input files)" in result.output
     (out / "pipeline.json").write_text(json.dumps({**stored, "labels": list("vwxyz")}))
     with pytest.raises(ArtifactError, match=r"pipeline\.json.*modified or damaged"):
         infer.pipeline("image-classification", out)
