@@ -139,7 +139,7 @@ def compile(
     save_onnx: str | os.PathLike[str] | None = None,
     trust_pickle: bool = False,
     target: str | dict[str, Any] | None = "llvm",
-    shapes: Mapping[str, Sequence[int]] | None = None,
+    shapes: Mapping[str, Sequence[int | str]] | None = None,
     output: str | os.PathLike[str] | None = None,
     check: bool = True,
     seed: int = DEFAULT_SEED,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from infer.artifact.manifest import ArtifactManifest
 from infer.errors import InferError, InputError
 from infer.signature import TensorSpec
@@ -328,10 +330,117 @@ def plot_rows(rows: Sequence[BenchRow], path: Path) -> None:
     staged.replace(path)
 
 
+# Task benchmarks: our pipeline against the model package's own on ONNX Runtime.
+TASK_RUNTIMES = {"ocr": ("infer", "rapidocr")}
+OCR_STAGES = ("pre", "det", "cls", "rec", "post")
+
+
+@dataclass(frozen=True)
+class TaskBenchResult:
+    """One runtime's end-to-end time over a set of inputs: median and p90 per pass (ms), the
+    median split by stage (ms), peak RSS (MiB) and the lines it read (for a sanity check)."""
+
+    runtime: str
+    threads: int
+    median_ms: float
+    p90_ms: float
+    stages_ms: dict[str, float]
+    peak_rss_mb: float
+    lines: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _ocr_worker(runtime: str, spec: Mapping[str, Any]) -> TaskBenchResult:
+    """Time one OCR runtime in this process over spec's images (each pass: every image once)."""
+    threads, images = int(spec["threads"]), [str(p) for p in spec["images"]]
+    if runtime == "infer":
+        import infer
+
+        pipe = infer.pipeline("ocr", spec.get("model"), threads=threads)
+
+        def one_pass() -> tuple[dict[str, float], int]:
+            stages = dict.fromkeys(OCR_STAGES, 0.0)
+            lines = 0
+            for image in images:
+                lines += len(pipe(image))
+                for k, v in pipe.timings.items():  # type: ignore[attr-defined]
+                    stages[k] += v
+            return stages, lines
+
+    elif runtime == "rapidocr":
+        from rapidocr_onnxruntime import RapidOCR
+
+        engine = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1)
+
+        def one_pass() -> tuple[dict[str, float], int]:
+            # rapidocr times det with its resizing and DB post-processing, rec with decoding.
+            stages = {"det": 0.0, "cls": 0.0, "rec": 0.0, "other": 0.0}
+            lines = 0
+            for image in images:
+                started = time.perf_counter()
+                result, elapsed = engine(image)
+                total = time.perf_counter() - started
+                lines += len(result or [])
+                for k, v in zip(("det", "cls", "rec"), elapsed or [], strict=False):
+                    stages[k] += v
+                stages["other"] += total - sum(elapsed or [])
+            return stages, lines
+
+    else:
+        raise InputError(f"runtime {runtime!r}: expected one of {TASK_RUNTIMES['ocr']}")
+    for _ in range(max(1, int(spec["warmup"]))):
+        one_pass()
+    totals, splits = [], []
+    lines = 0
+    for _ in range(int(spec["repeat"])):
+        started = time.perf_counter()
+        stages, lines = one_pass()
+        totals.append((time.perf_counter() - started) * 1e3)
+        splits.append(stages)
+    stage_ms = {k: float(np.median([s[k] for s in splits]) * 1e3) for k in splits[0]}
+    return TaskBenchResult(
+        runtime, threads, float(np.median(totals)), float(np.percentile(totals, 90)), stage_ms,
+        _rss_mb(), lines,
+    )  # fmt: skip
+
+
+def bench_task(
+    task: str, images: Sequence[str], threads: int, *, model: str | None = None,
+    repeat: int = 5, warmup: int = 1,
+) -> list[TaskBenchResult]:  # fmt: skip
+    """Return each runtime's end-to-end time on images, each in a fresh worker process."""
+    if task not in TASK_RUNTIMES:
+        raise InputError(
+            f"bench --task {task!r}: tasks with a reference pipeline: {sorted(TASK_RUNTIMES)}"
+        )
+    spec = {"task": task, "images": [str(Path(p).resolve()) for p in images], "threads": threads,
+            "model": model, "repeat": repeat, "warmup": warmup}  # fmt: skip
+    results = []
+    for runtime in TASK_RUNTIMES[task]:
+        command = [sys.executable, "-m", "infer.bench", f"{task}:{runtime}", json.dumps(spec)]
+        proc = subprocess.run(
+            command, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, check=False
+        )
+        if proc.returncode != 0:
+            lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
+            raise InferError(f"bench --task {task} ({runtime}, threads {threads}): {lines[-1]}")
+        results.append(TaskBenchResult(**json.loads(proc.stdout.strip().splitlines()[-1])))
+    return results
+
+
 def _main(argv: Sequence[str]) -> None:
-    """The worker: `python -m infer.bench RUNTIME CELL_JSON` prints one RuntimeResult as JSON."""
+    """The worker: `python -m infer.bench RUNTIME CELL_JSON` prints one RuntimeResult as JSON
+    (`TASK:RUNTIME SPEC_JSON` a TaskBenchResult)."""
     runtime, data = argv
     spec = json.loads(data)
+    if ":" in runtime:
+        try:
+            print(json.dumps(_ocr_worker(runtime.split(":", 1)[1], spec).to_json()))
+        except InferError as exc:
+            sys.exit(f"error: {exc}")
+        return
     cell = BenchCell(
         label=spec["label"],
         artifact=Path(spec["artifact"]),

@@ -28,7 +28,13 @@ from infer.graph.cleanup import clean
 from infer.graph.load import LoadedModel
 from infer.graph.names import sanitize_value_names
 from infer.graph.partition import TVM, Partition, node_key, partition
-from infer.graph.shapes import ShapeOverrides, apply_shape_overrides, graph_inputs, graph_outputs
+from infer.graph.shapes import (
+    ShapeOverrides,
+    apply_shape_overrides,
+    graph_inputs,
+    graph_outputs,
+    override_dims,
+)
 from infer.graph.support import check_supported
 from infer.native_stderr import drop_tvm_scope_warnings
 from infer.optimize.pipeline import (
@@ -38,6 +44,7 @@ from infer.optimize.pipeline import (
     pipeline_for,
     run_pipeline,
 )
+from infer.signature import Dim
 from infer.target import TargetSpec
 
 __all__ = [
@@ -64,7 +71,7 @@ class BuildOptions:
     """What to build: target, shape overrides, pass pipeline, and where to dump IR."""
 
     target: TargetSpec
-    shape_overrides: dict[str, tuple[int, ...]]
+    shape_overrides: dict[str, tuple[Dim, ...]]
     pipeline: Pipeline
     dump_ir: Path | None = None
 
@@ -77,7 +84,10 @@ class BuildOptions:
         pipeline: str | None = None,
     ) -> BuildOptions:
         """Return options with the named pipeline, or the default one for the target."""
-        shapes = {k: tuple(int(d) for d in v) for k, v in (shape_overrides or {}).items()}
+        shapes = {
+            k: override_dims(v, f"shape override for input {k!r}")
+            for k, v in (shape_overrides or {}).items()
+        }
         if pipeline is None:
             chosen = pipeline_for(target.kind)
         elif pipeline in PIPELINES and PIPELINES[pipeline].target_kind == target.kind:

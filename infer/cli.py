@@ -47,7 +47,7 @@ def _console() -> Any:
     return Console(highlight=False, soft_wrap=True)
 
 
-def _shape_options(values: Sequence[str]) -> dict[str, tuple[int, ...]]:
+def _shape_options(values: Sequence[str]) -> dict[str, tuple[int | str, ...]]:
     from infer.graph.shapes import parse_shape_option
 
     return dict(parse_shape_option(v) for v in values)
@@ -77,7 +77,7 @@ def _model_options(fn: F) -> F:
                 "shapes",
                 multiple=True,
                 metavar="NAME=D0,D1,..",
-                help="Fix an input's shape (repeatable).",
+                help="Fix an input's shape (repeatable); a dim given as a name stays symbolic.",
             ),
             click.option(
                 "--threads",
@@ -205,17 +205,23 @@ def compile_command(
     import infer
 
     started = time.perf_counter()
-    task_config: dict[str, Any] | None = None
     if task is not None:
-        from infer.pipelines import get_task, pipeline_config
-        from infer.sources import resolve_model
+        from infer.pipelines import get_task
 
         if output is None:
             raise InputError("--task writes pipeline.json into the artifact: give -o DIR")
-        model = model or get_task(task).default_model
-        recipe = resolve_model(model, _progress()).recipe if config is None else None
-        task_config = pipeline_config(task, recipe, _read_config(config))
-    elif model is None or config is not None:
+        built = get_task(task).build(
+            output, model, config=_read_config(config), threads=threads, progress=_progress(),
+            compile_options={
+                "target": target, "shapes": _shape_options(shapes), "check": not no_check,
+                "seed": seed, "check_dims": _dim_options(dims), "dump_ir": dump_ir,
+                "pipeline": pipeline, "fallback": not no_fallback, "save_onnx": save_onnx,
+                "trust_pickle": trust_pickle,
+            },
+        )  # fmt: skip
+        click.echo(f"{built}  ({task}, {time.perf_counter() - started:.1f}s)")
+        return
+    if model is None or config is not None:
         raise InputError(
             "give a MODEL (or --task TASK for its default model); --config needs --task"
         )
@@ -225,10 +231,6 @@ def compile_command(
         fallback=not no_fallback, progress=_progress(), save_onnx=save_onnx,
         trust_pickle=trust_pickle,
     )  # fmt: skip
-    if task_config is not None:
-        from infer.pipelines import write_pipeline_config
-
-        write_pipeline_config(artifact.path, task_config)
     parity = (artifact.parity or {}).get("status", "not checked")
     click.echo(
         f"{artifact.path}  ({'cache hit, ' if artifact.cache_hit else ''}{time.perf_counter() - started:.1f}s, parity: {parity})"
@@ -444,7 +446,7 @@ def run_command(
         for spec in specs:  # --shape gives the random shape of an artifact's symbolic input
             if spec.name in shape_overrides:
                 for want, size in zip(spec.shape, shape_overrides[spec.name], strict=False):
-                    if isinstance(want, str):
+                    if isinstance(want, str) and isinstance(size, int):
                         dim_sizes.setdefault(want, size)
         feeds = random_feeds(specs, seed=seed, dims=dim_sizes, default_dim=None)
     else:
@@ -536,16 +538,29 @@ def _int_list(option: str, value: str) -> list[int]:
     "--markdown", type=click.Path(path_type=Path), default=None, help="Write the table as markdown."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.option(
+    "--task",
+    default=None,
+    help="Time a task's pipeline end to end on input files (MODELS) against the model "
+    "package's own (ocr: rapidocr-onnxruntime).",
+)
+@click.option("--model", "task_model", default=None, help="With --task: the pipeline's model.")
 def bench_command(
     models: tuple[str, ...], threads_list: str, batch_list: str, repeat: int, warmup: int, min_seconds: float,
     dims: tuple[str, ...], shapes: tuple[str, ...], pipeline: str | None, plot: Path | None,
-    markdown: Path | None, as_json: bool,
+    markdown: Path | None, as_json: bool, task: str | None, task_model: str | None,
 ) -> None:  # fmt: skip
     """Time MODELS (names, .onnx files or artifacts) against ONNX Runtime at equal threads.
 
     Each runtime runs in a process of its own per (model, threads, batch): same seeded inputs,
-    warm-up, then the median and p90 of --repeat runs, and the process's peak RSS.
+    warm-up, then the median and p90 of --repeat runs, and the process's peak RSS. With --task,
+    MODELS are input files for the task's pipeline.
     """
+    if task is not None:
+        _bench_task(
+            task, task_model, models, _int_list("--threads", threads_list), repeat, warmup, as_json
+        )
+        return
     import infer
     from infer.artifact.manifest import ArtifactManifest
     from infer.bench import (
@@ -678,7 +693,47 @@ def _run_task(
     for name, result in zip(files, results, strict=True):
         console.print(f"[bold]{name}[/]", markup=True)
         for item in result:
-            console.print(f"  {item['score']:.4f}  {item['label']}", markup=False)
+            text = item["label"] if "label" in item else item["text"]
+            console.print(f"  {item['score']:.4f}  {text}", markup=False)
+
+
+def _bench_task(
+    task: str, model: str | None, files: Sequence[str], thread_counts: Sequence[int], repeat: int,
+    warmup: int, as_json: bool,
+) -> None:  # fmt: skip
+    from rich.table import Table
+
+    from infer.bench import bench_task
+
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        raise InputError(f"bench --task {task}: no such file(s): {', '.join(missing)}")
+    progress = _progress()
+    results = []
+    for threads in thread_counts:
+        with progress.stage(f"{task}, threads {threads}: each pipeline in its own process"):
+            results.append(
+                bench_task(task, files, threads, model=model, repeat=repeat, warmup=warmup)
+            )
+    if as_json:
+        click.echo(json.dumps([[r.to_json() for r in pair] for pair in results], indent=2))
+        return
+    out = Table(
+        caption=f"ms per pass over {len(files)} file(s): median (p90) of {repeat} passes after "
+        f"{max(warmup, 1)} warm-up; each pipeline in its own process; stages are medians"
+    )
+    for column in ("threads", "runtime", "end to end ms", "stages ms", "lines", "ratio"):
+        out.add_column(column, justify="left" if column in ("runtime", "stages ms") else "right")
+    for ours, theirs in results:
+        ratio = ours.median_ms / theirs.median_ms
+        for r in (ours, theirs):
+            stages = " ".join(f"{k} {v:.0f}" for k, v in r.stages_ms.items())
+            shown = f"[{'green' if ratio <= 1 else 'red'}]{ratio:.2f}x[/]" if r is ours else ""
+            out.add_row(
+                str(r.threads), r.runtime, f"{r.median_ms:.0f} ({r.p90_ms:.0f})", stages,
+                str(r.lines), shown,
+            )  # fmt: skip
+    _console().print(out)
 
 
 @cli.command("pipelines")
@@ -693,8 +748,11 @@ def pipelines_command() -> None:
     for column in ("task", "default model", "licence", "does"):
         table.add_column(column, no_wrap=column != "does")
     for name, cls in sorted(TASKS.items()):
-        recipe = get_recipe(cls.default_model)
-        table.add_row(name, recipe.name, recipe.license, cls.description)
+        recipes = [get_recipe(m) for m in cls.component_models or (cls.default_model,)]
+        licences = sorted({r.license for r in recipes})
+        table.add_row(
+            name, " + ".join(r.name for r in recipes), ", ".join(licences), cls.description
+        )
     _console().print(table)
 
 

@@ -21,7 +21,10 @@ import onnx
 
 from infer.config import cache_dir
 from infer.errors import ModelError
+from infer.graph.shapes import override_dims
+from infer.graph.spatial import input_blocks, nearest_upsample_as_depth_to_space
 from infer.processors.image import ImageInput
+from infer.signature import Dim
 
 __all__ = [
     "ExportStep",
@@ -90,6 +93,8 @@ def freeze_inputs(model: onnx.ModelProto, values: dict[str, float]) -> onnx.Mode
 TRANSFORMS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
     "seeded-random-weights": _seeded_random_weights,
     "calibrate-batch-norm": _calibrate_batch_norm,
+    "input-blocks": input_blocks,
+    "nearest-upsample-as-depth-to-space": nearest_upsample_as_depth_to_space,
 }
 
 
@@ -153,7 +158,7 @@ class ModelRecipe:
     task: str
     license: str
     source: PackagedFile
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    shapes: dict[str, tuple[Dim, ...]] = field(default_factory=dict)
     transforms: tuple[str, ...] = ()
     notes: str = ""
     image_input: ImageInput | None = None
@@ -177,7 +182,10 @@ class ModelRecipe:
                 task=str(data.get("task", "")),
                 license=str(data["license"]),
                 source=PackagedFile.from_toml(data["source"]),
-                shapes={k: tuple(int(d) for d in v) for k, v in data.get("shapes", {}).items()},
+                shapes={
+                    k: override_dims(v, f"{where}: [shapes] {k}")
+                    for k, v in data.get("shapes", {}).items()
+                },
                 transforms=tuple(str(t) for t in data.get("transforms", [])),
                 notes=str(data.get("notes", "")),
                 image_input=ImageInput.from_toml(data["image_input"], where)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +56,24 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             del os.environ["INFER_CACHE_DIR"]
         else:
             os.environ["INFER_CACHE_DIR"] = old
+
+
+def pip_download(requirement: str, into: Path) -> Path:
+    """Return the wheel of requirement, downloaded with pip (no dependencies) into into."""
+    into.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "-q",
+        "-d",
+        str(into),
+        requirement,
+    ]
+    subprocess.run(command, check=True, capture_output=True)
+    return next(into.glob("*.whl"))
 
 
 @pytest.fixture(scope="session")

@@ -64,7 +64,7 @@ class ArtifactManifest:
     params: list[str]
     segments: list[dict[str, Any]] = field(default_factory=list)
     node_count: int = 0  # nodes after legalization, constants not counted
-    shape_overrides: dict[str, list[int]] = field(default_factory=dict)
+    shape_overrides: dict[str, list[int | str]] = field(default_factory=dict)
     model_source: str = ""
     frontend: dict[str, Any] | None = None  # framework, version, exporter, opset
     files: dict[str, str] = field(default_factory=dict)
@@ -135,7 +135,8 @@ class ArtifactManifest:
                 segments=[_segment(s) for s in data.get("segments", [])],
                 node_count=int(data.get("nodes", 0)),
                 shape_overrides={
-                    str(k): [int(d) for d in v] for k, v in data["shape_overrides"].items()
+                    str(k): [d if isinstance(d, str) else int(d) for d in v]
+                    for k, v in data["shape_overrides"].items()
                 },
                 files=dict(files),
                 parity=data.get("parity"),

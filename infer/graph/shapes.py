@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,10 +19,27 @@ __all__ = [
     "graph_inputs",
     "graph_outputs",
     "inferred_types",
+    "override_dims",
     "parse_shape_option",
 ]
 
-ShapeOverrides = Mapping[str, Sequence[int]]
+ShapeOverrides = Mapping[str, Sequence[Dim]]
+
+# A named dim in an override stays symbolic under that name (x=1,3,48,width).
+_DIM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def override_dims(dims: Sequence[Any], what: str) -> tuple[Dim, ...]:
+    """Return an override's dims as ints and names; ModelError for anything else."""
+    out: list[Dim] = []
+    for d in dims:
+        if isinstance(d, str) and _DIM_NAME.fullmatch(d):
+            out.append(d)
+        elif isinstance(d, (int, np.integer)) and not isinstance(d, bool):
+            out.append(int(d))
+        else:
+            raise ModelError(f"{what}: a dim is an integer or a name, got {d!r}")
+    return tuple(out)
 
 
 def _dtype_name(elem_type: int, what: str) -> str:
@@ -65,16 +84,20 @@ def graph_outputs(graph: onnx.GraphProto) -> list[TensorSpec]:
     return [_spec(v, "output") for v in graph.output]
 
 
-def parse_shape_option(text: str) -> tuple[str, tuple[int, ...]]:
-    """Return (name, dims) parsed from 'name=d0,d1,...' as given to --shape."""
+def parse_shape_option(text: str) -> tuple[str, tuple[Dim, ...]]:
+    """Return (name, dims) parsed from 'name=d0,d1,...' as given to --shape (a dim given as a
+    name stays symbolic)."""
     name, sep, dims_text = text.rpartition("=")
     if not sep or not name:
         raise ModelError(f"--shape {text!r}: expected NAME=d0,d1,... (e.g. x=1,3,224,224)")
+    tokens = [d.strip() for d in dims_text.split(",")] if dims_text.strip() else []
     try:
-        dims = tuple(int(d) for d in dims_text.split(",")) if dims_text.strip() else ()
-    except ValueError:
-        raise ModelError(f"--shape {text!r}: dims must be integers, got {dims_text!r}") from None
-    return name, dims
+        dims = [int(d) if d.lstrip("-").isdigit() else d for d in tokens]
+        return name, override_dims(dims, f"--shape {text!r}")
+    except ModelError:
+        raise ModelError(
+            f"--shape {text!r}: dims must be integers or names, got {dims_text!r}"
+        ) from None
 
 
 def apply_shape_overrides(model: onnx.ModelProto, overrides: ShapeOverrides) -> onnx.ModelProto:
@@ -94,7 +117,8 @@ def apply_shape_overrides(model: onnx.ModelProto, overrides: ShapeOverrides) -> 
             raise ModelError(
                 f"shape override for unknown input {name!r}; the model's inputs are: {valid}"
             )
-        bad = [d for d in dims if int(d) < 1]
+        dims = override_dims(dims, f"shape override for input {name!r}")
+        bad = [d for d in dims if isinstance(d, int) and d < 1]
         if bad:
             raise ModelError(
                 f"shape override for input {name!r}: dims must be >= 1, got {list(dims)}"
@@ -112,7 +136,7 @@ def apply_shape_overrides(model: onnx.ModelProto, overrides: ShapeOverrides) -> 
                 if dim.HasField("dim_value") and dim.dim_value > 0 and dim.dim_value != new:
                     raise ModelError(
                         f"shape override for input {name!r}: dim {i} is fixed at {dim.dim_value} "
-                        f"in the model, got {new}"
+                        f"in the model, got {new!r}"
                     )
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -121,7 +145,10 @@ def apply_shape_overrides(model: onnx.ModelProto, overrides: ShapeOverrides) -> 
             shape = value.type.tensor_type.shape
             shape.ClearField("dim")
             for d in overrides[value.name]:
-                shape.dim.add().dim_value = int(d)
+                if isinstance(d, str):
+                    shape.dim.add().dim_param = d
+                else:
+                    shape.dim.add().dim_value = int(d)
         elif value.name in by_name and value.type.tensor_type.HasField("shape"):
             for i, dim in enumerate(value.type.tensor_type.shape.dim):
                 if _anonymous(dim):

@@ -22,9 +22,13 @@ from infer.optimize.relax_main import op_name, replace_main, weight_params
 
 __all__ = ["MIN_OFFLOAD_MACS", "MIN_PARALLEL_MACS", "offload_to_onednn"]
 
-# Symbolic dims count as 1 here, so a dynamic batch does not hide a heavy operator. Silero VAD's
-# 1-d convolutions and LSTM matmuls (12-264 K multiply-adds) took 8-50x longer in TVM.
+# Silero VAD's 1-d convolutions and LSTM matmuls (12-264 K multiply-adds) took 8-50x longer in
+# TVM than in oneDNN.
 MIN_OFFLOAD_MACS = 1 << 12
+# A symbolic dim counts as this much in the two thresholds: a batch or a sequence is rarely 1,
+# and a detector with symbolic height and width (PP-OCR's) ran 6x slower when its convolutions
+# counted as one pixel (kept in TVM, single-threaded): 5.2 s vs 0.83 s at 736x1472.
+SYMBOLIC_DIM_SIZE = 64
 # Smaller operators run on one of oneDNN's threads: waking the others costs more than they save.
 MIN_PARALLEL_MACS = 1 << 18
 
@@ -42,10 +46,11 @@ _ACTIVATIONS = {
 
 
 def _static(shape: Any) -> list[int] | None:
-    """Return a shape's dims as ints (symbolic ones as 1), or None without a known rank."""
+    """Return a shape's dims as ints (symbolic ones as SYMBOLIC_DIM_SIZE), or None without a
+    known rank."""
     if not isinstance(shape, relax.ShapeExpr):
         return None
-    return [int(d) if isinstance(d, tirx.IntImm) else 1 for d in shape.values]
+    return [int(d) if isinstance(d, tirx.IntImm) else SYMBOLIC_DIM_SIZE for d in shape.values]
 
 
 def _tensor(expr: Any) -> tuple[list[int], str] | None:
@@ -117,7 +122,9 @@ def _matmul(call: Any, weights: set[Any]) -> tuple[dict[str, Any], int] | None:
     macs = math.prod(_tensor(call)[0]) * a_dims[-1]  # type: ignore[index]
     if macs < MIN_OFFLOAD_MACS:
         return None
-    return {"weights": on_weights, "single_thread": macs < MIN_PARALLEL_MACS}, b_dims[-1]
+    columns = b.ty.shape.values[-1]  # a symbolic count never matches a bias
+    channels = int(columns) if isinstance(columns, tirx.IntImm) else -1
+    return {"weights": on_weights, "single_thread": macs < MIN_PARALLEL_MACS}, channels
 
 
 def _bias_of(add: Any, produced: Any, weights: set[Any], channels: int, axis_last: bool) -> Any:

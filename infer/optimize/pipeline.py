@@ -15,7 +15,7 @@ __all__ = ["PIPELINES", "Pipeline", "lowering_pipeline", "pipeline_for", "run_pi
 # Kept in step with infer.optimize.cpu_schedule.SCHEDULE_REVISION (which imports TVM).
 SCHEDULE_REVISION = 6
 # Bumped when infer.optimize.offload changes what it hands to the library (part of cache keys).
-OFFLOAD_REVISION = 3
+OFFLOAD_REVISION = 4
 
 
 @dataclass(frozen=True)

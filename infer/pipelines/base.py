@@ -10,9 +10,16 @@ from typing import Any, ClassVar
 
 from infer.artifact.manifest import ArtifactManifest, sha256_file
 from infer.errors import PipelineError
+from infer.progress import Progress
 from infer.runtime.session import Session
 
-__all__ = ["PIPELINE_FILE", "Pipeline", "read_pipeline_config", "write_pipeline_config"]
+__all__ = [
+    "PIPELINE_FILE",
+    "Pipeline",
+    "read_pipeline_config",
+    "write_json_atomic",
+    "write_pipeline_config",
+]
 
 PIPELINE_FILE = "pipeline.json"
 PIPELINE_FORMAT = 1
@@ -28,6 +35,8 @@ class Pipeline:
     task: ClassVar[str]
     default_model: ClassVar[str]
     description: ClassVar[str]
+    # The recipes the task's default runs, when more than default_model.
+    component_models: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, session: Session, config: Mapping[str, Any]) -> None:
         self.session = session
@@ -39,12 +48,86 @@ class Pipeline:
         )
 
     @classmethod
+    def open(
+        cls,
+        model: Any,
+        *,
+        config: dict[str, Any] | None,
+        threads: int | None,
+        progress: Progress | None,
+        compile_options: Mapping[str, Any],
+    ) -> Pipeline:
+        """Return the pipeline on model: an artifact (its pipeline.json gives the config), a
+        recipe name or an .onnx file (compiled into the cache on first use); None for the
+        task's default. config overrides what the artifact or recipe says."""
+        import infer
+        from infer.sources import resolve_model
+
+        ref = resolve_model(model if model is not None else cls.default_model, progress)
+        if ref.kind == "artifact":
+            path = Path(ref.model)  # type: ignore[arg-type]
+            session = Session(path, threads=threads)  # verifies every file, pipeline.json too
+            stored = read_pipeline_config(path)
+            if config is None and stored is not None and stored["task"] != cls.task:
+                raise PipelineError(f"{path}: built for task {stored['task']!r}, not {cls.task!r}")
+            return cls(session, cls.make_config(ref.recipe, config or stored))
+        artifact = infer.compile(ref.model, threads=threads, progress=progress, **compile_options)
+        return cls(artifact.load(threads=threads), cls.make_config(ref.recipe, config))
+
+    @classmethod
+    def build(
+        cls,
+        output: Path,
+        model: Any,
+        *,
+        config: dict[str, Any] | None,
+        threads: int | None,
+        progress: Progress | None,
+        compile_options: Mapping[str, Any],
+    ) -> Path:
+        """Compile model (None: the task's default) into the artifact directory output, with
+        the pipeline.json that `infer.pipeline(task, model=output)` reads; return output."""
+        import infer
+        from infer.sources import resolve_model
+
+        ref = resolve_model(model if model is not None else cls.default_model, progress)
+        task_config = cls.make_config(ref.recipe if config is None else None, config)
+        artifact = infer.compile(
+            ref.model, output=output, threads=threads, progress=progress, **compile_options
+        )
+        write_pipeline_config(artifact.path, task_config)
+        return artifact.path
+
+    @classmethod
+    def make_config(cls, recipe: Any, config: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Return the task's config: the one given, else what the model's recipe implies."""
+        if config is not None:
+            if config.get("task", cls.task) != cls.task:
+                raise PipelineError(f"the config is for task {config['task']!r}, not {cls.task!r}")
+            return {**config, "task": cls.task}
+        if recipe is None:
+            raise PipelineError(
+                f"{cls.task}: this model has no recipe and no pipeline.json; give its pre/post-"
+                "processing config (config= in Python, --config FILE.json on the command line)"
+            )
+        return cls.config_from_recipe(recipe)
+
+    @classmethod
     def config_from_recipe(cls, recipe: Any) -> dict[str, Any]:
         """Return the pipeline config that a model recipe implies (PipelineError if it has none)."""
         raise NotImplementedError
 
     def __call__(self, inputs: Any, **options: Any) -> Any:
         raise NotImplementedError
+
+
+def write_json_atomic(path: Path, config: Mapping[str, Any]) -> None:
+    """Write config as a pipeline.json at path (with its format), replacing it in one step."""
+    staged = path.with_name(path.name + ".tmp")
+    staged.write_text(
+        json.dumps({"format": PIPELINE_FORMAT, **config}, indent=2) + "\n", encoding="utf-8"
+    )
+    os.replace(staged, path)
 
 
 def read_pipeline_config(artifact: Path) -> dict[str, Any] | None:
@@ -74,10 +157,6 @@ def write_pipeline_config(artifact: Path, config: Mapping[str, Any]) -> None:
     manifest = ArtifactManifest.read(artifact)
     manifest.files.pop(PIPELINE_FILE, None)
     manifest.verify_files(artifact)
-    staged = artifact / (PIPELINE_FILE + ".tmp")
-    staged.write_text(
-        json.dumps({"format": PIPELINE_FORMAT, **config}, indent=2) + "\n", encoding="utf-8"
-    )
-    os.replace(staged, artifact / PIPELINE_FILE)
+    write_json_atomic(artifact / PIPELINE_FILE, config)
     manifest.files[PIPELINE_FILE] = sha256_file(artifact / PIPELINE_FILE)
     manifest.write(artifact)

@@ -76,7 +76,7 @@ def test_parse_shape_option(text: str, expected: tuple[str, tuple[int, ...]]) ->
     assert parse_shape_option(text) == expected
 
 
-@pytest.mark.parametrize("text", ["x", "=1,2", "x=1,a"])
+@pytest.mark.parametrize("text", ["x", "=1,2", "x=1,a-b", "x=1,2.5"])
 def test_parse_shape_option_errors(text: str) -> None:
     with pytest.raises(ModelError, match=r"--shape"):
         parse_shape_option(text)

