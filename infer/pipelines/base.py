@@ -37,6 +37,8 @@ class Pipeline:
     description: ClassVar[str]
     # The recipes the task's default runs, when more than default_model.
     component_models: ClassVar[tuple[str, ...]] = ()
+    # What `infer run --task` passes: "file" paths, or the "text" itself.
+    input_kind: ClassVar[str] = "file"
 
     def __init__(self, session: Session, config: Mapping[str, Any]) -> None:
         self.session = session

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from infer.pipelines import write_pipeline_config
 from infer.processors.image import image_to_tensor
 from infer.registry import fetch_packaged, get_recipe
 from tests import onnx_models
-from tests.conftest import pip_download, save, session_cache
+from tests.conftest import pip_download, save, session_cache, wheel_files
 
 SKIMAGE = "scikit-image==0.25.2"
 PHOTOS = {  # path in the wheel: sha256
@@ -37,14 +35,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Real photos: three from scikit-image's sample data (pip), one from matplotlib's."""
     import matplotlib.cbook
 
-    root = tmp_path_factory.mktemp("photos")
-    wheel = zipfile.ZipFile(pip_download(SKIMAGE, root / "wheel"))
-    paths = []
-    for path, sha in PHOTOS.items():
-        data = wheel.read(path)
-        assert hashlib.sha256(data).hexdigest() == sha, path
-        paths.append(root / Path(path).name)
-        paths[-1].write_bytes(data)
+    paths = wheel_files(SKIMAGE, PHOTOS, tmp_path_factory.mktemp("photos"))
     paths.append(Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
     return paths
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ import infer
 from infer.cli import cli
 from infer.errors import PipelineError
 from infer.pipelines.ocr import OcrPipeline
-from tests.conftest import pip_download, session_cache
+from tests.conftest import session_cache, wheel_files
 
 SKIMAGE = "scikit-image==0.25.2"
 PAGES = {  # path in the wheel: sha256
@@ -43,13 +41,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     from PIL import Image, ImageDraw, ImageFont
 
     root = tmp_path_factory.mktemp("pages")
-    wheel = zipfile.ZipFile(pip_download(SKIMAGE, root / "wheel"))
-    paths = []
-    for path in PAGES:
-        data = wheel.read(path)
-        assert hashlib.sha256(data).hexdigest() == PAGES[path], path
-        paths.append(root / Path(path).name)
-        paths[-1].write_bytes(data)
+    paths = wheel_files(SKIMAGE, PAGES, root)
     page = Image.new("RGB", (900, 320), "white")
     draw = ImageDraw.Draw(page)
     font = ImageFont.load_default(size=44)

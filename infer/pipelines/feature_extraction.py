@@ -1,0 +1,133 @@
+"""feature-extraction: sentence embeddings from a BERT-family encoder (sentence-transformers style).
+
+Texts are tokenized by `tokenizers` from the model's tokenizer.json (kept in the config, so an
+artifact's pipeline.json carries it, hashed with it), truncated at max_length tokens (said in
+the result's `truncated` attribute and a warning, never silently), padded to the longest text
+of each batch, run on the compiled encoder with symbolic batch and sequence dims, then pooled
+over the attention mask (mean, or the [CLS] vector) and L2-normalised as the model card says.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from infer.errors import InferWarning, PipelineError
+from infer.pipelines.base import Pipeline
+from infer.processors.text import TextEncoder
+from infer.runtime.session import Session
+
+__all__ = ["FeatureExtractionPipeline"]
+
+DEFAULT_BATCH_SIZE = 32
+POOLING = ("mean", "cls")
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class FeatureExtractionPipeline(Pipeline):
+    """Sentence embeddings: numpy float32 [hidden] for one text, [n, hidden] for a list.
+
+    Config: tokenizer (tokenizer.json's text), max_length, pooling (mean or cls), normalize.
+    """
+
+    task = "feature-extraction"
+    default_model = "all-minilm-l6-v2"
+    description = "sentence embeddings (mean-pooled, L2-normalised)"
+    input_kind = "text"
+
+    def __init__(self, session: Session, config: Mapping[str, Any]) -> None:
+        super().__init__(session, config)
+        try:
+            self.encoder = TextEncoder(str(config["tokenizer"]), int(config["max_length"]))
+            self.pooling = str(config.get("pooling", "mean"))
+            self.normalize = bool(config.get("normalize", True))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PipelineError(f"{self.task}: config: missing or malformed {exc}") from None
+        if self.pooling not in POOLING:
+            raise PipelineError(f"{self.task}: pooling {self.pooling!r}: expected one of {POOLING}")
+        self.input_names = [s.name for s in session.get_inputs()]
+        self.encoder([""]).feeds(self.input_names)  # PipelineError for an input it cannot feed
+        vocab = self._vocabulary_rows()
+        if vocab is not None and self.encoder.vocab_size > vocab:
+            raise PipelineError(
+                f"{self.task}: the tokenizer has {self.encoder.vocab_size} tokens, the model's "
+                f"embedding table {vocab} rows: they do not belong together"
+            )
+        self.truncated: list[int] = []
+
+    def _vocabulary_rows(self) -> int | None:
+        """Return the word-embedding table's row count, when the compiled model says it."""
+        declared = self.config.get("vocab_size")
+        return int(declared) if declared is not None else None
+
+    @classmethod
+    def config_from_recipe(cls, recipe: Any) -> dict[str, Any]:
+        from infer.registry import pulled_file
+
+        if TOKENIZER_FILE not in recipe.files:
+            raise PipelineError(f"{cls.task}: model {recipe.name!r} ships no {TOKENIZER_FILE}")
+        text = pulled_file(recipe, TOKENIZER_FILE).read_text(encoding="utf-8")
+        settings = recipe.text_input
+        config = {
+            "task": cls.task,
+            "tokenizer": text,
+            "max_length": int(settings.get("max_length", 512)),
+            "pooling": str(settings.get("pooling", "mean")),
+            "normalize": bool(settings.get("normalize", True)),
+        }
+        if "config.json" in recipe.files:
+            import json
+
+            model_config = json.loads(pulled_file(recipe, "config.json").read_text("utf-8"))
+            config["vocab_size"] = int(model_config["vocab_size"])
+        return config
+
+    def __call__(  # type: ignore[override]  # each task takes its own options
+        self, texts: Any, batch_size: int = DEFAULT_BATCH_SIZE, truncate: bool = True
+    ) -> np.ndarray:
+        """Return the embedding of one text ([hidden]) or of a list of texts ([n, hidden])."""
+        if batch_size < 1:
+            raise PipelineError(f"batch_size must be >= 1, got {batch_size}")
+        single = isinstance(texts, str)
+        items: Sequence[Any] = [texts] if single else list(texts)
+        bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
+        if bad:
+            raise PipelineError(
+                f"text item {bad[0]} is a {type(items[bad[0]]).__name__}, expected a string"
+            )
+        # Similar lengths batched together pad less; results go back in the given order.
+        lengths = [len(t) for t in items]
+        order = np.argsort(lengths, kind="stable")
+        rows: list[np.ndarray] = [np.empty(0, np.float32)] * len(items)
+        self.truncated = []
+        for start in range(0, len(items), batch_size):
+            chosen = order[start : start + batch_size]
+            encoded = self.encoder([items[i] for i in chosen], truncate=truncate)
+            self.truncated += [int(chosen[i]) for i in encoded.truncated]
+            hidden = self.session.run(None, encoded.feeds(self.input_names))[0]
+            for i, vector in zip(chosen, self._pool(hidden, encoded.attention_mask), strict=True):
+                rows[int(i)] = vector
+        if self.truncated:
+            warnings.warn(
+                f"{self.task}: {len(self.truncated)} text(s) cut at {self.encoder.max_length} "
+                f"tokens (items {sorted(self.truncated)[:5]})",
+                InferWarning,
+                stacklevel=2,
+            )
+        if not items:
+            return np.zeros((0, 0), np.float32)
+        out = np.stack(rows)
+        return out[0] if single else out
+
+    def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self.pooling == "cls":
+            pooled = hidden[:, 0].astype(np.float64)
+        else:
+            weights = mask[..., None].astype(np.float64)
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        if self.normalize:
+            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return pooled.astype(np.float32)
