@@ -310,7 +310,10 @@ def _output_table(title: str, names: Sequence[str], arrays: Sequence[np.ndarray]
     help="With --task: the pipeline's config as JSON (for a model without recipe or pipeline.json).",
 )
 @click.option(
-    "--top-k", type=click.IntRange(min=1), default=None, help="With --task image-classification."
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --task image-classification or text-classification.",
 )
 @click.option(
     "--inputs",
@@ -678,18 +681,28 @@ def _run_task(
     if type(pipe).input_kind == "text":
         if sample or not files:
             raise InputError(f"--task {task}: give the texts as arguments (no --sample)")
-        vectors = pipe(files)
+        outputs = pipe(files, **({"top_k": top_k} if top_k else {}))
         if as_json:
+            key = "embedding" if isinstance(outputs, np.ndarray) else "result"
             rows = [
-                {"input": t, "embedding": v.tolist()} for t, v in zip(files, vectors, strict=True)
+                {"input": t, key: r.tolist() if isinstance(r, np.ndarray) else r}
+                for t, r in zip(files, outputs, strict=True)
             ]
-            click.echo(json.dumps(rows))
+            click.echo(json.dumps(rows, indent=None if key == "embedding" else 2))
             return
-        for text, vector in zip(files, vectors, strict=True):
-            head = ", ".join(f"{v:.4f}" for v in vector[:4])
-            click.echo(
-                f"{text!r}: {vector.shape[0]} dims, norm {np.linalg.norm(vector):.4f}, [{head}, ...]"
-            )
+        for text, result in zip(files, outputs, strict=True):
+            if isinstance(result, np.ndarray):
+                head = ", ".join(f"{v:.4f}" for v in result[:4])
+                norm = np.linalg.norm(result)
+                click.echo(f"{text!r}: {result.shape[0]} dims, norm {norm:.4f}, [{head}, ...]")
+                continue
+            click.echo(repr(text))
+            for item in result:
+                what = item.get("label") or item.get("entity_group") or item.get("entity")
+                span = (
+                    f"  [{item['start']}:{item['end']}] {item['word']!r}" if "start" in item else ""
+                )
+                click.echo(f"  {item['score']:.4f}  {what}{span}")
         return
     if sample:
         recipe = get_recipe(model or type(pipe).default_model)
@@ -764,11 +777,12 @@ def pipelines_command() -> None:
     for column in ("task", "default model", "licence", "does"):
         table.add_column(column, no_wrap=column != "does")
     for name, cls in sorted(TASKS.items()):
+        if not cls.default_model:
+            table.add_row(name, "(yours: --model)", "", cls.description)
+            continue
         recipes = [get_recipe(m) for m in cls.component_models or (cls.default_model,)]
-        licences = sorted({r.license for r in recipes})
-        table.add_row(
-            name, " + ".join(r.name for r in recipes), ", ".join(licences), cls.description
-        )
+        licences = ", ".join(sorted({r.license for r in recipes}))
+        table.add_row(name, " + ".join(r.name for r in recipes), licences, cls.description)
     _console().print(table)
 
 

@@ -59,10 +59,12 @@ def export(weights: Path, code: Path | None) -> onnx.ModelProto:
             )
             return out.last_hidden_state
 
-    ids = torch.ones(2, 16, dtype=torch.int64)
+    from infer.pipelines.text import example_inputs
+
+    example = example_inputs(torch)
     converted = convert(
         Encoder(),
-        example_inputs=(ids, torch.ones_like(ids), torch.zeros_like(ids)),
+        example_inputs=tuple(example[n] for n in INPUT_NAMES),
         dynamic_axes={name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES},
         input_names=list(INPUT_NAMES),
         output_names=[OUTPUT_NAME],

@@ -14,6 +14,8 @@ from infer.pipelines.base import (
 from infer.pipelines.feature_extraction import FeatureExtractionPipeline
 from infer.pipelines.image_classification import ImageClassificationPipeline
 from infer.pipelines.ocr import OcrPipeline
+from infer.pipelines.text_classification import TextClassificationPipeline
+from infer.pipelines.token_classification import TokenClassificationPipeline
 from infer.progress import Progress
 
 __all__ = [
@@ -27,7 +29,14 @@ __all__ = [
 ]
 
 TASKS: dict[str, type[Pipeline]] = {
-    cls.task: cls for cls in (ImageClassificationPipeline, OcrPipeline, FeatureExtractionPipeline)
+    cls.task: cls
+    for cls in (
+        ImageClassificationPipeline,
+        OcrPipeline,
+        FeatureExtractionPipeline,
+        TextClassificationPipeline,
+        TokenClassificationPipeline,
+    )
 }
 
 

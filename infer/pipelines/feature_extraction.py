@@ -10,24 +10,22 @@ over the attention mask (mean, or the [CLS] vector) and L2-normalised as the mod
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from infer.errors import InferWarning, PipelineError
-from infer.pipelines.base import Pipeline
-from infer.processors.text import TextEncoder
+from infer.pipelines.text import TOKENIZER_FILE, TextPipeline
 from infer.runtime.session import Session
 
 __all__ = ["FeatureExtractionPipeline"]
 
 DEFAULT_BATCH_SIZE = 32
 POOLING = ("mean", "cls")
-TOKENIZER_FILE = "tokenizer.json"
 
 
-class FeatureExtractionPipeline(Pipeline):
+class FeatureExtractionPipeline(TextPipeline):
     """Sentence embeddings: numpy float32 [hidden] for one text, [n, hidden] for a list.
 
     Config: tokenizer (tokenizer.json's text), max_length, pooling (mean or cls), normalize.
@@ -36,32 +34,18 @@ class FeatureExtractionPipeline(Pipeline):
     task = "feature-extraction"
     default_model = "all-minilm-l6-v2"
     description = "sentence embeddings (mean-pooled, L2-normalised)"
-    input_kind = "text"
 
     def __init__(self, session: Session, config: Mapping[str, Any]) -> None:
         super().__init__(session, config)
-        try:
-            self.encoder = TextEncoder(str(config["tokenizer"]), int(config["max_length"]))
-            self.pooling = str(config.get("pooling", "mean"))
-            self.normalize = bool(config.get("normalize", True))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PipelineError(f"{self.task}: config: missing or malformed {exc}") from None
+        self.pooling = str(config.get("pooling", "mean"))
+        self.normalize = bool(config.get("normalize", True))
         if self.pooling not in POOLING:
             raise PipelineError(f"{self.task}: pooling {self.pooling!r}: expected one of {POOLING}")
-        self.input_names = [s.name for s in session.get_inputs()]
-        self.encoder([""]).feeds(self.input_names)  # PipelineError for an input it cannot feed
-        vocab = self._vocabulary_rows()
-        if vocab is not None and self.encoder.vocab_size > vocab:
-            raise PipelineError(
-                f"{self.task}: the tokenizer has {self.encoder.vocab_size} tokens, the model's "
-                f"embedding table {vocab} rows: they do not belong together"
-            )
         self.truncated: list[int] = []
 
-    def _vocabulary_rows(self) -> int | None:
-        """Return the word-embedding table's row count, when the compiled model says it."""
-        declared = self.config.get("vocab_size")
-        return int(declared) if declared is not None else None
+    @classmethod
+    def from_model_config(cls, model_config: Mapping[str, Any], tokenizer: str) -> dict[str, Any]:
+        return {**super().from_model_config(model_config, tokenizer), "pooling": "mean"}
 
     @classmethod
     def config_from_recipe(cls, recipe: Any) -> dict[str, Any]:
@@ -91,13 +75,7 @@ class FeatureExtractionPipeline(Pipeline):
         """Return the embedding of one text ([hidden]) or of a list of texts ([n, hidden])."""
         if batch_size < 1:
             raise PipelineError(f"batch_size must be >= 1, got {batch_size}")
-        single = isinstance(texts, str)
-        items: Sequence[Any] = [texts] if single else list(texts)
-        bad = [i for i, t in enumerate(items) if not isinstance(t, str)]
-        if bad:
-            raise PipelineError(
-                f"text item {bad[0]} is a {type(items[bad[0]]).__name__}, expected a string"
-            )
+        single, items = self.texts(texts)
         # Similar lengths batched together pad less; results go back in the given order.
         lengths = [len(t) for t in items]
         order = np.argsort(lengths, kind="stable")

@@ -10,7 +10,10 @@ import numpy as np
 
 from infer.errors import PipelineError
 
-__all__ = ["Encoded", "TextEncoder"]
+__all__ = ["INPUT_NAMES", "Encoded", "TextEncoder"]
+
+# The inputs a BERT-family encoder takes, in transformers' order.
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class Encoded:
     attention_mask: np.ndarray
     token_type_ids: np.ndarray
     truncated: list[int]
+    encodings: list[Any]  # tokenizers' Encoding per text: tokens, offsets, special tokens
 
     def feeds(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Return the arrays for the model inputs named (input_ids, attention_mask, token_type_ids)."""
@@ -56,6 +60,21 @@ class TextEncoder:
         pad = self.tokenizer.token_to_id("[PAD]")
         self.pad_id = 0 if pad is None else int(pad)
 
+    def decode_tokens(self, tokens: Sequence[str]) -> str:
+        """Return tokens joined as text by the tokenizer's decoder (WordPiece: '##' merged)."""
+        decoder = self.tokenizer.decoder
+        return str(decoder.decode(list(tokens))) if decoder is not None else " ".join(tokens)
+
+    @property
+    def continuing_subword_prefix(self) -> str | None:
+        """Return the model's prefix of word-continuing tokens ('##'), None without one."""
+        return getattr(self.tokenizer.model, "continuing_subword_prefix", None)
+
+    @property
+    def unk_id(self) -> int | None:
+        token = getattr(self.tokenizer.model, "unk_token", None)
+        return None if token is None else self.tokenizer.token_to_id(token)
+
     @property
     def vocab_size(self) -> int:
         return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
@@ -85,4 +104,4 @@ class TextEncoder:
             ids[row, :n] = e.ids
             mask[row, :n] = e.attention_mask
             types[row, :n] = e.type_ids
-        return Encoded(ids, mask, types, truncated)
+        return Encoded(ids, mask, types, truncated, encodings)
