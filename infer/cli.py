@@ -508,7 +508,7 @@ def _int_list(option: str, value: str) -> list[int]:
 
 
 @cli.command("bench")
-@click.argument("models", nargs=-1, required=True)
+@click.argument("models", nargs=-1)
 @click.option("--threads", "threads_list", default="1,2", show_default=True, help="Thread counts.")
 @click.option("--batch", "batch_list", default="1", show_default=True, help="Batch sizes.")
 @click.option("--repeat", type=click.IntRange(min=1), default=BENCH_REPEAT, show_default=True)
@@ -564,6 +564,8 @@ def bench_command(
             task, task_model, models, _int_list("--threads", threads_list), repeat, warmup, as_json
         )
         return
+    if not models:
+        raise InputError("give MODELS to time (or --task TASK)")
     import infer
     from infer.artifact.manifest import ArtifactManifest
     from infer.bench import (
@@ -732,37 +734,55 @@ def _bench_task(
 ) -> None:  # fmt: skip
     from rich.table import Table
 
-    from infer.bench import bench_task
+    from infer.bench import TASK_RUNTIMES, bench_task
 
-    missing = [f for f in files if not Path(f).is_file()]
-    if missing:
-        raise InputError(f"bench --task {task}: no such file(s): {', '.join(missing)}")
+    if task not in TASK_RUNTIMES:
+        raise InputError(f"bench --task {task!r}: tasks with a reference: {sorted(TASK_RUNTIMES)}")
+    if task == "ocr":
+        missing = [f for f in files if not Path(f).is_file()]
+        if missing or not files:
+            raise InputError(f"bench --task ocr: give image files (missing: {', '.join(missing)})")
+    elif files:
+        raise InputError(f"bench --task {task}: takes no files (it times generated sentences)")
     progress = _progress()
     results = []
     for threads in thread_counts:
-        with progress.stage(f"{task}, threads {threads}: each pipeline in its own process"):
-            results.append(
-                bench_task(task, files, threads, model=model, repeat=repeat, warmup=warmup)
-            )
+        with progress.stage(f"{task}, threads {threads}: each runtime in its own process"):
+            results += bench_task(task, files, threads, model=model, repeat=repeat, warmup=warmup)
     if as_json:
-        click.echo(json.dumps([[r.to_json() for r in pair] for pair in results], indent=2))
+        click.echo(json.dumps([r.to_json() for r in results], indent=2))
         return
+    runtimes = TASK_RUNTIMES[task]
+    cells: dict[tuple[int, str], dict[str, Any]] = {}
+    for r in results:
+        cells.setdefault((r.threads, r.label), {})[r.runtime] = r
     out = Table(
-        caption=f"ms per pass over {len(files)} file(s): median (p90) of {repeat} passes after "
-        f"{max(warmup, 1)} warm-up; each pipeline in its own process; stages are medians"
+        caption=f"ms: median (p90) of at least {repeat} runs after {max(warmup, 1)} warm-up; "
+        "each runtime in its own process; ratio = infer / other (below 1: infer faster)"
     )
-    for column in ("threads", "runtime", "end to end ms", "stages ms", "lines", "ratio"):
-        out.add_column(column, justify="left" if column in ("runtime", "stages ms") else "right")
-    for ours, theirs in results:
-        ratio = ours.median_ms / theirs.median_ms
-        for r in (ours, theirs):
+    for column in (
+        "threads",
+        "inputs",
+        *(f"{n} ms" for n in runtimes),
+        *(f"vs {n}" for n in runtimes[1:]),
+    ):
+        out.add_column(column, justify="left" if column == "inputs" else "right")
+    for (threads, label), by_runtime in cells.items():
+        ours = by_runtime["infer"].median_ms
+        ratios = [ours / by_runtime[n].median_ms for n in runtimes[1:]]
+        out.add_row(
+            str(threads), label,
+            *(f"{by_runtime[n].median_ms:.1f} ({by_runtime[n].p90_ms:.1f})" for n in runtimes),
+            *(f"[{'green' if v <= 1 else 'red'}]{v:.2f}x[/]" for v in ratios),
+        )  # fmt: skip
+    console = _console()
+    console.print(out)
+    if task == "ocr":
+        for r in results:
             stages = " ".join(f"{k} {v:.0f}" for k, v in r.stages_ms.items())
-            shown = f"[{'green' if ratio <= 1 else 'red'}]{ratio:.2f}x[/]" if r is ours else ""
-            out.add_row(
-                str(r.threads), r.runtime, f"{r.median_ms:.0f} ({r.p90_ms:.0f})", stages,
-                str(r.lines), shown,
-            )  # fmt: skip
-    _console().print(out)
+            console.print(
+                f"threads {r.threads} {r.runtime}: {stages} ms ({r.lines} lines)", markup=False
+            )
 
 
 @cli.command("pipelines")

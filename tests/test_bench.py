@@ -96,3 +96,15 @@ def test_cli_bench_rejects_bad_lists(mlp_artifact: Path) -> None:
     result = CliRunner().invoke(cli, ["bench", str(mlp_artifact), "--markdown", "/no/such/t.md"])
     assert result.exit_code == 2
     assert "--markdown /no/such/t.md: the directory /no/such does not exist" in result.output
+
+
+def test_cli_bench_task_checks_its_inputs_before_timing(tmp_path: Path) -> None:
+    for args, message in (
+        (["--task", "no-such"], "tasks with a reference: ['feature-extraction', 'ocr']"),
+        (["--task", "ocr"], "bench --task ocr: give image files"),
+        (["--task", "ocr", str(tmp_path / "none.png")], "none.png"),
+        (["--task", "feature-extraction", "x.txt"], "takes no files"),
+        ([], "give MODELS to time"),
+    ):
+        result = CliRunner().invoke(cli, ["bench", *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)

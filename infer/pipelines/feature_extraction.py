@@ -19,7 +19,7 @@ from infer.errors import InferWarning, PipelineError
 from infer.pipelines.text import TOKENIZER_FILE, TextPipeline
 from infer.runtime.session import Session
 
-__all__ = ["FeatureExtractionPipeline"]
+__all__ = ["FeatureExtractionPipeline", "pool"]
 
 DEFAULT_BATCH_SIZE = 32
 POOLING = ("mean", "cls")
@@ -86,7 +86,11 @@ class FeatureExtractionPipeline(TextPipeline):
             encoded = self.encoder([items[i] for i in chosen], truncate=truncate)
             self.truncated += [int(chosen[i]) for i in encoded.truncated]
             hidden = self.session.run(None, encoded.feeds(self.input_names))[0]
-            for i, vector in zip(chosen, self._pool(hidden, encoded.attention_mask), strict=True):
+            for i, vector in zip(
+                chosen,
+                pool(hidden, encoded.attention_mask, self.pooling, self.normalize),
+                strict=True,
+            ):
                 rows[int(i)] = vector
         if self.truncated:
             warnings.warn(
@@ -100,12 +104,15 @@ class FeatureExtractionPipeline(TextPipeline):
         out = np.stack(rows)
         return out[0] if single else out
 
-    def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        if self.pooling == "cls":
-            pooled = hidden[:, 0].astype(np.float64)
-        else:
-            weights = mask[..., None].astype(np.float64)
-            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        if self.normalize:
-            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-        return pooled.astype(np.float32)
+
+def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
+    """Return sentence vectors from hidden [batch, sequence, dim]: the mean over the attention
+    mask (or the [CLS] row), L2-normalised when normalize; float32."""
+    if pooling == "cls":
+        pooled = hidden[:, 0].astype(np.float64)
+    else:
+        weights = mask[..., None].astype(np.float64)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+    if normalize:
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    return pooled.astype(np.float32)
