@@ -21,7 +21,6 @@ one's manifest, and each artifact verifies its own files when loaded.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from infer.artifact.manifest import MANIFEST_FILE
+from infer.artifact.manifest import MANIFEST_FILE, sha256_file
 from infer.errors import PipelineError
 from infer.graph.spatial import to_blocks
 from infer.pipelines.base import PIPELINE_FILE, Pipeline, read_pipeline_config, write_json_atomic
@@ -100,10 +99,6 @@ def recogniser_characters(path: Path) -> list[str]:
     if CHARACTER_KEY not in meta:
         raise PipelineError(f"{path}: no {CHARACTER_KEY!r} metadata (the recogniser's characters)")
     return str(meta[CHARACTER_KEY]).splitlines()
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _fixed_key(size: Sequence[int]) -> str:
@@ -188,7 +183,7 @@ def _component(bundle: Path, entry: Any, what: str) -> Path:
     manifest = path / MANIFEST_FILE
     if not manifest.is_file():
         raise PipelineError(f"{bundle}: component {name}/ has no {MANIFEST_FILE}")
-    if _sha256(manifest) != entry.get("sha256"):
+    if sha256_file(manifest) != entry.get("sha256"):
         raise PipelineError(
             f"{bundle}: {name}/{MANIFEST_FILE} does not match the sha256 in {PIPELINE_FILE} "
             "(changed, or swapped from another bundle)"
@@ -327,7 +322,7 @@ class OcrPipeline(Pipeline):
                 name, shapes=shapes, check_dims=dims, output=output / key, threads=threads,
                 progress=progress, **options,
             )  # fmt: skip
-            components[key] = {"dir": key, "sha256": _sha256(output / key / MANIFEST_FILE)}
+            components[key] = {"dir": key, "sha256": sha256_file(output / key / MANIFEST_FILE)}
         # The config is checked against the models (the recogniser's classes) before it is written.
         cls(_Models({k: output / k for k in components}, threads), task_config)
         write_json_atomic(output / PIPELINE_FILE, {**task_config, "components": components})

@@ -161,6 +161,44 @@ class TextPipeline(Pipeline):
         return (TypedHead() if "token_type_ids" in names else Head()), example, options
 
     @classmethod
+    def _compile(
+        cls,
+        model: Any,
+        config: dict[str, Any] | None,
+        threads: int | None,
+        progress: Progress | None,
+        compile_options: Mapping[str, Any],
+        output: Path | None = None,
+    ) -> tuple[Any, dict[str, Any]] | None:
+        """Return (artifact, task config) for a transformers directory or an .onnx file with
+        its tokenizer beside it; None for what the base class opens (recipes, artifacts)."""
+        import infer
+
+        if model is None and not cls.default_model:
+            raise PipelineError(
+                f"{cls.task} has no default model: give one (a transformers directory, an .onnx "
+                "file with tokenizer.json beside it, or an artifact)"
+            )
+        path = Path(model) if model is not None else None
+        # Empty per-model options from the command line leave the export's own in place.
+        given = {k: v for k, v in compile_options.items() if v != {} and v is not None}
+        if path is not None and is_transformers_dir(path):
+            task_config = cls._folder_config(path, config)
+            module, example, options = cls._export(path)
+            artifact = infer.compile(
+                module, example_inputs=example, output=output, threads=threads,
+                progress=progress, **{**options, **given},
+            )  # fmt: skip
+            return artifact, task_config
+        if path is not None and path.suffix == ".onnx" and path.is_file():
+            task_config = cls._folder_config(path.parent, config)
+            artifact = infer.compile(
+                path, output=output, threads=threads, progress=progress, **given
+            )
+            return artifact, task_config
+        return None
+
+    @classmethod
     def open(
         cls,
         model: Any,
@@ -170,30 +208,14 @@ class TextPipeline(Pipeline):
         progress: Progress | None,
         compile_options: Mapping[str, Any],
     ) -> Pipeline:
-        import infer
-
-        if model is None and not cls.default_model:
-            raise PipelineError(
-                f"{cls.task} has no default model: give one (a transformers directory, an .onnx "
-                "file with tokenizer.json beside it, or an artifact)"
-            )
-        path = Path(model) if model is not None else None
-        if path is not None and is_transformers_dir(path):
-            task_config = cls._folder_config(path, config)
-            module, example, options = cls._export(path)
-            artifact = infer.compile(
-                module, example_inputs=example, threads=threads, progress=progress,
-                **{**options, **compile_options},
+        compiled = cls._compile(model, config, threads, progress, compile_options)
+        if compiled is None:
+            return super().open(
+                model, config=config, threads=threads, progress=progress,
+                compile_options=compile_options,
             )  # fmt: skip
-            return cls(artifact.load(threads=threads), task_config)
-        if path is not None and path.suffix == ".onnx" and path.is_file():
-            task_config = cls._folder_config(path.parent, config)
-            artifact = infer.compile(path, threads=threads, progress=progress, **compile_options)
-            return cls(artifact.load(threads=threads), task_config)
-        return super().open(
-            model, config=config, threads=threads, progress=progress,
-            compile_options=compile_options,
-        )  # fmt: skip
+        artifact, task_config = compiled
+        return cls(artifact.load(threads=threads), task_config)
 
     @classmethod
     def build(
@@ -206,29 +228,14 @@ class TextPipeline(Pipeline):
         progress: Progress | None,
         compile_options: Mapping[str, Any],
     ) -> Path:
-        import infer
-
-        if model is None and not cls.default_model:
-            raise PipelineError(f"{cls.task} has no default model: give one")
-        path = Path(model) if model is not None else None
-        if path is not None and is_transformers_dir(path):
-            task_config = cls._folder_config(path, config)
-            module, example, options = cls._export(path)
-            options = {**options, **{k: v for k, v in compile_options.items() if v}}
-            artifact = infer.compile(
-                module, example_inputs=example, output=output, threads=threads,
-                progress=progress, **options,
-            )  # fmt: skip
-        elif path is not None and path.suffix == ".onnx" and path.is_file():
-            task_config = cls._folder_config(path.parent, config)
-            artifact = infer.compile(
-                path, output=output, threads=threads, progress=progress, **compile_options
-            )
-        else:
+        compiled = cls._compile(model, config, threads, progress, compile_options, output)
+        if compiled is None:
             return super().build(
                 output, model, config=config, threads=threads, progress=progress,
                 compile_options=compile_options,
             )  # fmt: skip
+        artifact, task_config = compiled
         cls(artifact.load(threads=threads), task_config)  # PipelineError before it is written
         write_pipeline_config(artifact.path, task_config)
-        return artifact.path
+        path: Path = artifact.path
+        return path
