@@ -9,6 +9,7 @@ judged on a few milliseconds of a shared machine's time.
 
 from __future__ import annotations
 
+import functools
 import json
 import resource
 import subprocess
@@ -259,10 +260,10 @@ def _cell_json(cell: BenchCell) -> str:
     )
 
 
-def bench_cell(cell: BenchCell, runtime: str) -> RuntimeResult:
-    """Return one runtime's measurement of the cell, taken in a fresh worker process."""
-    command = [sys.executable, "-m", "infer.bench", runtime, _cell_json(cell)]
-    where = f"{cell.label} ({runtime}, threads {cell.threads}, batch {cell.batch})"
+def _run_worker(runtime: str, spec_json: str, where: str) -> Any:
+    """Return the JSON a fresh `python -m infer.bench RUNTIME SPEC` worker prints last;
+    InferError naming where (and the worker's last error line) when it fails or times out."""
+    command = [sys.executable, "-m", "infer.bench", runtime, spec_json]
     try:
         proc = subprocess.run(
             command, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, check=False
@@ -272,7 +273,13 @@ def bench_cell(cell: BenchCell, runtime: str) -> RuntimeResult:
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
         raise InferError(f"bench {where}: {lines[-1]}")
-    return RuntimeResult.from_json(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_cell(cell: BenchCell, runtime: str) -> RuntimeResult:
+    """Return one runtime's measurement of the cell, taken in a fresh worker process."""
+    where = f"{cell.label} ({runtime}, threads {cell.threads}, batch {cell.batch})"
+    return RuntimeResult.from_json(_run_worker(runtime, _cell_json(cell), where))
 
 
 def markdown_table(rows: Sequence[BenchRow]) -> str:
@@ -337,8 +344,8 @@ TASK_RUNTIMES = {
 }
 TEXT_TOKENS = (8, 32, 128, 256)  # sentence lengths timed by `bench --task feature-extraction`
 TEXT_BATCHES = (1, 32)
+TEXT_MAX_REPEAT = 200  # runs per cell fill MIN_SECONDS, up to this many
 _FILLER = "the quick brown fox jumps over a lazy dog".split()  # one WordPiece token each
-OCR_STAGES = ("pre", "det", "cls", "rec", "post")
 
 
 @dataclass(frozen=True)
@@ -368,12 +375,12 @@ def _ocr_worker(runtime: str, spec: Mapping[str, Any]) -> TaskBenchResult:
         pipe = infer.pipeline("ocr", spec.get("model"), threads=threads)
 
         def one_pass() -> tuple[dict[str, float], int]:
-            stages = dict.fromkeys(OCR_STAGES, 0.0)
+            stages: dict[str, float] = {}
             lines = 0
             for image in images:
                 lines += len(pipe(image))
                 for k, v in pipe.timings.items():  # type: ignore[attr-defined]
-                    stages[k] += v
+                    stages[k] = stages.get(k, 0.0) + v
             return stages, lines
 
     elif runtime == "rapidocr":
@@ -478,25 +485,21 @@ def _text_worker(runtime: str, spec: Mapping[str, Any]) -> list[TaskBenchResult]
             length = encoder(texts[:1]).input_ids.shape[1]
             if length != tokens:
                 raise InferError(f"bench: a {tokens}-token text came out as {length} tokens")
-            for _ in range(max(1, int(spec["warmup"]))):
+            warmup = max(1, int(spec["warmup"]))
+            started = time.perf_counter()
+            for _ in range(warmup):
                 embed(texts)
-            first = time.perf_counter()
-            embed(texts)
-            repeat = max(
-                int(spec["repeat"]), min(int(2.0 / max(time.perf_counter() - first, 1e-6)), 200)
-            )
-            times = []
-            for _ in range(repeat):
-                started = time.perf_counter()
-                embed(texts)
-                times.append((time.perf_counter() - started) * 1e3)
+            per_run = (time.perf_counter() - started) / warmup
+            # At least --repeat runs, more to fill MIN_SECONDS (at most TEXT_MAX_REPEAT).
+            fill = min(int(MIN_SECONDS / max(per_run, 1e-6)), TEXT_MAX_REPEAT)
+            latency = measure(functools.partial(embed, texts), max(int(spec["repeat"]), fill), 0)
             results.append(
                 TaskBenchResult(
                     runtime,
                     int(spec["threads"]),
                     f"batch {batch} x {tokens} tokens",
-                    float(np.median(times)),
-                    float(np.percentile(times, 90)),
+                    latency.median_ms,
+                    latency.p90_ms,
                     {},
                     _rss_mb(),
                     int(batch),
@@ -521,14 +524,8 @@ def bench_task(
             "batches": list(TEXT_BATCHES)}  # fmt: skip
     results: list[TaskBenchResult] = []
     for runtime in TASK_RUNTIMES[task]:
-        command = [sys.executable, "-m", "infer.bench", f"{task}:{runtime}", json.dumps(spec)]
-        proc = subprocess.run(
-            command, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, check=False
-        )
-        if proc.returncode != 0:
-            lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
-            raise InferError(f"bench --task {task} ({runtime}, threads {threads}): {lines[-1]}")
-        rows = json.loads(proc.stdout.strip().splitlines()[-1])
+        where = f"--task {task} ({runtime}, threads {threads})"
+        rows = _run_worker(f"{task}:{runtime}", json.dumps(spec), where)
         results += [TaskBenchResult(**r) for r in (rows if isinstance(rows, list) else [rows])]
     return results
 

@@ -672,9 +672,15 @@ def _run_task(
     task: str, model: str | None, config_file: Path | None, inputs: Sequence[str], sample: bool,
     top_k: int | None, threads: int | None, as_json: bool,
 ) -> None:  # fmt: skip
+    import inspect
+
     import infer
+    from infer.pipelines import get_task
     from infer.registry import get_recipe, pull_sample
 
+    options = {"top_k": top_k} if top_k else {}
+    if options and "top_k" not in inspect.signature(get_task(task).__call__).parameters:
+        raise InputError(f"--top-k does not apply to --task {task}")
     progress = _progress()
     pipe = infer.pipeline(
         task, model, config=_read_config(config_file), threads=threads, progress=progress
@@ -683,7 +689,7 @@ def _run_task(
     if type(pipe).input_kind == "text":
         if sample or not files:
             raise InputError(f"--task {task}: give the texts as arguments (no --sample)")
-        outputs = pipe(files, **({"top_k": top_k} if top_k else {}))
+        outputs = pipe(files, **options)
         if as_json:
             key = "embedding" if isinstance(outputs, np.ndarray) else "result"
             rows = [
@@ -711,7 +717,6 @@ def _run_task(
         files.append(str(pull_sample(recipe, log=progress.log)))
     if not files:
         raise InputError(f"--task {task}: give input files (or --sample)")
-    options = {"top_k": top_k} if top_k else {}
     results = pipe(files, **options)
     if as_json:
         click.echo(

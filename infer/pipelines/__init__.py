@@ -24,7 +24,6 @@ __all__ = [
     "Pipeline",
     "get_task",
     "pipeline",
-    "pipeline_config",
     "write_pipeline_config",
 ]
 
@@ -45,13 +44,6 @@ def get_task(task: str) -> type[Pipeline]:
     if task not in TASKS:
         raise PipelineError(f"unknown task {task!r}; tasks: {', '.join(sorted(TASKS))}")
     return TASKS[task]
-
-
-def pipeline_config(
-    task: str, recipe: Any = None, config: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Return the task's config: the one given, else what the model's recipe implies."""
-    return get_task(task).make_config(recipe, config)
 
 
 def pipeline(

@@ -17,8 +17,8 @@ __all__ = [
     "PIPELINE_FILE",
     "Pipeline",
     "read_pipeline_config",
-    "write_json_atomic",
     "write_pipeline_config",
+    "write_pipeline_json",
 ]
 
 PIPELINE_FILE = "pipeline.json"
@@ -123,7 +123,7 @@ class Pipeline:
         raise NotImplementedError
 
 
-def write_json_atomic(path: Path, config: Mapping[str, Any]) -> None:
+def write_pipeline_json(path: Path, config: Mapping[str, Any]) -> None:
     """Write config as a pipeline.json at path (with its format), replacing it in one step."""
     staged = path.with_name(path.name + ".tmp")
     staged.write_text(
@@ -159,6 +159,6 @@ def write_pipeline_config(artifact: Path, config: Mapping[str, Any]) -> None:
     manifest = ArtifactManifest.read(artifact)
     manifest.files.pop(PIPELINE_FILE, None)
     manifest.verify_files(artifact)
-    write_json_atomic(artifact / PIPELINE_FILE, config)
+    write_pipeline_json(artifact / PIPELINE_FILE, config)
     manifest.files[PIPELINE_FILE] = sha256_file(artifact / PIPELINE_FILE)
     manifest.write(artifact)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from infer.errors import InferWarning, PipelineError
-from infer.pipelines.text import TOKENIZER_FILE, TextPipeline
+from infer.pipelines.text import TextPipeline
 from infer.runtime.session import Session
 
 __all__ = ["FeatureExtractionPipeline", "pool"]
@@ -46,28 +46,6 @@ class FeatureExtractionPipeline(TextPipeline):
     @classmethod
     def from_model_config(cls, model_config: Mapping[str, Any], tokenizer: str) -> dict[str, Any]:
         return {**super().from_model_config(model_config, tokenizer), "pooling": "mean"}
-
-    @classmethod
-    def config_from_recipe(cls, recipe: Any) -> dict[str, Any]:
-        from infer.registry import pulled_file
-
-        if TOKENIZER_FILE not in recipe.files:
-            raise PipelineError(f"{cls.task}: model {recipe.name!r} ships no {TOKENIZER_FILE}")
-        text = pulled_file(recipe, TOKENIZER_FILE).read_text(encoding="utf-8")
-        settings = recipe.text_input
-        config = {
-            "task": cls.task,
-            "tokenizer": text,
-            "max_length": int(settings.get("max_length", 512)),
-            "pooling": str(settings.get("pooling", "mean")),
-            "normalize": bool(settings.get("normalize", True)),
-        }
-        if "config.json" in recipe.files:
-            import json
-
-            model_config = json.loads(pulled_file(recipe, "config.json").read_text("utf-8"))
-            config["vocab_size"] = int(model_config["vocab_size"])
-        return config
 
     def __call__(  # type: ignore[override]  # each task takes its own options
         self, texts: Any, batch_size: int = DEFAULT_BATCH_SIZE, truncate: bool = True

@@ -32,7 +32,7 @@ import numpy as np
 from infer.artifact.manifest import MANIFEST_FILE, sha256_file
 from infer.errors import PipelineError
 from infer.graph.spatial import to_blocks
-from infer.pipelines.base import PIPELINE_FILE, Pipeline, read_pipeline_config, write_json_atomic
+from infer.pipelines.base import PIPELINE_FILE, Pipeline, read_pipeline_config, write_pipeline_json
 from infer.processors.image import is_single_image, open_image
 from infer.processors.ocr import (
     DbConfig,
@@ -45,6 +45,7 @@ from infer.processors.ocr import (
     det_tensor,
     line_tensor,
     reading_order,
+    scaled_to_32,
 )
 from infer.progress import Progress
 from infer.runtime.session import Session
@@ -325,7 +326,7 @@ class OcrPipeline(Pipeline):
             components[key] = {"dir": key, "sha256": sha256_file(output / key / MANIFEST_FILE)}
         # The config is checked against the models (the recogniser's classes) before it is written.
         cls(_Models({k: output / k for k in components}, threads), task_config)
-        write_json_atomic(output / PIPELINE_FILE, {**task_config, "components": components})
+        write_pipeline_json(output / PIPELINE_FILE, {**task_config, "components": components})
         return output
 
     # -- running -------------------------------------------------------------------------
@@ -387,8 +388,7 @@ class OcrPipeline(Pipeline):
         ):
             if too_big:
                 h0, w0 = image.shape[:2]
-                nh = int(round(int(h0 * ratio) / 32) * 32)
-                nw = int(round(int(w0 * ratio) / 32) * 32)
+                nh, nw = scaled_to_32(h0, w0, ratio)
                 if nh <= 0 or nw <= 0:
                     raise PipelineError(f"{self.task}: a {w}x{h} picture cannot be resized")
                 image = cv2.resize(image, (nw, nh))

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from infer.artifact.manifest import MANIFEST_FILE
 from infer.errors import PipelineError
 from infer.pipelines.base import Pipeline, write_pipeline_config
 from infer.processors.text import INPUT_NAMES, TextEncoder
@@ -47,9 +48,7 @@ def _read_json(path: Path) -> Any:
 
 def is_transformers_dir(path: Path) -> bool:
     """Return whether path is a transformers model directory (config.json, no manifest)."""
-    return (
-        path.is_dir() and (path / CONFIG_FILE).is_file() and not (path / "manifest.json").exists()
-    )
+    return path.is_dir() and (path / CONFIG_FILE).is_file() and not (path / MANIFEST_FILE).exists()
 
 
 class TextPipeline(Pipeline):
@@ -98,6 +97,19 @@ class TextPipeline(Pipeline):
             "max_length": int(model_config.get("max_position_embeddings", DEFAULT_MAX_LENGTH)),
             "vocab_size": int(model_config["vocab_size"]) if "vocab_size" in model_config else None,
         }
+
+    @classmethod
+    def config_from_recipe(cls, recipe: Any) -> dict[str, Any]:
+        """Return the config of a recipe shipping tokenizer.json (and config.json) as [files],
+        with its [text_input] settings (max_length, pooling...) over config.json's."""
+        from infer.registry import pulled_file
+
+        if TOKENIZER_FILE not in recipe.files:
+            raise PipelineError(f"{cls.task}: model {recipe.name!r} ships no {TOKENIZER_FILE}")
+        tokenizer = pulled_file(recipe, TOKENIZER_FILE).read_text(encoding="utf-8")
+        has_config = CONFIG_FILE in recipe.files
+        model_config = _read_json(pulled_file(recipe, CONFIG_FILE)) if has_config else {}
+        return {**cls.from_model_config(model_config, tokenizer), **recipe.text_input}
 
     @classmethod
     def _folder_config(cls, folder: Path, config: dict[str, Any] | None) -> dict[str, Any]:

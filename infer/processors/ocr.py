@@ -28,6 +28,7 @@ __all__ = [
     "det_tensor",
     "line_tensor",
     "reading_order",
+    "scaled_to_32",
 ]
 
 # Lines whose top edges differ by less than this many pixels count as one row (PaddleOCR's 10).
@@ -76,9 +77,13 @@ def det_size(height: int, width: int, limit_side_len: int, limit_type: str) -> t
         ratio = max(1.0, limit_side_len / min(height, width))
     else:
         raise PipelineError(f"ocr: limit_type {limit_type!r}: expected 'min' or 'max'")
-    h = int(round(int(height * ratio) / 32) * 32)
-    w = int(round(int(width * ratio) / 32) * 32)
+    h, w = scaled_to_32(height, width, ratio)
     return max(h, 32), max(w, 32)
+
+
+def scaled_to_32(height: int, width: int, ratio: float) -> tuple[int, int]:
+    """Return (height, width) times ratio, each rounded to a multiple of 32 (may be 0)."""
+    return int(round(int(height * ratio) / 32) * 32), int(round(int(width * ratio) / 32) * 32)
 
 
 def det_tensor(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

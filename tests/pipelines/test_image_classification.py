@@ -158,6 +158,8 @@ def test_an_artifact_carries_its_pipeline_json(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
     assert "--random do(es) not apply to a task (give input files)" in result.output
+    result = CliRunner().invoke(cli, ["run", "--task", "ocr", "--top-k", "2", "x.png"])
+    assert result.exit_code == 2 and "--top-k does not apply to --task ocr" in result.output
     (out / "pipeline.json").write_text(json.dumps({**stored, "labels": list("vwxyz")}))
     with pytest.raises(ArtifactError, match=r"pipeline\.json.*modified or damaged"):
         infer.pipeline("image-classification", out)
