@@ -29,7 +29,7 @@ from infer.target import host_cpu_features, host_cpu_name
 __all__ = ["SCHEDULE_REVISION", "ParallelVectorize", "vector_bits"]
 
 # Bumped whenever the rule's output changes, so that compile caches do not serve older code.
-SCHEDULE_REVISION = 6
+SCHEDULE_REVISION = 7
 
 # Below this many iterations a parallel loop costs more in dispatch than it saves.
 MIN_PARALLEL_EXTENT = 2
@@ -189,6 +189,11 @@ class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
                     sch.reorder(*spatial, *middle, *inner_order)
                 else:
                     sch.reorder(*spatial, *reduction, *inner_order)
+        if vector_loop is None and inner_extent is None and not reduction and len(spatial) > 1:
+            # A symbolic innermost extent stays a loop of its own: fused with the others, every
+            # element would recover its indices by divisions by symbolic extents (~40 cycles
+            # each; an attention mask add over [batch, heads, seq, seq] ran at 3.5 ns/element).
+            spatial = spatial[:-1]
         fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
         extent = _static(sch.get(fused).extent)
         if not small and (extent is None or extent >= MIN_PARALLEL_EXTENT):

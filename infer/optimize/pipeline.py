@@ -13,7 +13,7 @@ from infer.errors import FallbackWarning
 __all__ = ["PIPELINES", "Pipeline", "lowering_pipeline", "pipeline_for", "run_pipeline"]
 
 # Kept in step with infer.optimize.cpu_schedule.SCHEDULE_REVISION (which imports TVM).
-SCHEDULE_REVISION = 6
+SCHEDULE_REVISION = 7
 # Bumped when infer.optimize.offload changes what it hands to the library (part of cache keys).
 OFFLOAD_REVISION = 4
 
@@ -39,6 +39,9 @@ class Pipeline:
     fallback: str | None = None
     # The kernel library heavy operators are handed to ("onednn"), see offload.py.
     offload: str | None = None
+    # exp, erf, tanh, sigmoid, softmax and GELU left to TVM as vectorizable polynomials
+    # (infer.optimize.fast_math) instead of scalar calls to libm.
+    fast_math: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form stored in manifests and cache keys."""
@@ -51,6 +54,8 @@ class Pipeline:
             "schedule_revision": SCHEDULE_REVISION if self.schedule == "parallel-vectorize" else 0,
             "offload": self.offload,
             "offload_revision": OFFLOAD_REVISION if self.offload else 0,
+            "take_mode": "clip",  # infer.optimize.bounds
+            "fast_math": self.fast_math,
         }
 
 
@@ -83,6 +88,7 @@ PIPELINES: dict[str, Pipeline] = {
         lift_params=True,
         fallback="cpu-nchw",
         offload="onednn",
+        fast_math=True,
     ),
     # The same schedule on the model's own layouts, for graphs ConvertLayout cannot rewrite.
     "cpu-nchw": Pipeline(
@@ -93,6 +99,7 @@ PIPELINES: dict[str, Pipeline] = {
         lift_params=True,
         fallback="cpu-naive",
         offload="onednn",
+        fast_math=True,
     ),
     # TVM's own CPU lowering, which schedules nothing: for comparison and as a fallback.
     "cpu-naive": Pipeline("cpu-naive", "llvm", _PRE_PASSES, "tvm-default"),
@@ -121,7 +128,13 @@ def run_pipeline(
         (dump_dir / "00-import.py").write_text(mod.script())
     from tvm import relax
 
-    steps: list[tuple[str, Any]] = [(name, _pass(name)()) for name in pipeline.passes]
+    from infer.optimize.bounds import clip_take_indices
+
+    bounds = tvm.transform.module_pass(
+        lambda m, _ctx: clip_take_indices(m), opt_level=0, name="ClipTakeIndices"
+    )
+    steps: list[tuple[str, Any]] = [("ClipTakeIndices", bounds)]
+    steps += [(name, _pass(name)()) for name in pipeline.passes]
     layouts = {op: list(layout) for op, layout in pipeline.layouts}
     # Only where there is something to convert: ConvertLayout itself fails on some graphs
     # without convolutions (SIGFPE on a 0-d minimum, std::bad_alloc on silero-vad).
@@ -143,6 +156,13 @@ def run_pipeline(
             lambda m, _ctx: offload_to_onednn(m, counts), opt_level=0, name="OffloadToOnednn"
         )
         steps.append(("OffloadToOnednn", offload))
+    if pipeline.fast_math:
+        from infer.optimize.fast_math import fast_math
+
+        polynomials = tvm.transform.module_pass(
+            lambda m, _ctx: fast_math(m), opt_level=0, name="FastMath"
+        )
+        steps.append(("FastMath", polynomials))
     with target, tvm.transform.PassContext(opt_level=3):
         for index, (name, step) in enumerate(steps, start=1):
             mod = step(mod)
