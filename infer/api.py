@@ -21,8 +21,15 @@ from infer.config import available_cpus, cache_dir, default_num_threads
 from infer.errors import ArtifactError, CompileError, FallbackWarning, InferError, ModelError
 from infer.frontends import Converted, DynamicAxes, convert, framework_of
 from infer.graph.load import LoadedModel, load_model
+from infer.graph.support import iter_nodes
 from infer.optimize.pipeline import PIPELINES
-from infer.parity import DEFAULT_SEED, ParityReport, compare_outputs, random_feeds
+from infer.parity import (
+    DEFAULT_SEED,
+    QUANTIZING_OPS,
+    ParityReport,
+    compare_outputs,
+    random_feeds,
+)
 from infer.progress import Progress
 from infer.reference import ReferenceSession
 from infer.runtime.session import Session
@@ -76,7 +83,8 @@ def _parity(
     want = reference.run(feeds)
     got = session.run(None, feeds)
     outputs = session.get_outputs()
-    report = compare_outputs(outputs, got, want, reference.version, seed)
+    quantized = any(n.op_type in QUANTIZING_OPS for n in iter_nodes(proto.graph))
+    report = compare_outputs(outputs, got, want, reference.version, seed, quantized)
     if converted is None or converted.reference is None:
         return report, None
     own = converted.reference(feeds)

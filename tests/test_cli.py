@@ -95,7 +95,7 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path: Path, mlp_path: Path) ->
     code, _, err = invoke("compile", "no-such-model")
     assert (
         code == 2
-        and "not a known model (all-minilm-l6-v2, efficientnet-lite0, ppocr-cls, ppocr-det, ppocr-det-any, ppocr-rec, resnet50-light, silero-vad"
+        and "not a known model (all-minilm-l6-v2, efficientnet-lite0, paraphrase-minilm-l3-v2, ppocr-cls, ppocr-det, ppocr-det-any, ppocr-rec, resnet50-light, silero-vad"
         in err
     )
     code, _, err = invoke("compile", str(mlp_path), "--target", "vulkan")

@@ -27,7 +27,7 @@ def test_recipes_are_complete() -> None:
 def test_unknown_model_lists_the_known_ones() -> None:
     with pytest.raises(
         ModelError,
-        match=r"unknown model 'nope'; known models: all-minilm-l6-v2, efficientnet-lite0, ppocr-cls, ppocr-det, ppocr-det-any, ppocr-rec, resnet50-light, silero-vad",
+        match=r"unknown model 'nope'; known models: all-minilm-l6-v2, efficientnet-lite0, paraphrase-minilm-l3-v2, ppocr-cls, ppocr-det, ppocr-det-any, ppocr-rec, resnet50-light, silero-vad",
     ):
         get_recipe("nope")
 

@@ -1,4 +1,5 @@
-"""Renaming ONNX values to C identifiers, so that generated code (CUDA, C) accepts them."""
+"""Renaming ONNX values: to C identifiers, so that generated code (CUDA, C) accepts them, and a
+model's outputs to the ones a recipe keeps, under the names it gives."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import re
 
 import onnx
 
-__all__ = ["rename_values", "sanitize_value_names"]
+__all__ = ["rename_values", "sanitize_value_names", "select_outputs"]
 
 _INVALID = re.compile(r"[^A-Za-z0-9_]")
 
@@ -78,4 +79,31 @@ def sanitize_value_names(
     rename_values(out.graph, mapping)
     if renamed is not None:
         renamed.update({new: old for old, new in mapping.items()})
+    return out
+
+
+def select_outputs(model: onnx.ModelProto, keep: dict[str, str]) -> onnx.ModelProto:
+    """Return a copy of model whose outputs are only keep's keys, renamed to its values (in
+    keep's order); what only the dropped outputs needed goes at compile time's dead-code pass.
+
+    ValueError names an output the model does not have, or a new name already taken.
+    """
+    outputs = {v.name: v for v in model.graph.output}
+    missing = [name for name in keep if name not in outputs]
+    if missing:
+        raise ValueError(f"no output(s) {missing}; the model's outputs are {sorted(outputs)}")
+    names: list[str] = []
+    _all_names(model.graph, names)
+    taken = [new for old, new in keep.items() if new != old and new in names]
+    if taken:
+        raise ValueError(f"output name(s) {taken} already name values of the model")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept = [out.graph.output[list(outputs).index(name)] for name in keep]
+    copies = [onnx.ValueInfoProto() for _ in kept]
+    for copy, value in zip(copies, kept, strict=True):
+        copy.CopyFrom(value)
+    del out.graph.output[:]
+    out.graph.output.extend(copies)
+    rename_values(out.graph, {old: new for old, new in keep.items() if new != old})
     return out

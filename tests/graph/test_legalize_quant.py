@@ -93,3 +93,59 @@ def test_qlinearconv_is_exact_where_onnxruntime_saturates_on_avx2(tmp_path: Path
     scaled = acc * (0.02 * w_scale.astype(np.float64)[:, None, None]) / 0.05
     want = np.clip(np.round(scaled) + 100, 0, 255).astype(np.uint8)[None]
     np.testing.assert_array_equal(got, want)
+
+
+def _encoder_block(rng: np.random.Generator) -> onnx.ModelProto:
+    """x [batch, seq, 64] -> MatMul 64x128 + bias -> Gelu -> MatMul 128x64: a transformer's
+    feed-forward block, what ONNX Runtime's dynamic quantization turns into MatMulInteger."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Add", ["h", "b1"], ["hb"]),
+        helper.make_node("Gelu", ["hb"], ["g"]),
+        helper.make_node("MatMul", ["g", "w2"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((64, 128)) / 8).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal(128).astype(np.float32), "b1"),
+        numpy_helper.from_array((rng.standard_normal((128, 64)) / 8).astype(np.float32), "w2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ffn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 64])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+@pytest.mark.parametrize("weight_type", [QuantType.QInt8, QuantType.QUInt8])
+def test_dynamically_quantized_matmuls_run_as_float_matmuls(
+    weight_type: QuantType, tmp_path: Path
+) -> None:
+    from onnxruntime.quantization import quantize_dynamic
+
+    from infer.graph.legalize_quant import float_matmul_integer
+
+    source = tmp_path / "float.onnx"
+    onnx.save(_encoder_block(np.random.default_rng(0)), source)
+    quantized = tmp_path / "int8.onnx"
+    quantize_dynamic(str(source), str(quantized), weight_type=weight_type, reduce_range=True)
+    model = onnx.load(quantized)
+    assert [n.op_type for n in model.graph.node].count("MatMulInteger") == 2
+    rewritten = float_matmul_integer(model)
+    assert "MatMulInteger" not in {n.op_type for n in rewritten.graph.node}
+    x = np.random.default_rng(1).standard_normal((2, 7, 64)).astype(np.float32)
+
+    def run(m: onnx.ModelProto) -> np.ndarray:
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.asarray(session.run(None, {"x": x})[0])
+
+    want = run(model)
+    # The integer products are exact in float32 at these sizes: the rewrite alone changes
+    # nothing beyond float rounding of the same arithmetic.
+    np.testing.assert_allclose(run(rewritten), want, rtol=1e-5, atol=1e-5)
+    session = infer.compile(quantized, output=tmp_path / "int8.infer", threads=1).load(threads=1)
+    assert session.placement()["onnxruntime_op_types"] == {}
+    (got,) = session.run(None, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
