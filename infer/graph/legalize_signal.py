@@ -1,4 +1,5 @@
-"""Legalization of the signal ops: DFT as matrix products with the DFT's cosine and sine tables.
+"""Legalization of the signal ops: DFT as matrix products with the DFT's cosine and sine tables,
+STFT as a strided convolution with them.
 
 TVM 0.27's importer has no DFT. For a static signal length the transform is two small matrix
 products (real and imaginary parts), computed in float64 so that the result matches numpy's FFT
@@ -84,4 +85,51 @@ def DFT(
     return [str(g.op("Cast", stacked, to=kind))]
 
 
-SIGNAL_LEGALIZATIONS: dict[str, Callable[..., list[str]]] = {"DFT": DFT}
+def STFT(
+    g: Emitter,
+    signal: str,
+    frame_step: str,
+    window: str = "",
+    frame_length: str = "",
+    *,
+    onesided: int = 1,
+) -> list[str]:
+    """Return [the short-time Fourier transform of a real signal] as one strided convolution:
+    each output channel is a window-weighted cosine or sine of one frequency bin, so that one
+    Conv (a library kernel) computes every frame's DFT. [batch, length, 1] ->
+    [batch, frames, bins, 2]."""
+    shape = g.shapes.get(signal)
+    if shape is None or len(shape) != 3 or shape[2] != 1:
+        raise NotLegalizable("only a real signal [batch, length, 1]")
+    step = g.constants.get(frame_step)
+    if step is None:
+        raise NotLegalizable("frame_step is given at run time")
+    if frame_length:
+        length_value = g.constants.get(frame_length)
+        if length_value is None:
+            raise NotLegalizable("frame_length is given at run time")
+        length = int(np.asarray(length_value).reshape(()))
+    elif window and g.shapes.get(window) and g.shapes[window][0] is not None:
+        length = int(g.shapes[window][0])  # type: ignore[arg-type]
+    else:
+        raise NotLegalizable("neither frame_length nor a window of known length")
+    bins = length // 2 + 1 if onesided else length
+    cos, sin = _tables(length, bins, inverse=False)
+    kind = g.types.get(signal, onnx.TensorProto.FLOAT)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(kind)
+    # [2 * bins, 1, length]: the real parts' kernels, then the imaginary parts'.
+    kernels = g.const(np.concatenate([cos.T, sin.T])[:, None, :].astype(dtype), dtype)
+    if window:
+        shaped = g.op("Reshape", window, g.const([1, 1, length]))
+        kernels = str(g.op("Mul", kernels, g.op("Cast", shaped, to=kind)))
+    frames = g.op(
+        "Conv",
+        g.op("Transpose", signal, perm=[0, 2, 1]),
+        kernels,
+        strides=[int(np.asarray(step).reshape(()))],
+    )  # [batch, 2 * bins, frames]
+    parts = g.op("Reshape", frames, g.const([0, 2, bins, -1]))
+    return [str(g.op("Transpose", parts, perm=[0, 3, 2, 1]))]
+
+
+SIGNAL_LEGALIZATIONS: dict[str, Callable[..., list[str]]] = {"DFT": DFT, "STFT": STFT}

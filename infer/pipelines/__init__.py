@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from infer.errors import PipelineError
+from infer.pipelines.audio_features import AudioFeaturesPipeline
 from infer.pipelines.base import (
     PIPELINE_FILE,
     Pipeline,
@@ -16,6 +17,7 @@ from infer.pipelines.image_classification import ImageClassificationPipeline
 from infer.pipelines.ocr import OcrPipeline
 from infer.pipelines.text_classification import TextClassificationPipeline
 from infer.pipelines.token_classification import TokenClassificationPipeline
+from infer.pipelines.voice_activity import VoiceActivityPipeline
 from infer.progress import Progress
 
 __all__ = [
@@ -35,6 +37,8 @@ TASKS: dict[str, type[Pipeline]] = {
         FeatureExtractionPipeline,
         TextClassificationPipeline,
         TokenClassificationPipeline,
+        VoiceActivityPipeline,
+        AudioFeaturesPipeline,
     )
 }
 
