@@ -342,6 +342,7 @@ TASK_RUNTIMES = {
     "ocr": ("infer", "rapidocr"),
     "feature-extraction": ("infer", "onnxruntime", "pytorch"),
     "voice-activity-detection": ("infer", "onnxruntime", "silero-vad"),
+    "automatic-speech-recognition": ("infer", "onnxruntime", "pytorch"),
 }
 TEXT_TOKENS = (8, 32, 128, 256)  # sentence lengths timed by `bench --task feature-extraction`
 TEXT_BATCHES = (1, 32)
@@ -431,14 +432,14 @@ class _ReferenceAsSession:
     """ONNX Runtime on an artifact's source model, with the artifact's signature: what a
     pipeline needs of a Session, so that the same pre- and post-processing runs around it."""
 
-    def __init__(self, session: Any, threads: int) -> None:
+    def __init__(self, session: Any, threads: int, model: str | None = None) -> None:
         from infer.api import source_model
         from infer.reference import ReferenceSession
 
         self.manifest = session.manifest
         self._inputs, self._outputs = session.get_inputs(), session.get_outputs()
         self._reference = ReferenceSession(
-            reference_file(session.path) or source_model(session.path), threads
+            model or reference_file(session.path) or source_model(session.path), threads
         )
 
     def get_inputs(self) -> list[TensorSpec]:
@@ -490,18 +491,69 @@ def _vad_worker(runtime: str, spec: Mapping[str, Any]) -> TaskBenchResult:
         raise InputError(
             f"runtime {runtime!r}: expected one of {TASK_RUNTIMES['voice-activity-detection']}"
         )
+    return _time_audio_passes(runtime, threads, spec, one_pass, len(files), seconds)
+
+
+def _asr_worker(runtime: str, spec: Mapping[str, Any]) -> TaskBenchResult:
+    """Time one speech-recognition runtime over spec's audio files (each pass: every file once):
+    infer's pipeline, the same pipeline on ONNX Runtime (the exported ONNX), or transformers'
+    own pipeline on the PyTorch model."""
+    import tempfile
+
+    import infer
+    from infer.processors.audio import load_audio
+
+    threads, files, folder = int(spec["threads"]), [str(p) for p in spec["images"]], spec["model"]
+    if not folder:
+        raise InputError("bench --task automatic-speech-recognition needs --model DIR")
+    chunk = float(spec.get("chunk_length_s") or 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = str(Path(tmp) / "model.onnx")
+        pipe: Any = infer.pipeline(
+            "automatic-speech-recognition", folder, threads=threads, save_onnx=exported
+        )
+        if runtime == "onnxruntime":
+            pipe = type(pipe)(_ReferenceAsSession(pipe.session, threads, exported), pipe.config)
+    samples = [load_audio(f, pipe.rate).samples for f in files]
+    seconds = sum(len(s) for s in samples) / pipe.rate
+    if runtime in ("infer", "onnxruntime"):
+
+        def one_pass() -> int:
+            return sum(len(pipe(s, chunk_length_s=chunk)["text"]) for s in samples)
+
+    elif runtime == "pytorch":
+        import torch
+        from transformers import pipeline
+
+        torch.set_num_threads(threads)
+        reference: Any = pipeline("automatic-speech-recognition", model=folder, device="cpu")
+
+        def one_pass() -> int:
+            return sum(len(reference(s.copy(), chunk_length_s=chunk)["text"]) for s in samples)
+
+    else:
+        raise InputError(
+            f"runtime {runtime!r}: expected one of {TASK_RUNTIMES['automatic-speech-recognition']}"
+        )
+    return _time_audio_passes(runtime, threads, spec, one_pass, len(files), seconds)
+
+
+def _time_audio_passes(
+    runtime: str, threads: int, spec: Mapping[str, Any], one_pass: Callable[[], int], files: int,
+    seconds: float,
+) -> TaskBenchResult:  # fmt: skip
+    """Time one_pass (returning what it found: segments, characters) after warm-up."""
     for _ in range(max(1, int(spec["warmup"]))):
         one_pass()
     totals = []
-    segments = 0
+    found = 0
     for _ in range(int(spec["repeat"])):
         started = time.perf_counter()
-        segments = one_pass()
+        found = one_pass()
         totals.append((time.perf_counter() - started) * 1e3)
     return TaskBenchResult(
-        runtime, threads, f"{len(files)} file(s), {seconds:.1f} s of audio",
-        float(np.median(totals)), float(np.percentile(totals, 90)), {}, _rss_mb(), segments,
-        seconds,
+        runtime, threads, f"{files} file(s), {seconds:.1f} s of audio", float(np.median(totals)),
+        float(np.percentile(totals, 90)), {}, _rss_mb(), found, seconds,
     )  # fmt: skip
 
 
@@ -627,6 +679,8 @@ def _main(argv: Sequence[str]) -> None:
                 print(json.dumps(_ocr_worker(runtime, spec).to_json()))
             elif task == "voice-activity-detection":
                 print(json.dumps(_vad_worker(runtime, spec).to_json()))
+            elif task == "automatic-speech-recognition":
+                print(json.dumps(_asr_worker(runtime, spec).to_json()))
             else:
                 print(json.dumps([r.to_json() for r in _text_worker(runtime, spec)]))
         except InferError as exc:

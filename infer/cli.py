@@ -766,6 +766,9 @@ def _run_task(
     console = _console()
     for name, result in zip(files, results, strict=True):
         console.print(f"[bold]{name}[/]", markup=True)
+        if isinstance(result, dict):  # one text for the whole input
+            console.print(f"  {result['text']}", markup=False)
+            continue
         for item in result:
             if "score" not in item:  # a segment of time
                 console.print(f"  {item['start']:8.3f} s - {item['end']:8.3f} s", markup=False)
@@ -784,7 +787,7 @@ def _bench_task(
 
     if task not in TASK_RUNTIMES:
         raise InputError(f"bench --task {task!r}: tasks with a reference: {sorted(TASK_RUNTIMES)}")
-    if task in ("ocr", "voice-activity-detection"):
+    if task in ("ocr", "voice-activity-detection", "automatic-speech-recognition"):
         missing = [f for f in files if not Path(f).is_file()]
         if missing or not files:
             raise InputError(
@@ -833,9 +836,10 @@ def _bench_task(
             )
     for r in results:
         if r.real_time_factor is not None:
+            found = "segments" if task == "voice-activity-detection" else "characters"
             console.print(
                 f"threads {r.threads} {r.runtime}: real-time factor {r.real_time_factor:.4f} "
-                f"({r.lines} segments)",
+                f"({r.lines} {found})",
                 markup=False,
             )
 

@@ -12,6 +12,7 @@ __all__ = [
     "clean",
     "constant_initializers",
     "constants_to_initializers",
+    "conv_end_slice_to_padding",
     "dropout_to_identity",
     "fold_conv_affine",
     "gelu_from_erf",
@@ -190,6 +191,61 @@ def fold_conv_affine(model: onnx.ModelProto) -> onnx.ModelProto:
     kept = [n for n in graph.node if id(n) not in removed]
     del graph.node[:]
     graph.node.extend(kept)
+    return out
+
+
+def conv_end_slice_to_padding(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy where a Slice that drops the last k outputs of a stride-1 Conv along a
+    spatial axis is folded into the Conv's end padding (that pad minus k): the same values.
+
+    wav2vec2's and HuBERT's positional convolution pads kernel // 2 on both sides, then drops
+    the last frame. TVM's importer cannot prove that slice as long as the sequence when the
+    length is symbolic (it clamps the slice's end with min/max), the residual Add after it
+    lost its shape, and the whole model went to ONNX Runtime.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    values = _constant_tensors(graph)
+    readers = _reader_counts(graph)
+    consumers = _consumers(graph)
+    removed: set[str] = set()
+    for conv in graph.node:
+        if conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx"):
+            continue
+        slice_ = consumers.get(conv.output[0])
+        if readers.get(conv.output[0]) != 1 or slice_ is None or slice_.op_type != "Slice":
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
+        kernel = attrs.get("kernel_shape")
+        if kernel is None and conv.input[1] in values:
+            kernel = list(values[conv.input[1]].dims[2:])
+        if not kernel or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        spatial = len(kernel)
+        parts = [*slice_.input[1:], "", ""][:4]  # starts, ends, axes, steps
+        if any(p and p not in values for p in parts) or not parts[2]:
+            continue
+        starts, ends, axes, steps = (
+            numpy_helper.to_array(values[p]).reshape(-1).tolist() if p else None for p in parts
+        )
+        assert starts is not None and ends is not None and axes is not None
+        if len(axes) != 1 or starts != [0] or ends[0] >= 0 or steps not in (None, [1]):
+            continue
+        axis = axes[0] % (spatial + 2) - 2
+        strides = attrs.get("strides", [1] * spatial)
+        pads = list(attrs.get("pads", [0] * 2 * spatial))
+        if axis < 0 or strides[axis] != 1 or pads[spatial + axis] < -ends[0]:
+            continue
+        pads[spatial + axis] += ends[0]
+        kept = [a for a in conv.attribute if a.name != "pads"]
+        del conv.attribute[:]
+        conv.attribute.extend([*kept, onnx.helper.make_attribute("pads", pads)])
+        conv.output[0] = slice_.output[0]
+        removed.add(slice_.output[0])
+    nodes = [n for n in graph.node if not (n.op_type == "Slice" and n.output[0] in removed)]
+    del graph.node[:]
+    graph.node.extend(nodes)
     return out
 
 
@@ -384,4 +440,5 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     if rebuilt is not cleaned:
         cleaned = fold_constants(rebuilt)
     cleaned = constants_to_initializers(cleaned)
+    cleaned = conv_end_slice_to_padding(cleaned)
     return gelu_from_erf(fold_conv_affine(dropout_to_identity(sum_to_add(cleaned))))

@@ -36,7 +36,7 @@ __all__ = [
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # Ops TVM imports that are still rewritten here (for speed); left silently when not possible.
-_TVM_HAS = frozenset({"Cast", "CastLike", "Clip", "Gather"})
+_TVM_HAS = frozenset({"Cast", "CastLike", "Clip", "Gather", "Reshape"})
 # The doc_string of the nodes a legalization emits.
 LEGALIZED = "infer: legalized"
 # Initializers up to this size are offered to legalizations as constants.
@@ -491,7 +491,19 @@ def CastLike(g: Emitter, input: str, target_type: str, *, saturate: int = 1) -> 
     return Cast(g, input, to=to, saturate=saturate)
 
 
+def Reshape(g: Emitter, data: str, shape: str, *, allowzero: int = 0) -> list[str]:
+    """Return [data as a 1-element vector] for a scalar reshaped to [1] or [-1]: as Unsqueeze,
+    which TVM's importer takes for the scalars of shape arithmetic (its Reshape refuses them:
+    wav2vec2's frame count, computed from the sample count, went to ONNX Runtime whole)."""
+    del allowzero  # no zeros in a one-element target
+    target = g.constants.get(shape)
+    if g.shapes.get(data) != () or target is None or target.reshape(-1).tolist() not in ([1], [-1]):
+        raise NotLegalizable("not a scalar reshaped to one element")
+    return [g.unsqueeze(data, [0])]
+
+
 LEGALIZATIONS: dict[str, Callable[..., list[str]]] = {
+    "Reshape": Reshape,
     "Cast": Cast,
     "CastLike": CastLike,
     "LSTM": LSTM,
@@ -678,8 +690,15 @@ def _legalize_graph(graph: onnx.GraphProto, known: _Known, scope: str) -> int:
         nodes.extend(g.nodes)
         # Inlined loop bodies bring nodes of their own: another round types and legalizes them.
         expansions += any(n.doc_string != LEGALIZED for n in g.nodes)
+        read = {name for n in g.nodes for name in n.input}
+        made = {name: n for n in g.nodes for name in n.output}
         for declared, produced in zip(node.output, outputs, strict=False):
-            if declared:
+            if not declared:
+                continue
+            if produced in made and produced not in read:  # name the value where it is made
+                maker = made[produced]
+                maker.output[list(maker.output).index(produced)] = declared
+            else:
                 nodes.append(helper.make_node("Identity", [produced], [declared]))
     del graph.node[:]
     graph.node.extend(nodes)

@@ -55,6 +55,8 @@ def rebuild_shape_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
                 node.op_type in SHAPE_CONSUMERS
                 and len(node.input) > SHAPE_CONSUMERS[node.op_type]
                 and node.input[SHAPE_CONSUMERS[node.op_type]] not in constant
+                # rebuilt by an earlier pass: again would add its nodes a second time
+                and node.input[SHAPE_CONSUMERS[node.op_type]] != _rebuilt_name(node)
             )
             or (
                 node.op_type == "Range"
@@ -80,16 +82,26 @@ def rebuild_shape_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
                 sources.setdefault(dim, (value.name, axis))
     if not sources:
         return model
+    # A dim derived from them (a frame count computed from a sample count) -> the first value
+    # computed with it: read from there, a target has the very expression TVM gave that value,
+    # where the graph's own arithmetic gives another that TVM cannot prove equal.
+    derived: dict[Dim, tuple[int, tuple[str, int]]] = {}
+    for index, node in enumerate(graph.node):
+        for name in node.output:
+            for axis, dim in enumerate(dims.get(name) or ()):
+                if isinstance(dim, str) and dim not in sources:
+                    derived.setdefault(dim, (index, (name, axis)))
     out = onnx.ModelProto()
     out.CopyFrom(model)
     nodes: list[onnx.NodeProto] = []
     wanted = set(todo)
     for index, node in enumerate(out.graph.node):
+        known = {**sources, **{d: where for d, (at, where) in derived.items() if at < index}}
         if index in wanted and node.op_type == "Range":
-            nodes.extend(_range(node, opset, dims, sources, constant))
+            nodes.extend(_range(node, opset, dims, known, constant))
             continue
         if index in wanted:
-            rebuilt = _rebuild(node, opset, dims, sources, f"{node.output[0]}__shape")
+            rebuilt = _rebuild(node, opset, dims, known, _rebuilt_name(node))
             if rebuilt is not None:
                 extra, shape = rebuilt
                 nodes.extend(extra)
@@ -98,6 +110,11 @@ def rebuild_shape_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out
+
+
+def _rebuilt_name(node: onnx.NodeProto) -> str:
+    """Return the name of the shape value rebuilt for node (and the prefix of its nodes)."""
+    return f"{node.output[0]}__shape"
 
 
 def _has_dynamic_input(graph: onnx.GraphProto) -> bool:

@@ -15,6 +15,7 @@ from infer.pipelines.base import (
 from infer.pipelines.feature_extraction import FeatureExtractionPipeline
 from infer.pipelines.image_classification import ImageClassificationPipeline
 from infer.pipelines.ocr import OcrPipeline
+from infer.pipelines.speech_recognition import SpeechRecognitionPipeline
 from infer.pipelines.text_classification import TextClassificationPipeline
 from infer.pipelines.token_classification import TokenClassificationPipeline
 from infer.pipelines.voice_activity import VoiceActivityPipeline
@@ -39,6 +40,7 @@ TASKS: dict[str, type[Pipeline]] = {
         TokenClassificationPipeline,
         VoiceActivityPipeline,
         AudioFeaturesPipeline,
+        SpeechRecognitionPipeline,
     )
 }
 
