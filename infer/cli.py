@@ -859,6 +859,9 @@ def pipelines_command() -> None:
         if not cls.default_model:
             table.add_row(name, "(yours: --model)", "", cls.description)
             continue
+        if not cls.runs_recipe:
+            table.add_row(name, f"{cls.default_model} (numpy)", "", cls.description)
+            continue
         recipes = [get_recipe(m) for m in cls.component_models or (cls.default_model,)]
         licences = ", ".join(sorted({r.license for r in recipes}))
         table.add_row(name, " + ".join(r.name for r in recipes), licences, cls.description)

@@ -69,6 +69,7 @@ class AudioFeaturesPipeline(Pipeline):
 
     task = "audio-features"
     default_model = "whisper-log-mel"
+    runs_recipe = False
     description = "Whisper log-mel or wav2vec2 input features of audio (numpy)"
 
     def __init__(self, config: Mapping[str, Any]) -> None:  # no session: nothing is compiled

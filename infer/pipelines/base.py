@@ -39,6 +39,8 @@ class Pipeline:
     component_models: ClassVar[tuple[str, ...]] = ()
     # What `infer run --task` passes: "file" paths, or the "text" itself.
     input_kind: ClassVar[str] = "file"
+    # Whether default_model names a recipe (audio-features names a numpy front end).
+    runs_recipe: ClassVar[bool] = True
 
     def __init__(self, session: Session, config: Mapping[str, Any]) -> None:
         self.session = session
@@ -65,6 +67,10 @@ class Pipeline:
         import infer
         from infer.sources import resolve_model
 
+        compiled = cls._compile(model, config, threads, progress, compile_options)
+        if compiled is not None:
+            artifact, task_config = compiled
+            return cls(artifact.load(threads=threads), task_config)
         ref = resolve_model(model if model is not None else cls.default_model, progress)
         if ref.kind == "artifact":
             path = Path(ref.model)  # type: ignore[arg-type]
@@ -92,6 +98,13 @@ class Pipeline:
         import infer
         from infer.sources import resolve_model
 
+        compiled = cls._compile(model, config, threads, progress, compile_options, output)
+        if compiled is not None:
+            artifact, task_config = compiled
+            cls(artifact.load(threads=threads), task_config)  # PipelineError before it is written
+            write_pipeline_config(artifact.path, task_config)
+            path: Path = artifact.path
+            return path
         ref = resolve_model(model if model is not None else cls.default_model, progress)
         task_config = cls.make_config(ref.recipe if config is None else None, config)
         artifact = infer.compile(
@@ -99,6 +112,15 @@ class Pipeline:
         )
         write_pipeline_config(artifact.path, task_config)
         return artifact.path
+
+    @classmethod
+    def _compile(
+        cls, model: Any, config: dict[str, Any] | None, threads: int | None,
+        progress: Progress | None, compile_options: Mapping[str, Any], output: Path | None = None,
+    ) -> tuple[Any, dict[str, Any]] | None:  # fmt: skip
+        """Return (artifact, task config) for a model the task compiles its own way (a
+        transformers directory); None for what open and build take (recipes, .onnx, artifacts)."""
+        return None
 
     @classmethod
     def make_config(cls, recipe: Any, config: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from infer.errors import PipelineError
 from infer.pipelines.audio_features import front_end_config
-from infer.pipelines.base import Pipeline, write_pipeline_config
+from infer.pipelines.base import Pipeline
 from infer.pipelines.text import is_transformers_dir
 from infer.processors.audio import load_audio, wav2vec2_normalize
 from infer.progress import Progress
@@ -192,34 +192,6 @@ class SpeechRecognitionPipeline(Pipeline):
             **{**options, **given},
         )  # fmt: skip
         return artifact, task_config
-
-    @classmethod
-    def open(
-        cls, model: Any, *, config: dict[str, Any] | None, threads: int | None,
-        progress: Progress | None, compile_options: Mapping[str, Any],
-    ) -> Pipeline:  # fmt: skip
-        compiled = cls._compile(model, config, threads, progress, compile_options)
-        if compiled is None:
-            return super().open(
-                model, config=config, threads=threads, progress=progress,
-                compile_options=compile_options,
-            )  # fmt: skip
-        artifact, task_config = compiled
-        return cls(artifact.load(threads=threads), task_config)
-
-    @classmethod
-    def build(
-        cls, output: Path, model: Any, *, config: dict[str, Any] | None, threads: int | None,
-        progress: Progress | None, compile_options: Mapping[str, Any],
-    ) -> Path:  # fmt: skip
-        compiled = cls._compile(model, config, threads, progress, compile_options, output)
-        if compiled is None:
-            raise PipelineError(f"{cls.task}: {model} is not a transformers model directory")
-        artifact, task_config = compiled
-        cls(artifact.load(threads=threads), task_config)  # PipelineError before it is written
-        write_pipeline_config(artifact.path, task_config)
-        path: Path = artifact.path
-        return path
 
     def __call__(  # type: ignore[override]  # each task takes its own options
         self,

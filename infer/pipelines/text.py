@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from infer.artifact.manifest import MANIFEST_FILE
 from infer.errors import PipelineError
-from infer.pipelines.base import Pipeline, write_pipeline_config
+from infer.pipelines.base import Pipeline
 from infer.processors.text import INPUT_NAMES, TextEncoder
 from infer.progress import Progress
 from infer.runtime.session import Session
@@ -209,45 +209,3 @@ class TextPipeline(Pipeline):
             )
             return artifact, task_config
         return None
-
-    @classmethod
-    def open(
-        cls,
-        model: Any,
-        *,
-        config: dict[str, Any] | None,
-        threads: int | None,
-        progress: Progress | None,
-        compile_options: Mapping[str, Any],
-    ) -> Pipeline:
-        compiled = cls._compile(model, config, threads, progress, compile_options)
-        if compiled is None:
-            return super().open(
-                model, config=config, threads=threads, progress=progress,
-                compile_options=compile_options,
-            )  # fmt: skip
-        artifact, task_config = compiled
-        return cls(artifact.load(threads=threads), task_config)
-
-    @classmethod
-    def build(
-        cls,
-        output: Path,
-        model: Any,
-        *,
-        config: dict[str, Any] | None,
-        threads: int | None,
-        progress: Progress | None,
-        compile_options: Mapping[str, Any],
-    ) -> Path:
-        compiled = cls._compile(model, config, threads, progress, compile_options, output)
-        if compiled is None:
-            return super().build(
-                output, model, config=config, threads=threads, progress=progress,
-                compile_options=compile_options,
-            )  # fmt: skip
-        artifact, task_config = compiled
-        cls(artifact.load(threads=threads), task_config)  # PipelineError before it is written
-        write_pipeline_config(artifact.path, task_config)
-        path: Path = artifact.path
-        return path
