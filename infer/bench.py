@@ -306,35 +306,64 @@ def require_matplotlib() -> Any:
     return plt
 
 
-def plot_rows(rows: Sequence[BenchRow], path: Path) -> None:
-    """Write a bar chart of the ratios (infer's median over ONNX Runtime's) to path."""
+def _ratio_chart(
+    labels: Sequence[str], ratios: Sequence[float], notes: Sequence[str], xlabel: str,
+    title: str, path: Path,
+) -> None:  # fmt: skip
+    """Write a horizontal bar chart of ratios (green below 1, red above) to path, in one step."""
     plt = require_matplotlib()
-    labels = [f"{r.cell.label}\n{r.cell.threads}t, batch {r.cell.batch}" for r in rows]
-    ratios = [r.ratio for r in rows]
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(labels) + 1.5))
     colors = ["tab:green" if x <= 1 else "tab:red" for x in ratios]
-    bars = ax.barh(range(len(rows)), ratios, color=colors)
+    bars = ax.barh(range(len(labels)), ratios, color=colors)
     ax.axvline(1.0, color="black", linewidth=1)
-    ax.set_yticks(range(len(rows)), labels)
+    ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
-    ax.set_xlabel("median latency, infer / ONNX Runtime (below 1: infer is faster)")
-    for bar, row in zip(bars, rows, strict=True):
-        ours = row.results["infer"].latency.median_ms
-        ort = row.results["onnxruntime"].latency.median_ms
-        ax.text(
-            bar.get_width(),
-            bar.get_y() + bar.get_height() / 2,
-            f" {row.ratio:.2f}x ({ours:.2f} vs {ort:.2f} ms)",
-            va="center",
-            fontsize=8,
-        )
-    ax.set_xlim(0, max(ratios) * 1.6)
-    ax.set_title("infer vs ONNX Runtime: equal threads, each runtime in its own process")
+    ax.set_xlabel(xlabel)
+    for bar, note in zip(bars, notes, strict=True):
+        y = bar.get_y() + bar.get_height() / 2
+        ax.text(bar.get_width(), y, f" {note}", va="center", fontsize=8)
+    ax.set_xlim(0, max(ratios, default=1.0) * 1.6)
+    ax.set_title(title)
     fig.tight_layout()
     staged = path.with_name(path.name + ".partial.png")
     fig.savefig(staged, dpi=120)
     plt.close(fig)
     staged.replace(path)
+
+
+def plot_rows(rows: Sequence[BenchRow], path: Path) -> None:
+    """Write a bar chart of the ratios (infer's median over ONNX Runtime's) to path."""
+    notes = [
+        f"{r.ratio:.2f}x ({r.results['infer'].latency.median_ms:.2f} vs "
+        f"{r.results['onnxruntime'].latency.median_ms:.2f} ms)"
+        for r in rows
+    ]
+    _ratio_chart(
+        [f"{r.cell.label}\n{r.cell.threads}t, batch {r.cell.batch}" for r in rows],
+        [r.ratio for r in rows], notes,
+        "median latency, infer / ONNX Runtime (below 1: infer is faster)",
+        "infer vs ONNX Runtime: equal threads, each runtime in its own process", path,
+    )  # fmt: skip
+
+
+def plot_task_results(task: str, results: Sequence[TaskBenchResult], path: Path) -> None:
+    """Write a bar chart of infer's end-to-end time over each other runtime's, per input set and
+    thread count, to path."""
+    cells: dict[tuple[int, str], dict[str, TaskBenchResult]] = {}
+    for r in results:
+        cells.setdefault((r.threads, r.label), {})[r.runtime] = r
+    labels, ratios, notes = [], [], []
+    for (threads, label), by_runtime in cells.items():
+        ours = by_runtime["infer"].median_ms
+        for other in TASK_RUNTIMES[task][1:]:
+            theirs = by_runtime[other].median_ms
+            labels.append(f"{label}\n{threads}t, vs {other}")
+            ratios.append(ours / theirs)
+            notes.append(f"{ours / theirs:.2f}x ({ours:.1f} vs {theirs:.1f} ms)")
+    _ratio_chart(
+        labels, ratios, notes, "median time, infer / other (below 1: infer is faster)",
+        f"--task {task}: equal threads, each runtime in its own process", path,
+    )  # fmt: skip
 
 
 # Task benchmarks: our pipeline against the model package's own on ONNX Runtime.

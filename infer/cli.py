@@ -562,7 +562,14 @@ def bench_command(
     """
     if task is not None:
         _bench_task(
-            task, task_model, models, _int_list("--threads", threads_list), repeat, warmup, as_json
+            task,
+            task_model,
+            models,
+            _int_list("--threads", threads_list),
+            repeat,
+            warmup,
+            as_json,
+            plot,
         )
         return
     if not models:
@@ -779,11 +786,14 @@ def _run_task(
 
 def _bench_task(
     task: str, model: str | None, files: Sequence[str], thread_counts: Sequence[int], repeat: int,
-    warmup: int, as_json: bool,
+    warmup: int, as_json: bool, plot: Path | None = None,
 ) -> None:  # fmt: skip
     from rich.table import Table
 
-    from infer.bench import TASK_RUNTIMES, bench_task
+    from infer.bench import TASK_RUNTIMES, bench_task, plot_task_results, require_matplotlib
+
+    if plot is not None:
+        require_matplotlib()  # before the long part
 
     if task not in TASK_RUNTIMES:
         raise InputError(f"bench --task {task!r}: tasks with a reference: {sorted(TASK_RUNTIMES)}")
@@ -800,6 +810,8 @@ def _bench_task(
     for threads in thread_counts:
         with progress.stage(f"{task}, threads {threads}: each runtime in its own process"):
             results += bench_task(task, files, threads, model=model, repeat=repeat, warmup=warmup)
+    if plot is not None:
+        plot_task_results(task, results, plot)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in results], indent=2))
         return
@@ -828,6 +840,8 @@ def _bench_task(
         )  # fmt: skip
     console = _console()
     console.print(out)
+    if plot is not None:
+        console.print(f"plot written to {plot}")
     if task == "ocr":
         for r in results:
             stages = " ".join(f"{k} {v:.0f}" for k, v in r.stages_ms.items())

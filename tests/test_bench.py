@@ -102,7 +102,7 @@ def test_cli_bench_task_checks_its_inputs_before_timing(tmp_path: Path) -> None:
     for args, message in (
         (
             ["--task", "no-such"],
-            "tasks with a reference: ['feature-extraction', 'ocr', 'voice-activity-detection']",
+            "tasks with a reference: ['automatic-speech-recognition', 'feature-extraction', 'ocr', 'voice-activity-detection']",
         ),
         (["--task", "ocr"], "bench --task ocr: give input files"),
         (["--task", "voice-activity-detection"], "give input files"),

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from infer.graph.cleanup import (
     constant_initializers,
     constants_to_initializers,
+    conv_end_slice_to_padding,
     fold_conv_affine,
     gelu_from_erf,
     sum_to_add,
@@ -225,3 +226,42 @@ def test_gelu_written_with_erf_becomes_one_gelu_node() -> None:
 def test_near_misses_of_gelu_stay_as_written() -> None:
     for model in (_erf_gelu("x_first", tap=True), _erf_gelu("x_first", div=float(np.sqrt(3.0)))):
         assert gelu_from_erf(model) is model
+
+
+def _conv_then_slice(end: int, strides: int = 1) -> onnx.ModelProto:
+    """wav2vec2's positional convolution: pad kernel // 2 on both sides, drop the last frame."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[8, 8], group=4, strides=[strides]),
+        helper.make_node("Slice", ["c", "starts", "ends", "axes"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "pos_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, "T"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, None])],
+        [
+            numpy_helper.from_array(rng.standard_normal((8, 2, 16)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array([0], np.int64), "starts"),
+            numpy_helper.from_array(np.array([end], np.int64), "ends"),
+            numpy_helper.from_array(np.array([2], np.int64), "axes"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_slice_dropping_a_convs_last_frames_becomes_end_padding() -> None:
+    x = np.random.default_rng(1).standard_normal((1, 8, 50)).astype(np.float32)
+    for end in (-1, -3):
+        model = _conv_then_slice(end)
+        folded = conv_end_slice_to_padding(model)
+        assert [n.op_type for n in folded.graph.node] == ["Conv"]
+        conv = folded.graph.node[0]
+        pads = next(helper.get_attribute_value(a) for a in conv.attribute if a.name == "pads")
+        assert pads == [8, 8 + end]
+        np.testing.assert_allclose(
+            run(folded, {"x": x})[0], run(model, {"x": x})[0], rtol=1e-6, atol=1e-6
+        )
+    # Strided, or more dropped than padded: left as written.
+    for model in (_conv_then_slice(-1, strides=2), _conv_then_slice(-9)):
+        assert [n.op_type for n in conv_end_slice_to_padding(model).graph.node] == ["Conv", "Slice"]

@@ -158,9 +158,9 @@ def test_run_from_the_cli(vad: Any, speech: Path, tmp_path_factory: pytest.TempP
 
 
 def test_bench_times_three_runtimes_that_agree(
-    vad: Any, speech: Path, tmp_path_factory: pytest.TempPathFactory
+    vad: Any, speech: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    from infer.bench import bench_task
+    from infer.bench import bench_task, plot_task_results
 
     with session_cache(tmp_path_factory):
         results = bench_task("voice-activity-detection", [str(speech)], 1, repeat=1, warmup=1)
@@ -170,3 +170,5 @@ def test_bench_times_three_runtimes_that_agree(
     for r in results:
         assert r.audio_seconds == pytest.approx(9.96, abs=0.01)
         assert r.real_time_factor is not None and 0 < r.real_time_factor < 1
+    plot_task_results("voice-activity-detection", results, tmp_path / "vad.png")  # --plot
+    assert (tmp_path / "vad.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
