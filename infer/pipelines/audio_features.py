@@ -8,7 +8,6 @@ preprocessor_config.json says which one and how it is set.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from infer.errors import PipelineError
-from infer.pipelines.base import Pipeline
+from infer.pipelines.base import Pipeline, read_json
 from infer.processors.audio import (
     WHISPER_MEL_BINS,
     WHISPER_RATE,
@@ -42,10 +41,7 @@ _EXTRACTORS = {"WhisperFeatureExtractor": "whisper", "Wav2Vec2FeatureExtractor":
 def front_end_config(folder: Path) -> dict[str, Any]:
     """Return the front end a transformers model directory's preprocessor_config.json describes."""
     path = folder / PREPROCESSOR_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineError(f"{path}: not a readable JSON file ({exc})") from None
+    data = read_json(path)
     kind = _EXTRACTORS.get(str(data.get("feature_extractor_type")))
     if kind == "whisper":
         return {"features": "whisper", "n_mels": int(data.get("feature_size", 80))}

@@ -8,20 +8,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from infer.artifact.manifest import ArtifactManifest, sha256_file
+from infer.artifact.manifest import MANIFEST_FILE, ArtifactManifest, sha256_file
 from infer.errors import PipelineError
 from infer.progress import Progress
 from infer.runtime.session import Session
 
 __all__ = [
+    "CONFIG_FILE",
     "PIPELINE_FILE",
     "Pipeline",
+    "is_transformers_dir",
+    "read_json",
     "read_pipeline_config",
     "write_pipeline_config",
     "write_pipeline_json",
 ]
 
 PIPELINE_FILE = "pipeline.json"
+CONFIG_FILE = "config.json"  # a transformers model directory's
 PIPELINE_FORMAT = 1
 
 
@@ -143,6 +147,19 @@ class Pipeline:
 
     def __call__(self, inputs: Any, **options: Any) -> Any:
         raise NotImplementedError
+
+
+def read_json(path: Path) -> Any:
+    """Return the content of a JSON file; PipelineError naming it when it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineError(f"{path}: not a readable JSON file ({exc})") from None
+
+
+def is_transformers_dir(path: Path) -> bool:
+    """Return whether path is a transformers model directory (config.json, no manifest)."""
+    return path.is_dir() and (path / CONFIG_FILE).is_file() and not (path / MANIFEST_FILE).exists()
 
 
 def write_pipeline_json(path: Path, config: Mapping[str, Any]) -> None:

@@ -12,7 +12,6 @@ joined: transformers' chunk_length_s / stride_length_s arithmetic, step for step
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,8 +21,7 @@ import numpy as np
 
 from infer.errors import PipelineError
 from infer.pipelines.audio_features import front_end_config
-from infer.pipelines.base import Pipeline
-from infer.pipelines.text import is_transformers_dir
+from infer.pipelines.base import CONFIG_FILE, Pipeline, is_transformers_dir, read_json
 from infer.processors.audio import load_audio, wav2vec2_normalize
 from infer.progress import Progress
 from infer.runtime.session import Session
@@ -55,16 +53,9 @@ def ctc_decode(ids: np.ndarray, config: Mapping[str, Any]) -> str:
     return text
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineError(f"{path}: not a readable JSON file ({exc})") from None
-
-
 def _folder_config(folder: Path) -> dict[str, Any]:
     """Return the task config from a transformers CTC model directory."""
-    model = _read_json(folder / "config.json")
+    model = read_json(folder / CONFIG_FILE)
     architectures = model.get("architectures") or []
     if any("ForConditionalGeneration" in a for a in architectures):
         raise PipelineError(
@@ -73,17 +64,17 @@ def _folder_config(folder: Path) -> dict[str, Any]:
         )
     if not any(a.endswith("ForCTC") for a in architectures):
         raise PipelineError(f"{folder}: architectures {architectures}, expected a *ForCTC model")
-    vocab = _read_json(folder / "vocab.json")
+    vocab = read_json(folder / "vocab.json")
     if not isinstance(vocab, dict) or not vocab:
         raise PipelineError(f"{folder / 'vocab.json'}: expected a token -> id object")
     added = folder / "added_tokens.json"
     if added.is_file():
-        vocab = {**vocab, **_read_json(added)}
+        vocab = {**vocab, **read_json(added)}
     tokens = [""] * (max(vocab.values()) + 1)
     for token, index in vocab.items():
         tokens[int(index)] = token
     settings = (
-        _read_json(folder / "tokenizer_config.json")
+        read_json(folder / "tokenizer_config.json")
         if (folder / "tokenizer_config.json").is_file()
         else {}
     )

@@ -9,14 +9,12 @@ with batch and sequence symbolic; its config.json gives the labels and the probl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from infer.artifact.manifest import MANIFEST_FILE
 from infer.errors import PipelineError
-from infer.pipelines.base import Pipeline
+from infer.pipelines.base import CONFIG_FILE, Pipeline, is_transformers_dir, read_json
 from infer.processors.text import INPUT_NAMES, TextEncoder
 from infer.progress import Progress
 from infer.runtime.session import Session
@@ -24,7 +22,6 @@ from infer.runtime.session import Session
 __all__ = ["TextPipeline", "example_inputs"]
 
 TOKENIZER_FILE = "tokenizer.json"
-CONFIG_FILE = "config.json"
 DEFAULT_MAX_LENGTH = 512
 # The parity check's batch and sequence for a symbolic encoder.
 CHECK_DIMS = {"batch": 2, "sequence": 16}
@@ -37,18 +34,6 @@ def example_inputs(torch: Any) -> dict[str, Any]:
     mask = ids.clone()
     mask[1, 10:] = 0
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineError(f"{path}: not a readable JSON file ({exc})") from None
-
-
-def is_transformers_dir(path: Path) -> bool:
-    """Return whether path is a transformers model directory (config.json, no manifest)."""
-    return path.is_dir() and (path / CONFIG_FILE).is_file() and not (path / MANIFEST_FILE).exists()
 
 
 class TextPipeline(Pipeline):
@@ -108,7 +93,7 @@ class TextPipeline(Pipeline):
             raise PipelineError(f"{cls.task}: model {recipe.name!r} ships no {TOKENIZER_FILE}")
         tokenizer = pulled_file(recipe, TOKENIZER_FILE).read_text(encoding="utf-8")
         has_config = CONFIG_FILE in recipe.files
-        model_config = _read_json(pulled_file(recipe, CONFIG_FILE)) if has_config else {}
+        model_config = read_json(pulled_file(recipe, CONFIG_FILE)) if has_config else {}
         return {**cls.from_model_config(model_config, tokenizer), **recipe.text_input}
 
     @classmethod
@@ -121,7 +106,7 @@ class TextPipeline(Pipeline):
                 f"{folder}: no {TOKENIZER_FILE} (a fast tokenizer's file) for task {cls.task}"
             )
         tokenizer = (folder / TOKENIZER_FILE).read_text(encoding="utf-8")
-        model_config = _read_json(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else {}
+        model_config = read_json(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else {}
         return cls.from_model_config(model_config, tokenizer)
 
     @classmethod
