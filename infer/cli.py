@@ -8,7 +8,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -317,6 +317,14 @@ def _output_table(title: str, names: Sequence[str], arrays: Sequence[np.ndarray]
     help="With --task image-classification or text-classification.",
 )
 @click.option(
+    "--option",
+    "task_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="With --task: a keyword of the pipeline's call, e.g. chunk_length_s=30 or language=en "
+    "(a JSON value, else text; repeatable).",
+)
+@click.option(
     "--inputs",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
@@ -376,7 +384,7 @@ def _output_table(title: str, names: Sequence[str], arrays: Sequence[np.ndarray]
 @_model_options
 def run_command(
     args: tuple[str, ...], task: str | None, task_model: str | None, config: Path | None,
-    top_k: int | None, inputs: Path | None, named_inputs: tuple[str, ...], use_random: bool, image: Path | None, sample: bool, seed: int,
+    top_k: int | None, task_options: tuple[str, ...], inputs: Path | None, named_inputs: tuple[str, ...], use_random: bool, image: Path | None, sample: bool, seed: int,
     dims: tuple[str, ...], output: Path | None, repeat: int, warmup: int, compare_ort: bool, as_json: bool,
     target: str, shapes: tuple[str, ...], threads: int | None, no_check: bool, no_fallback: bool,
     pipeline: str | None,
@@ -394,9 +402,10 @@ def run_command(
             raise InputError(
                 f"--task {task}: {given} do(es) not apply to a task (give input files)"
             )
-        _run_task(task, task_model, config, args, sample, top_k, threads, as_json, output)
+        options = _task_options(task_options, top_k)
+        _run_task(task, task_model, config, args, sample, options, threads, as_json, output)
         return
-    if len(args) != 1 or task_model or config or top_k:
+    if len(args) != 1 or task_model or config or top_k or task_options:
         raise InputError(
             "give one MODEL, or --task TASK with inputs (--model, --config and --top-k need --task)"
         )
@@ -694,19 +703,45 @@ def _save_arrays(path: Path, names: Sequence[str], arrays: Sequence[np.ndarray])
     os.replace(staged, path)
 
 
-def _run_task(
-    task: str, model: str | None, config_file: Path | None, inputs: Sequence[str], sample: bool,
-    top_k: int | None, threads: int | None, as_json: bool, output: Path | None = None,
-) -> None:  # fmt: skip
+def _task_options(given: Sequence[str], top_k: int | None) -> dict[str, Any]:
+    """Return the keywords of a task pipeline's call from --option KEY=VALUE and --top-k."""
+    options: dict[str, Any] = {"top_k": top_k} if top_k else {}
+    for item in given:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise InputError(f"--option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    return options
+
+
+def _check_task_options(task: str, pipeline: type, options: Mapping[str, Any]) -> None:
+    """InputError for a keyword that the task pipeline's call does not take."""
     import inspect
 
+    # After self and the inputs: the call's keywords.
+    takes = list(inspect.signature(pipeline.__call__).parameters)[2:]
+    unknown = sorted(set(options) - set(takes))
+    if "top_k" in unknown:
+        raise InputError(f"--top-k does not apply to --task {task}")
+    if unknown:
+        raise InputError(
+            f"--task {task} takes no option {', '.join(unknown)}; it takes "
+            f"{', '.join(takes) or 'none'}"
+        )
+
+
+def _run_task(
+    task: str, model: str | None, config_file: Path | None, inputs: Sequence[str], sample: bool,
+    options: dict[str, Any], threads: int | None, as_json: bool, output: Path | None = None,
+) -> None:  # fmt: skip
     import infer
     from infer.pipelines import get_task
     from infer.registry import get_recipe, pull_sample
 
-    options = {"top_k": top_k} if top_k else {}
-    if options and "top_k" not in inspect.signature(get_task(task).__call__).parameters:
-        raise InputError(f"--top-k does not apply to --task {task}")
+    _check_task_options(task, get_task(task), options)
     progress = _progress()
     pipe = infer.pipeline(
         task, model, config=_read_config(config_file), threads=threads, progress=progress

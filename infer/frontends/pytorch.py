@@ -113,9 +113,17 @@ def _example(
             "on them (their shapes are fixed unless dynamic_axes says otherwise)"
         )
 
+    seen: set[int] = set()
+
     def tensor(value: Any) -> Any:
         if isinstance(value, np.ndarray):
             return torch.from_numpy(np.ascontiguousarray(value))
+        # The tracer makes one graph input of a tensor given twice, and the inputs' names
+        # would shift: each input gets its own tensor.
+        if isinstance(value, torch.Tensor):
+            if id(value) in seen:
+                return value.clone()
+            seen.add(id(value))
         return value
 
     if isinstance(example_inputs, Mapping):
@@ -166,6 +174,12 @@ def _export_dynamo(
     out_names: list[str],
     axes: dict[str, dict[int, str]],
 ) -> onnx.ModelProto:
+    # Named dims as dynamic_shapes: inputs sharing a name share the dim. (Given as dynamic_axes,
+    # each input's dim was its own, and a dim that the model ties to another came out static.)
+    shapes = [axes.get(n) for n in names]
+    dynamic_shapes = (
+        None if not axes else tuple(shapes) if not kwargs else dict(zip(names, shapes, strict=True))
+    )
     with quiet(*_LOGGERS):
         program = torch.onnx.export(
             model,
@@ -174,7 +188,7 @@ def _export_dynamo(
             dynamo=True,
             input_names=names,
             output_names=out_names,
-            dynamic_axes=axes or None,
+            dynamic_shapes=dynamic_shapes,
             opset_version=DYNAMO_OPSET,
             optimize=True,
             verbose=False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,9 +15,12 @@ from infer.progress import Progress
 from infer.runtime.session import Session
 
 __all__ = [
+    "BUNDLE_COMPONENT",
     "CONFIG_FILE",
     "PIPELINE_FILE",
     "Pipeline",
+    "bundle_component",
+    "component_entry",
     "is_transformers_dir",
     "read_json",
     "read_pipeline_config",
@@ -27,6 +31,8 @@ __all__ = [
 PIPELINE_FILE = "pipeline.json"
 CONFIG_FILE = "config.json"  # a transformers model directory's
 PIPELINE_FORMAT = 1
+# A bundle's component directories (det, det-640x640, encoder, ...): nothing else is opened.
+BUNDLE_COMPONENT = re.compile(r"[a-z]+(-[0-9]+x[0-9]+)?")
 
 
 class Pipeline:
@@ -201,3 +207,28 @@ def write_pipeline_config(artifact: Path, config: Mapping[str, Any]) -> None:
     write_pipeline_json(artifact / PIPELINE_FILE, config)
     manifest.files[PIPELINE_FILE] = sha256_file(artifact / PIPELINE_FILE)
     manifest.write(artifact)
+
+
+def component_entry(bundle: Path, name: str) -> dict[str, str]:
+    """Return pipeline.json's entry of the bundle's component directory name (its manifest's
+    sha256, so that a component swapped from another bundle is refused)."""
+    return {"dir": name, "sha256": sha256_file(bundle / name / MANIFEST_FILE)}
+
+
+def bundle_component(bundle: Path, entry: Any, what: str) -> Path:
+    """Return a bundle component's directory after checking its manifest's sha256."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("dir"), str):
+        raise PipelineError(f"{bundle / PIPELINE_FILE}: component {what}: expected dir and sha256")
+    name = str(entry["dir"])
+    if not BUNDLE_COMPONENT.fullmatch(name):
+        raise PipelineError(f"{bundle / PIPELINE_FILE}: component dir {name!r} is not allowed")
+    path = bundle / name
+    manifest = path / MANIFEST_FILE
+    if not manifest.is_file():
+        raise PipelineError(f"{bundle}: component {name}/ has no {MANIFEST_FILE}")
+    if sha256_file(manifest) != entry.get("sha256"):
+        raise PipelineError(
+            f"{bundle}: {name}/{MANIFEST_FILE} does not match the sha256 in {PIPELINE_FILE} "
+            "(changed, or swapped from another bundle)"
+        )
+    return path

@@ -21,7 +21,6 @@ one's manifest, and each artifact verifies its own files when loaded.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -29,10 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from infer.artifact.manifest import MANIFEST_FILE, sha256_file
 from infer.errors import PipelineError
 from infer.graph.spatial import to_blocks
-from infer.pipelines.base import PIPELINE_FILE, Pipeline, read_pipeline_config, write_pipeline_json
+from infer.pipelines.base import (
+    BUNDLE_COMPONENT,
+    PIPELINE_FILE,
+    Pipeline,
+    bundle_component,
+    component_entry,
+    read_pipeline_config,
+    write_pipeline_json,
+)
 from infer.processors.image import is_single_image, open_image
 from infer.processors.ocr import (
     DbConfig,
@@ -59,7 +65,6 @@ REC_SHAPES = {"x": (1, 3, 48, "width")}  # the recogniser's width stays symbolic
 REC_CHECK_DIMS = {"width": 320}
 CHARACTER_KEY = "character"  # the recogniser's ONNX metadata entry listing its characters
 PER_MODEL_OPTIONS = ("shapes", "check_dims", "save_onnx", "dump_ir")
-_COMPONENT = re.compile(r"[a-z]+(-[0-9]+x[0-9]+)?")
 
 
 def default_config(characters: Sequence[str]) -> dict[str, Any]:
@@ -173,31 +178,12 @@ def _compile_into_cache(
     return _Models({}, threads, compiled)
 
 
-def _component(bundle: Path, entry: Any, what: str) -> Path:
-    """Return a bundle component's directory after checking its manifest's sha256."""
-    if not isinstance(entry, dict) or not isinstance(entry.get("dir"), str):
-        raise PipelineError(f"{bundle / PIPELINE_FILE}: component {what}: expected dir and sha256")
-    name = str(entry["dir"])
-    if not _COMPONENT.fullmatch(name):
-        raise PipelineError(f"{bundle / PIPELINE_FILE}: component dir {name!r} is not allowed")
-    path = bundle / name
-    manifest = path / MANIFEST_FILE
-    if not manifest.is_file():
-        raise PipelineError(f"{bundle}: component {name}/ has no {MANIFEST_FILE}")
-    if sha256_file(manifest) != entry.get("sha256"):
-        raise PipelineError(
-            f"{bundle}: {name}/{MANIFEST_FILE} does not match the sha256 in {PIPELINE_FILE} "
-            "(changed, or swapped from another bundle)"
-        )
-    return path
-
-
 def _open_bundle(bundle: Path, stored: Mapping[str, Any], threads: int | None) -> _Models:
     components = stored.get("components")
     if not isinstance(components, dict) or not {"det", "cls", "rec"} <= set(components):
         raise PipelineError(f"{bundle / PIPELINE_FILE}: components det, cls and rec expected")
     return _Models(
-        {key: _component(bundle, entry, key) for key, entry in components.items()}, threads
+        {key: bundle_component(bundle, entry, key) for key, entry in components.items()}, threads
     )
 
 
@@ -317,13 +303,13 @@ class OcrPipeline(Pipeline):
         ]
         components: dict[str, Any] = {}
         for key, name, shapes, dims in plan:
-            if not _COMPONENT.fullmatch(key):
+            if not BUNDLE_COMPONENT.fullmatch(key):
                 raise PipelineError(f"{cls.task}: det.fixed_sizes: {key} is not HxW")
             infer.compile(
                 name, shapes=shapes, check_dims=dims, output=output / key, threads=threads,
                 progress=progress, **options,
             )  # fmt: skip
-            components[key] = {"dir": key, "sha256": sha256_file(output / key / MANIFEST_FILE)}
+            components[key] = component_entry(output, key)
         # The config is checked against the models (the recogniser's classes) before it is written.
         cls(_Models({k: output / k for k in components}, threads), task_config)
         write_pipeline_json(output / PIPELINE_FILE, {**task_config, "components": components})

@@ -13,7 +13,7 @@ joined: transformers' chunk_length_s / stride_length_s arithmetic, step for step
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from infer.processors.audio import load_audio, wav2vec2_normalize
 from infer.progress import Progress
 from infer.runtime.session import Session
 
-__all__ = ["SpeechRecognitionPipeline", "ctc_decode"]
+__all__ = ["SpeechRecognitionPipeline", "audio_chunks", "clean_up_spaces", "ctc_decode"]
 
 INPUT_NAME = "input_values"
 # The parity check's batch and sample count (1 s at 16 kHz: the convolutions need a few hundred).
@@ -47,10 +47,46 @@ def ctc_decode(ids: np.ndarray, config: Mapping[str, Any]) -> str:
     text = "".join(chars).strip()
     if config.get("do_lower_case"):
         text = text.lower()
-    if config.get("clean_up_tokenization_spaces"):
-        for before, after in _CLEAN_UP:
-            text = text.replace(before, after)
+    return clean_up_spaces(text) if config.get("clean_up_tokenization_spaces") else text
+
+
+def clean_up_spaces(text: str) -> str:
+    """Return text without the spaces before punctuation and contractions (transformers'
+    clean_up_tokenization)."""
+    for before, after in _CLEAN_UP:
+        text = text.replace(before, after)
     return text
+
+
+def audio_chunks(
+    samples: np.ndarray, rate: int, align: int, chunk_length_s: float,
+    stride_length_s: float | tuple[float, float] | None,
+) -> Iterator[tuple[np.ndarray, int, int]]:  # fmt: skip
+    """Yield (chunk, left stride, right stride) in samples: transformers' chunk_iter, with its
+    chunk_length_s / stride_length_s (default chunk / 6 per side) rounded to align samples."""
+    if stride_length_s is None:
+        stride_length_s = chunk_length_s / 6
+    left_s, right_s = (
+        (stride_length_s, stride_length_s)
+        if isinstance(stride_length_s, int | float)
+        else stride_length_s
+    )
+    chunk_len = int(round(chunk_length_s * rate / align) * align)
+    left = int(round(left_s * rate / align) * align)
+    right = int(round(right_s * rate / align) * align)
+    if chunk_len < left + right or chunk_len - left - right <= 0:
+        raise PipelineError(
+            f"automatic-speech-recognition: chunk_length_s {chunk_length_s} must exceed the "
+            f"strides ({left_s} + {right_s} s)"
+        )
+    for start in range(0, len(samples), chunk_len - left - right):
+        chunk = samples[start : start + chunk_len]
+        is_last = start + chunk_len >= len(samples)
+        chunk_left = 0 if start == 0 else left
+        if len(chunk) > chunk_left:
+            yield chunk, chunk_left, 0 if is_last else right
+        if is_last:
+            break
 
 
 def _folder_config(folder: Path) -> dict[str, Any]:
@@ -59,8 +95,8 @@ def _folder_config(folder: Path) -> dict[str, Any]:
     architectures = model.get("architectures") or []
     if any("ForConditionalGeneration" in a for a in architectures):
         raise PipelineError(
-            f"{folder}: {architectures[0]} is an encoder-decoder (Whisper-style) model; this "
-            "version of infer recognises speech with CTC models (wav2vec2, HuBERT, ...)"
+            f"{folder}: {architectures[0]} is an encoder-decoder model; this version of infer "
+            "recognises speech with CTC models (wav2vec2, HuBERT, ...) and Whisper"
         )
     if not any(a.endswith("ForCTC") for a in architectures):
         raise PipelineError(f"{folder}: architectures {architectures}, expected a *ForCTC model")
@@ -105,7 +141,7 @@ class SpeechRecognitionPipeline(Pipeline):
 
     task = "automatic-speech-recognition"
     default_model = ""
-    description = "speech to text (wav2vec2-style CTC models)"
+    description = "speech to text (wav2vec2-style CTC models and Whisper)"
 
     def __init__(self, session: Session, config: Mapping[str, Any]) -> None:
         super().__init__(session, config)
@@ -128,6 +164,53 @@ class SpeechRecognitionPipeline(Pipeline):
                 f"{self.task}: the vocabulary has {len(self.vocab)} tokens, the model's logits "
                 f"{classes}: they do not belong together"
             )
+
+    @classmethod
+    def open(
+        cls,
+        model: Any,
+        *,
+        config: dict[str, Any] | None,
+        threads: int | None,
+        progress: Progress | None,
+        compile_options: Mapping[str, Any],
+    ) -> Pipeline:
+        """Return the pipeline on model: a CTC model (transformers directory, .onnx or artifact)
+        or a Whisper model (transformers directory or bundle: infer.pipelines.whisper)."""
+        if model is not None:
+            from infer.pipelines.whisper import open_whisper
+
+            whisper = open_whisper(Path(model), config, threads, progress, compile_options)
+            if whisper is not None:
+                return whisper
+        return super().open(
+            model, config=config, threads=threads, progress=progress,
+            compile_options=compile_options,
+        )  # fmt: skip
+
+    @classmethod
+    def build(
+        cls,
+        output: Path,
+        model: Any,
+        *,
+        config: dict[str, Any] | None,
+        threads: int | None,
+        progress: Progress | None,
+        compile_options: Mapping[str, Any],
+    ) -> Path:
+        """Compile model into output: an artifact with pipeline.json for a CTC model, a bundle
+        (encoder/, decoder/, pipeline.json) for a Whisper directory."""
+        from infer.pipelines.whisper import WhisperPipeline, is_whisper_dir
+
+        if model is not None and is_whisper_dir(Path(model)):
+            return WhisperPipeline.build_bundle(
+                output, Path(model), config, threads, progress, compile_options
+            )
+        return super().build(
+            output, model, config=config, threads=threads, progress=progress,
+            compile_options=compile_options,
+        )  # fmt: skip
 
     @classmethod
     def _export(cls, folder: Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -190,10 +273,18 @@ class SpeechRecognitionPipeline(Pipeline):
         sampling_rate: int | None = None,
         chunk_length_s: float = 0,
         stride_length_s: float | tuple[float, float] | None = None,
+        language: str | None = None,
+        task: str | None = None,
     ) -> Any:
         """Return {"text": ...} for one input, a list of them for a list of inputs (audio file
         paths, bytes, numpy arrays at sampling_rate, or (samples, rate) pairs). chunk_length_s
-        cuts long audio into chunks overlapping by stride_length_s (default chunk / 6) per side."""
+        cuts long audio into chunks overlapping by stride_length_s (default chunk / 6) per side.
+        language and task are Whisper's (see WhisperPipeline)."""
+        if language is not None or task is not None:
+            raise PipelineError(
+                f"{self.task}: language and task apply to Whisper models; a CTC model "
+                "transcribes in the one language it was trained on"
+            )
         single = not isinstance(audio, list)
         results = []
         for item in [audio] if single else audio:
@@ -214,34 +305,14 @@ class SpeechRecognitionPipeline(Pipeline):
     ) -> np.ndarray:  # fmt: skip
         if not chunk_length_s:
             return self._logits_ids(samples)
-        if stride_length_s is None:
-            stride_length_s = chunk_length_s / 6
-        left_s, right_s = (
-            (stride_length_s, stride_length_s)
-            if isinstance(stride_length_s, int | float)
-            else stride_length_s
-        )
-        align = self.align
-        chunk_len = int(round(chunk_length_s * self.rate / align) * align)
-        left = int(round(left_s * self.rate / align) * align)
-        right = int(round(right_s * self.rate / align) * align)
-        if chunk_len < left + right or chunk_len - left - right <= 0:
-            raise PipelineError(
-                f"{self.task}: chunk_length_s {chunk_length_s} must exceed the strides "
-                f"({left_s} + {right_s} s)"
-            )
         pieces = []
-        for start in range(0, len(samples), chunk_len - left - right):
-            chunk = samples[start : start + chunk_len]
-            is_last = start + chunk_len >= len(samples)
-            chunk_left, chunk_right = (0 if start == 0 else left), (0 if is_last else right)
-            if len(chunk) > chunk_left:
-                ids = self._logits_ids(chunk)
-                # The strides in frames, as transformers' rescale_stride rounds them.
-                frames = round(len(chunk) / align)
-                drop_left = round(chunk_left / len(chunk) * frames)
-                drop_right = round(chunk_right / len(chunk) * frames)
-                pieces.append(ids[drop_left : frames - drop_right])
-            if is_last:
-                break
+        for chunk, left, right in audio_chunks(
+            samples, self.rate, self.align, chunk_length_s, stride_length_s
+        ):
+            ids = self._logits_ids(chunk)
+            # The strides in frames, as transformers' rescale_stride rounds them.
+            frames = round(len(chunk) / self.align)
+            drop_left = round(left / len(chunk) * frames)
+            drop_right = round(right / len(chunk) * frames)
+            pieces.append(ids[drop_left : frames - drop_right])
         return np.concatenate(pieces)

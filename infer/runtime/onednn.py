@@ -568,12 +568,15 @@ def _entry(name: str) -> Any:
         x, w, out, config_text = args[0], args[1], args[-1], args[-2]
         bias = args[2] if len(args) == 5 else None
         state = _state()
-        key = (name, config_text, tuple(x.shape), w.data_ptr())
+        config = _CONFIGS.get(config_text)
+        if config is None:
+            config = _CONFIGS[config_text] = json.loads(config_text)
+        # A primitive is made for both operands' shapes (an attention's keys grow while its
+        # query stays one row); weights packed once are also told apart by their address.
+        packed_weights = w.data_ptr() if name == CONV2D or config.get("weights") else 0
+        key = (name, config_text, tuple(x.shape), tuple(w.shape), packed_weights)
         kernel = state.kernels.get(key)
         if kernel is None:
-            config = _CONFIGS.get(config_text)
-            if config is None:
-                config = _CONFIGS[config_text] = json.loads(config_text)
             lib.set_threads(state.threads)  # packing the weights runs OpenMP regions too
             kernel = build(lib, state, config, x, w, bias is not None, out)
             kernel.threads = 1 if config.get("single_thread") else state.threads

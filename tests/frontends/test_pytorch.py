@@ -235,3 +235,19 @@ def test_torchscript_exporter_is_the_stated_fallback(tmp_path: Path) -> None:
     assert "GuardOnDataDependent" in art.manifest.frontend["dynamo_error"]
     (got,) = art.load().run(None, {"x": np.full((2, 3), 0.5, np.float32)})
     np.testing.assert_array_equal(got, np.full((2, 3), 1.0, np.float32))
+
+
+class TwoInputs(torch.nn.Module):  # type: ignore[misc]
+    def forward(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return keys * 2 - values
+
+
+def test_one_tensor_given_for_two_inputs_still_makes_two_inputs(tmp_path: Path) -> None:
+    # The tracer merged them into one graph input, and the second name went to nothing.
+    same = torch.randn(2, 3)
+    art = infer.compile(TwoInputs(), example_inputs=(same, same), output=tmp_path / "two")
+    session = art.load()
+    assert [i.name for i in session.get_inputs()] == ["keys", "values"]
+    keys, values = np.ones((2, 3), np.float32), np.full((2, 3), 5, np.float32)
+    (got,) = session.run(None, {"keys": keys, "values": values})
+    np.testing.assert_array_equal(got, keys * 2 - values)

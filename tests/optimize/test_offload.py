@@ -217,3 +217,31 @@ def test_relu6_after_a_convolution_is_one_post_op_chain(tmp_path: Path) -> None:
     x = rng.standard_normal((1, 3, 12, 12)).astype(np.float32) * 4
     summary = compile_and_compare(model, tmp_path, {"x": x})
     assert summary["conv2d"] == 2 and summary["post_ops"] == 2  # relu, then clip at 6
+
+
+@pytest.mark.usefixtures("offload_everything")
+def test_a_query_row_against_keys_of_every_length(tmp_path: Path) -> None:
+    # A decoder's step: one query row, keys growing by a row per step. The query's shape stays
+    # the same and the keys' buffer comes back at one address: the primitive made for one
+    # length was reused for the next, and read the wrong number of keys.
+    nodes = [
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "step",
+        [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 4, 1, 16]),
+         helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, 4, "past", 16])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 4, 1, "past"])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    artifact = infer.compile(model, output=tmp_path / "step.infer", check_dims={"past": 3})
+    assert artifact.manifest.pipeline["offload"]["matmul"] == 1
+    session = infer.Session(artifact.path, threads=1)
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, 4, 1, 16)).astype(np.float32)
+    for past in (1, 2, 3, 5, 8, 3, 17, 2):
+        k = rng.standard_normal((1, 4, past, 16)).astype(np.float32)
+        for _ in range(3):
+            (got,) = session.run(None, {"q": q, "k": k})
+            np.testing.assert_allclose(got, q @ k.transpose(0, 1, 3, 2), rtol=1e-5, atol=1e-5)

@@ -138,13 +138,18 @@ def test_an_artifact_from_the_cli(asr: Any, model_dir: Path, speech: Path, tmp_p
 
 
 def test_bad_models_and_inputs_are_named(asr: Any, tmp_path: Path) -> None:
-    whisper = tmp_path / "whisper"  # what save_pretrained writes: the config names the class
-    whisper.mkdir()
-    (whisper / "config.json").write_text(
-        json.dumps({"architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper"})
+    seq2seq = tmp_path / "s2t"  # what save_pretrained writes: the config names the class
+    seq2seq.mkdir()
+    (seq2seq / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["Speech2TextForConditionalGeneration"],
+                "model_type": "speech_to_text",
+            }
+        )
     )
-    with pytest.raises(PipelineError, match="encoder-decoder"):
-        infer.pipeline("automatic-speech-recognition", model=str(whisper))
+    with pytest.raises(PipelineError, match=r"encoder-decoder model.*CTC models .* and Whisper"):
+        infer.pipeline("automatic-speech-recognition", model=str(seq2seq))
     with pytest.raises(PipelineError, match="no default model"):
         infer.pipeline("automatic-speech-recognition")
     with pytest.raises(PipelineError, match="no samples"):
