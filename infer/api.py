@@ -273,6 +273,14 @@ def load(model: ModelSource, *, threads: int | None = None, **compile_options: A
     return compile(model, threads=threads, **compile_options).load(threads=threads)
 
 
+def reference_file(artifact: str | os.PathLike[str]) -> str:
+    """Return the path of the .onnx file the artifact was compiled from, checked against its
+    manifest's hash; "" when it was not compiled from a file."""
+    source_model(artifact)  # ArtifactError when the file is not the one compiled
+    source = Path(ArtifactManifest.read(Path(artifact)).model_source)
+    return str(source) if source.suffix == ".onnx" and source.is_file() else ""
+
+
 def source_model(
     artifact: str | os.PathLike[str],
     model: ModelSource | None = None,

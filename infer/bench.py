@@ -24,6 +24,7 @@ import numpy as np
 
 from infer.artifact.manifest import ArtifactManifest
 from infer.errors import InferError, InputError
+from infer.reference import SessionOnOnnxRuntime
 from infer.signature import TensorSpec
 from infer.timing import LatencyStats, measure
 
@@ -37,7 +38,6 @@ __all__ = [
     "cell_dims",
     "markdown_table",
     "plot_rows",
-    "reference_file",
     "require_matplotlib",
 ]
 
@@ -231,16 +231,6 @@ def _worker(runtime: str, cell: BenchCell) -> RuntimeResult:
     repeat = max(cell.repeat, min(int(cell.min_seconds / max(per_run, 1e-6)), MAX_REPEAT))
     latency = measure(run, repeat, 0)
     return RuntimeResult(runtime, version, latency, load_s, base, _rss_mb())
-
-
-def reference_file(artifact: Path) -> str:
-    """Return the path of the .onnx file the artifact was compiled from, checked against its
-    manifest's hash; "" when it was not compiled from a file."""
-    from infer.api import source_model
-
-    source_model(artifact)  # ArtifactError when the file is not the one compiled
-    source = Path(ArtifactManifest.read(artifact).model_source)
-    return str(source) if source.suffix == ".onnx" and source.is_file() else ""
 
 
 def _cell_json(cell: BenchCell) -> str:
@@ -457,30 +447,6 @@ def _ocr_worker(runtime: str, spec: Mapping[str, Any]) -> TaskBenchResult:
     )  # fmt: skip
 
 
-class _ReferenceAsSession:
-    """ONNX Runtime on an artifact's source model, with the artifact's signature: what a
-    pipeline needs of a Session, so that the same pre- and post-processing runs around it."""
-
-    def __init__(self, session: Any, threads: int, model: str | None = None) -> None:
-        from infer.api import source_model
-        from infer.reference import ReferenceSession
-
-        self.manifest = session.manifest
-        self._inputs, self._outputs = session.get_inputs(), session.get_outputs()
-        self._reference = ReferenceSession(
-            model or reference_file(session.path) or source_model(session.path), threads
-        )
-
-    def get_inputs(self) -> list[TensorSpec]:
-        return list(self._inputs)
-
-    def get_outputs(self) -> list[TensorSpec]:
-        return list(self._outputs)
-
-    def run(self, _names: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return self._reference.run(feeds)
-
-
 def _vad_worker(runtime: str, spec: Mapping[str, Any]) -> TaskBenchResult:
     """Time one voice-activity runtime over spec's audio files (each pass: every file once):
     infer's pipeline, the same pipeline on ONNX Runtime, or silero-vad's get_speech_timestamps
@@ -495,7 +461,7 @@ def _vad_worker(runtime: str, spec: Mapping[str, Any]) -> TaskBenchResult:
     seconds = sum(len(s) for s in samples) / pipe.rate
     if runtime in ("infer", "onnxruntime"):
         if runtime == "onnxruntime":
-            pipe = type(pipe)(_ReferenceAsSession(pipe.session, threads), pipe.config)
+            pipe = type(pipe)(SessionOnOnnxRuntime(pipe.session, threads), pipe.config)
 
         def one_pass() -> int:
             return sum(len(pipe(s)) for s in samples)
@@ -578,11 +544,11 @@ def _asr_on_onnxruntime(pipe: Any, threads: int, exported: str) -> Any:
 
     if isinstance(pipe, WhisperPipeline):
         encoder, decoder = (
-            _ReferenceAsSession(session, threads, str(onnx_path(exported, name)))
+            SessionOnOnnxRuntime(session, threads, str(onnx_path(exported, name)))
             for name, session in ((ENCODER, pipe.models.encoder), (DECODER, pipe.models.decoder))
         )
         return WhisperPipeline(WhisperModels(encoder, decoder), pipe.config)  # type: ignore[arg-type]
-    return type(pipe)(_ReferenceAsSession(pipe.session, threads, exported), pipe.config)
+    return type(pipe)(SessionOnOnnxRuntime(pipe.session, threads, exported), pipe.config)
 
 
 def _time_audio_passes(
@@ -617,7 +583,7 @@ def _text_runner(runtime: str, spec: Mapping[str, Any]) -> tuple[Callable[[list[
     encoder, pooling, normalize = pipe.encoder, pipe.pooling, pipe.normalize  # type: ignore[attr-defined]
     names = pipe.input_names  # type: ignore[attr-defined]
     if runtime == "onnxruntime":
-        from infer.api import source_model
+        from infer.api import reference_file, source_model
         from infer.reference import ReferenceSession
 
         path = pipe.session.path

@@ -18,7 +18,7 @@ import numpy as np
 from infer.bench import DEFAULT_REPEAT as BENCH_REPEAT
 from infer.bench import DEFAULT_WARMUP as BENCH_WARMUP
 from infer.bench import MIN_SECONDS as BENCH_SECONDS
-from infer.errors import InferError, InputError
+from infer.errors import InferError, InputError, PipelineError
 
 __all__ = ["main"]
 
@@ -584,6 +584,7 @@ def bench_command(
     if not models:
         raise InputError("give MODELS to time (or --task TASK)")
     import infer
+    from infer.api import reference_file
     from infer.artifact.manifest import ArtifactManifest
     from infer.bench import (
         RUNTIMES,
@@ -593,7 +594,6 @@ def bench_command(
         cell_dims,
         markdown_table,
         plot_rows,
-        reference_file,
         require_matplotlib,
     )
     from infer.sources import resolve_model
@@ -717,20 +717,16 @@ def _task_options(given: Sequence[str], top_k: int | None) -> dict[str, Any]:
     return options
 
 
-def _check_task_options(task: str, pipeline: type, options: Mapping[str, Any]) -> None:
+def _check_task_options(task: str, options: Mapping[str, Any]) -> None:
     """InputError for a keyword that the task pipeline's call does not take."""
-    import inspect
+    from infer.pipelines import get_task
 
-    # After self and the inputs: the call's keywords.
-    takes = list(inspect.signature(pipeline.__call__).parameters)[2:]
-    unknown = sorted(set(options) - set(takes))
-    if "top_k" in unknown:
-        raise InputError(f"--top-k does not apply to --task {task}")
-    if unknown:
-        raise InputError(
-            f"--task {task} takes no option {', '.join(unknown)}; it takes "
-            f"{', '.join(takes) or 'none'}"
-        )
+    try:
+        get_task(task).check_options(options)
+    except PipelineError as exc:
+        if "top_k" in options and "option top_k" in str(exc):
+            raise InputError(f"--top-k does not apply to --task {task}") from None
+        raise InputError(f"--task {exc}") from None
 
 
 def _run_task(
@@ -738,10 +734,9 @@ def _run_task(
     options: dict[str, Any], threads: int | None, as_json: bool, output: Path | None = None,
 ) -> None:  # fmt: skip
     import infer
-    from infer.pipelines import get_task
     from infer.registry import get_recipe, pull_sample
 
-    _check_task_options(task, get_task(task), options)
+    _check_task_options(task, options)
     progress = _progress()
     pipe = infer.pipeline(
         task, model, config=_read_config(config_file), threads=threads, progress=progress
@@ -891,6 +886,96 @@ def _bench_task(
                 f"({r.lines} {found})",
                 markup=False,
             )
+
+
+@cli.command("serve")
+@click.argument("models", nargs=-1, required=True, metavar="ARTIFACT_OR_BUNDLE...")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--max-batch", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Requests to a model with a batch dim merged into one run, up to this many rows.",
+)  # fmt: skip
+@click.option(
+    "--max-delay-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+    help="How long the first request of a batch waits for others.",
+)  # fmt: skip
+@click.option(
+    "--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
+    help="Requests waiting per model or pipeline; more are answered 503.",
+)  # fmt: skip
+@click.option(
+    "--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=60.0,
+    show_default=True, help="Seconds per request, queueing included; past it 504.",
+)  # fmt: skip
+@click.option(
+    "--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=64.0,
+    show_default=True, help="Larger request bodies are answered 413.",
+)  # fmt: skip
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads per model.")
+@click.option(
+    "--runtime", type=click.Choice(["infer", "onnxruntime"]), default="infer", show_default=True,
+    help="onnxruntime: each artifact's source model on ONNX Runtime, to compare behind the same "
+    "server.",
+)  # fmt: skip
+def serve_command(
+    models: tuple[str, ...], host: str, port: int, max_batch: int, max_delay_ms: float,
+    max_queue: int, timeout_s: float, max_body_mb: float, threads: int | None, runtime: str,
+) -> None:  # fmt: skip
+    """Serve artifacts (KServe v2 REST: /v2/models/NAME/infer) and pipelines (an artifact's
+    pipeline.json or a bundle: POST /v1/pipelines/NAME) over HTTP, with /metrics; NAME is the
+    directory's name without .infer."""
+    from infer.serve import ServeOptions, load_served, serve_app
+
+    options = ServeOptions(
+        max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
+        timeout_s=timeout_s, max_body_bytes=int(max_body_mb * (1 << 20)),
+    )  # fmt: skip
+    served = load_served(list(models), threads, runtime)
+    for name in served.models:
+        _console().print(
+            f"model {name}: POST http://{host}:{port}/v2/models/{name}/infer", markup=False
+        )
+    for name, pipe in served.pipelines.items():
+        _console().print(
+            f"pipeline {name} ({pipe.task}): POST http://{host}:{port}/v1/pipelines/{name}",
+            markup=False,
+        )
+    serve_app(served, host, port, options)
+
+
+@cli.command("batch")
+@click.argument("model", metavar="PIPELINE")
+@click.argument("source", metavar="FILES_DIR_OR_PARQUET")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+    help="The results: a .parquet file (path, result as JSON, error).",
+)  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Threads per worker.",
+)  # fmt: skip
+@click.option("--address", default=None, help="An existing Ray cluster (default: local Ray).")
+@click.option(
+    "--option", "task_options", multiple=True, metavar="KEY=VALUE",
+    help="A keyword of the pipeline's call (a JSON value, else text; repeatable).",
+)  # fmt: skip
+def batch_command(
+    model: str, source: str, output: Path, workers: int, threads: int, address: str | None,
+    task_options: tuple[str, ...],
+) -> None:  # fmt: skip
+    """Run a pipeline (an artifact with pipeline.json, or a bundle) over a directory of files or
+    Parquet on Ray Data, one actor per worker; a failing input is reported and the rest go on."""
+    from infer.batch import run_batch
+
+    summary = run_batch(
+        model, source, output, workers=workers, threads=threads, address=address,
+        options=_task_options(task_options, None), progress=_progress(),
+    )  # fmt: skip
+    for _path, error in summary.failed:
+        click.echo(f"failed: {error}", err=True)
+    click.echo(f"{summary.rows} input(s), {len(summary.failed)} failed -> {summary.output}")
 
 
 @cli.command("pipelines")

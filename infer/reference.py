@@ -9,8 +9,9 @@ import numpy as np
 import onnx
 
 from infer.errors import CompileError
+from infer.signature import TensorSpec
 
-__all__ = ["ReferenceSession"]
+__all__ = ["ReferenceSession", "SessionOnOnnxRuntime"]
 
 
 class ReferenceSession:
@@ -42,3 +43,29 @@ class ReferenceSession:
         except Exception as exc:
             raise CompileError(f"ONNX Runtime failed on the reference run: {exc}") from None
         return [np.asarray(o) for o in outputs]
+
+
+class SessionOnOnnxRuntime:
+    """ONNX Runtime on an artifact's source model (or model), with the artifact's signature:
+    what a pipeline or the server needs of a Session, so that the same code runs around it."""
+
+    platform = "onnxruntime"
+
+    def __init__(self, session: Any, threads: int, model: str | None = None) -> None:
+        from infer.api import reference_file, source_model
+
+        self.manifest = session.manifest
+        self.path = session.path
+        self._inputs, self._outputs = session.get_inputs(), session.get_outputs()
+        self._reference = ReferenceSession(
+            model or reference_file(session.path) or source_model(session.path), threads
+        )
+
+    def get_inputs(self) -> list[TensorSpec]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[TensorSpec]:
+        return list(self._outputs)
+
+    def run(self, _names: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self._reference.run(feeds)

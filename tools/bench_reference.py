@@ -22,6 +22,7 @@ from pathlib import Path
 import onnx
 
 import infer
+from infer.api import reference_file
 from infer.bench import (
     DEFAULT_REPEAT,
     DEFAULT_WARMUP,
@@ -32,7 +33,6 @@ from infer.bench import (
     bench_cell,
     markdown_table,
     plot_rows,
-    reference_file,
 )
 from infer.config import cache_dir
 from infer.progress import Progress

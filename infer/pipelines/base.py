@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -51,6 +52,8 @@ class Pipeline:
     input_kind: ClassVar[str] = "file"
     # Whether default_model names a recipe (audio-features names a numpy front end).
     runs_recipe: ClassVar[bool] = True
+    # The options a call takes through **options (check_options reads the named ones itself).
+    keyword_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, session: Session, config: Mapping[str, Any]) -> None:
         self.session = session
@@ -153,6 +156,20 @@ class Pipeline:
 
     def __call__(self, inputs: Any, **options: Any) -> Any:
         raise NotImplementedError
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """PipelineError naming the options that the task's call does not take."""
+        # After self and the inputs: the call's keywords, and what its **options take.
+        parameters = list(inspect.signature(cls.__call__).parameters.values())[2:]
+        takes = [p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        takes += cls.keyword_options
+        unknown = sorted(set(options) - set(takes))
+        if unknown:
+            raise PipelineError(
+                f"{cls.task} takes no option {', '.join(unknown)}; it takes "
+                f"{', '.join(takes) or 'none'}"
+            )
 
 
 def read_json(path: Path) -> Any:

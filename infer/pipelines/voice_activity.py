@@ -50,6 +50,7 @@ class VoiceActivityPipeline(Pipeline):
     """
 
     task = "voice-activity-detection"
+    keyword_options = tuple(DEFAULTS)
     default_model = "silero-vad"
     description = "speech segments (start/end seconds) of audio"
 

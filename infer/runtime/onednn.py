@@ -50,8 +50,11 @@ _STREAM_IN_ORDER = 1
 _FORWARD_INFERENCE = 96
 _CONVOLUTION_DIRECT = 1
 _DECONVOLUTION_DIRECT = 10
-_QUERY_WEIGHTS_MD = 131
-_ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS = 1, 17, 33, 41
+_QUERY_WEIGHTS_MD, _QUERY_SCRATCHPAD_MD = 131, 136
+_ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS, _ARG_SCRATCHPAD = 1, 17, 33, 41, 80
+# Each primitive gets its own scratchpad: the library's default one belongs to the thread that
+# made the primitive, and running it from another thread (a server's worker) crashed.
+_SCRATCHPAD_MODE_USER = 1
 _ELTWISE = {"relu": 0x20, "clip": 46, "gelu_erf": 49, "gelu_tanh": 43, "logistic": 41}
 _MAX_NDIMS = 12
 _ALIGN = 64
@@ -126,6 +129,7 @@ class _Library:
             "dnnl_primitive_attr_destroy",
             "dnnl_post_ops_destroy",
             "dnnl_memory_desc_clone",
+            "dnnl_primitive_attr_set_scratchpad_mode",
         ):
             getattr(lib, name).restype = ctypes.c_int
         lib.dnnl_primitive_desc_query_md.restype = p
@@ -195,11 +199,16 @@ class _Library:
         )
         return memory
 
-    def attr(self, post_ops: Sequence[tuple[str, float, float]]) -> ctypes.c_void_p | None:
-        if not post_ops:
-            return None
+    def attr(self, post_ops: Sequence[tuple[str, float, float]]) -> ctypes.c_void_p:
+        """Return primitive attributes: a scratchpad of the primitive's own, the post-ops."""
         attr, ops = ctypes.c_void_p(), ctypes.c_void_p()
         self.check(self.lib.dnnl_primitive_attr_create(ctypes.byref(attr)), "attributes")
+        self.check(
+            self.lib.dnnl_primitive_attr_set_scratchpad_mode(attr, _SCRATCHPAD_MODE_USER),
+            "scratchpad mode",
+        )
+        if not post_ops:
+            return attr
         self.check(self.lib.dnnl_post_ops_create(ctypes.byref(ops)), "post-ops")
         for name, alpha, beta in post_ops:
             self.check(
@@ -274,10 +283,22 @@ class _Kernel:
         self.primitive = ctypes.c_void_p()
         lib.check(lib.lib.dnnl_primitive_create(ctypes.byref(self.primitive), pd), "primitive")
         self.memories = [lib.memory(md) for _, md in roles]
-        self.args = (_ExecArg * len(roles))(
-            *[_ExecArg(arg, m.value) for (arg, _), m in zip(roles, self.memories, strict=True)]
+        args = [_ExecArg(arg, m.value) for (arg, _), m in zip(roles, self.memories, strict=True)]
+        # The primitive's own scratchpad (a user-managed one; none when it needs none).
+        scratchpad_md = ctypes.c_void_p(
+            lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_SCRATCHPAD_MD, 0)
         )
-        self.nargs = len(roles)
+        size = lib.lib.dnnl_memory_desc_get_size(scratchpad_md) if scratchpad_md.value else 0
+        self.scratchpad = np.empty(size + _ALIGN, dtype=np.uint8) if size else None
+        self.scratchpad_memory = None
+        if self.scratchpad is not None:
+            self.scratchpad_memory = lib.memory(scratchpad_md)
+            lib.lib.dnnl_memory_set_data_handle(
+                self.scratchpad_memory, _aligned_address(self.scratchpad)
+            )
+            args.append(_ExecArg(_ARG_SCRATCHPAD, self.scratchpad_memory.value))
+        self.args = (_ExecArg * len(args))(*args)
+        self.nargs = len(args)
         self.handles: list[int | None] = [-1] * len(roles)
         self.threads = 1  # OpenMP threads to run on, set by whoever builds the kernel
         self.packed = packed  # (its memory descriptor, the buffer holding the packed weights)
@@ -303,8 +324,9 @@ class _Kernel:
         lib = getattr(self.lib, "lib", None)
         if lib is None:
             return
-        for memory in self.memories:
-            lib.dnnl_memory_destroy(memory)
+        for memory in [*self.memories, self.scratchpad_memory]:
+            if memory is not None:
+                lib.dnnl_memory_destroy(memory)
         lib.dnnl_primitive_destroy(self.primitive)
 
 

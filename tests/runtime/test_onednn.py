@@ -156,3 +156,43 @@ def test_conv2d_transpose_matches_onnxruntime(strides: list[int], pads: list[int
     }
     got = call(onednn.CONV2D, x, w, b, config=config, out_shape=want.shape)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_kernel_made_in_one_thread_runs_in_another() -> None:
+    # A server runs a session from its worker threads and the caller's. With oneDNN's own
+    # scratchpad (the making thread's), a convolution made in one thread crashed the process
+    # when run from another: each primitive now has a scratchpad of its own.
+    import threading
+
+    import tvm
+
+    onednn.register()
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 16, 24, 24), dtype=np.float32)
+    w = rng.standard_normal((32, 16, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(32, dtype=np.float32)
+    want = ort_conv(x, w, b, relu=False, pads=[1, 1, 1, 1])
+    config = json.dumps({
+        "data_layout": "NCHW", "kernel_layout": "OIHW", "groups": 1, "strides": [1, 1],
+        "padding": [1, 1, 1, 1], "dilation": [1, 1], "post_ops": [],
+    })  # fmt: skip
+    state = onednn.OnednnState(threads=1)
+    function = tvm.get_global_func(onednn.CONV2D)
+    weights, bias = tensor(w), tensor(b)
+    results: list[np.ndarray] = []
+
+    def run() -> None:
+        out = tensor(np.zeros(want.shape, np.float32))
+        with onednn.active(state):
+            function(tensor(x), weights, bias, config, out)
+        results.append(out.numpy())
+
+    run()
+    for _ in range(2):
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+    run()
+    assert len(state.kernels) == 1 and len(results) == 4
+    for got in results:
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
