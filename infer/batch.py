@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from infer.errors import InferError, InputError
+from infer.pipelines.base import jsonable
 from infer.progress import Progress
 
 __all__ = ["BatchSummary", "run_batch"]
@@ -41,18 +42,6 @@ class BatchSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, error)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 class _PipelineActor:
     """A Ray actor: the pipeline loaded once, run on each row of the batches it is given."""
 
@@ -70,7 +59,7 @@ class _PipelineActor:
         for path, item in zip(paths, items, strict=True):
             value = str(item) if self.text else bytes(item)
             try:
-                result, error = json.dumps(_jsonable(self.pipe(value, **self.options))), ""
+                result, error = json.dumps(jsonable(self.pipe(value, **self.options))), ""
             except InferError as exc:
                 result, error = "", f"{path}: {exc}" if path else str(exc)
             out["path"].append(str(path))

@@ -58,6 +58,13 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ["INFER_CACHE_DIR"] = old
 
 
+@pytest.fixture(scope="module")
+def module_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One compile cache for a test module's module-scoped fixtures."""
+    with session_cache(tmp_path_factory) as root:
+        yield root
+
+
 def pip_download(requirement: str, into: Path) -> Path:
     """Return the wheel of requirement, downloaded with pip (no dependencies) into into."""
     into.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from infer.artifact.manifest import MANIFEST_FILE, ArtifactManifest, sha256_file
 from infer.errors import PipelineError
 from infer.progress import Progress
@@ -23,6 +25,7 @@ __all__ = [
     "bundle_component",
     "component_entry",
     "is_transformers_dir",
+    "jsonable",
     "read_json",
     "read_pipeline_config",
     "write_pipeline_config",
@@ -249,3 +252,16 @@ def bundle_component(bundle: Path, entry: Any, what: str) -> Path:
             "(changed, or swapped from another bundle)"
         )
     return path
+
+
+def jsonable(value: Any) -> Any:
+    """Return a pipeline's result with numpy arrays and scalars as lists and numbers."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value

@@ -20,12 +20,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from infer._version import __version__
 from infer.artifact.manifest import MANIFEST_FILE
 from infer.errors import InferError, InputError, PipelineError
-from infer.pipelines.base import PIPELINE_FILE, read_pipeline_config
+from infer.pipelines.base import PIPELINE_FILE, jsonable, read_pipeline_config
 from infer.runtime.feeds import check_feeds
 from infer.runtime.session import Session
 from infer.serve.batching import ModelWorker, Overloaded, batch_dim
@@ -179,18 +177,6 @@ def _tensor_meta(spec: Any) -> dict[str, Any]:
         "datatype": datatype_of(spec.dtype),
         "shape": [d if isinstance(d, int) else -1 for d in spec.shape],
     }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def create_app(served: Served, options: ServeOptions | None = None) -> Any:
@@ -368,7 +354,7 @@ def create_app(served: Served, options: ServeOptions | None = None) -> Any:
                 )
             finally:
                 in_flight[name] -= 1
-            return JSONResponse(_jsonable(result))
+            return JSONResponse(jsonable(result))
 
         return await timed("pipeline", name, handle)
 

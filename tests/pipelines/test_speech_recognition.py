@@ -4,7 +4,6 @@ wav2vec2 CTC model built here (no package ships a trained one) and real speech."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ from click.testing import CliRunner
 import infer
 from infer.cli import cli
 from infer.errors import PipelineError
-from tests.conftest import session_cache
 
 RATE = 16000
 CHARS = "abcdefghijklmnopqrstuvwxyz'"
@@ -71,14 +69,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One compile cache for the module: the pipeline, the CLI and the bench workers share it."""
-    with session_cache(tmp_path_factory) as root:
-        yield root
-
-
-@pytest.fixture(scope="module")
-def asr(model_dir: Path, cache: Path) -> Any:
+def asr(model_dir: Path, module_cache: Path) -> Any:
     return infer.pipeline("automatic-speech-recognition", model=str(model_dir), threads=1)
 
 
