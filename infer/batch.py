@@ -147,7 +147,11 @@ def run_batch(
     if workers < 1 or threads < 1:
         raise InputError("workers and threads must be >= 1")
 
-    import ray
+    try:
+        import pyarrow  # noqa: F401  # the output's writer
+        import ray
+    except ImportError as exc:
+        raise InferError(f"infer batch needs {exc.name}: pip install 'infer[batch]'") from None
 
     started_here = not ray.is_initialized()
     if started_here:

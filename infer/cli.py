@@ -926,7 +926,9 @@ def serve_command(
     pipeline.json or a bundle: POST /v1/pipelines/NAME) over HTTP, with /metrics; NAME is the
     directory's name without .infer."""
     from infer.serve import ServeOptions, load_served, serve_app
+    from infer.serve.app import require_serving
 
+    require_serving()  # before the models load
     options = ServeOptions(
         max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
         timeout_s=timeout_s, max_body_bytes=int(max_body_mb * (1 << 20)),

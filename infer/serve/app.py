@@ -29,7 +29,7 @@ from infer.runtime.session import Session
 from infer.serve.batching import ModelWorker, Overloaded, batch_dim
 from infer.serve.protocol import BINARY_HEADER, datatype_of, decode_request, encode_response
 
-__all__ = ["ServeOptions", "Served", "create_app", "load_served"]
+__all__ = ["ServeOptions", "Served", "create_app", "load_served", "require_serving"]
 
 ARTIFACT_SUFFIX = ".infer"
 RUNTIMES = ("infer", "onnxruntime")
@@ -179,8 +179,20 @@ def _tensor_meta(spec: Any) -> dict[str, Any]:
     }
 
 
+def require_serving() -> None:
+    """InferError naming the extra to install when the server's libraries are missing."""
+    import importlib
+
+    for module in ("starlette", "uvicorn", "prometheus_client"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise InferError(f"infer serve needs {module}: pip install 'infer[serve]'") from None
+
+
 def create_app(served: Served, options: ServeOptions | None = None) -> Any:
     """Return the Starlette app serving served with options."""
+    require_serving()
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.applications import Starlette
     from starlette.requests import Request

@@ -353,3 +353,16 @@ def test_the_same_server_on_onnx_runtime(artifacts: dict[str, Path], tmp_path: P
         )
     with pytest.raises(infer.InputError, match="runtime 'tensorrt', expected one of infer, onnx"):
         load_served([artifact], runtime="tensorrt")
+
+
+def test_a_missing_server_library_names_the_extra(artifacts: dict[str, Path]) -> None:
+    code = (
+        "import sys; sys.modules['starlette'] = None\n"
+        "from infer.cli import main; sys.argv = ['infer', 'serve', sys.argv[1]]; main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(artifacts["mlp"])], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "infer serve needs starlette: pip install 'infer[serve]'" in result.stderr
