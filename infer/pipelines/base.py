@@ -161,12 +161,17 @@ class Pipeline:
         raise NotImplementedError
 
     @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        """PipelineError naming the options that the task's call does not take."""
-        # After self and the inputs: the call's keywords, and what its **options take.
+    def call_options(cls) -> list[str]:
+        """Return the options the task's call takes: its keywords after self and the inputs,
+        and what its **options take."""
         parameters = list(inspect.signature(cls.__call__).parameters.values())[2:]
         takes = [p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-        takes += cls.keyword_options
+        return takes + list(cls.keyword_options)
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """PipelineError naming the options that the task's call does not take."""
+        takes = cls.call_options()
         unknown = sorted(set(options) - set(takes))
         if unknown:
             raise PipelineError(

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import infer
 from infer.cli import cli
 from infer.errors import PipelineError
+from tests.conftest import speech_samples
 
 RATE = 16000
 CHARS = "abcdefghijklmnopqrstuvwxyz'"
@@ -73,14 +74,6 @@ def asr(model_dir: Path, module_cache: Path) -> Any:
     return infer.pipeline("automatic-speech-recognition", model=str(model_dir), threads=1)
 
 
-def _speech(path: Path) -> np.ndarray:
-    import soundfile
-
-    samples, rate = soundfile.read(str(path), dtype="float32")
-    assert rate == RATE
-    return np.asarray(samples)
-
-
 @pytest.mark.parametrize(
     "options",
     [{}, {"chunk_length_s": 3.0}, {"chunk_length_s": 2.0, "stride_length_s": (0.5, 0.25)}],
@@ -92,7 +85,7 @@ def test_text_equals_transformers_pipeline(
     from transformers import pipeline
 
     reference = pipeline("automatic-speech-recognition", model=str(model_dir), device="cpu")
-    samples = _speech(speech)
+    samples = speech_samples(speech)
     want = reference(samples.copy(), **options)["text"]
     got = asr(samples, **options)["text"]
     assert got == want
@@ -106,7 +99,7 @@ def test_token_ids_equal_pytorch_at_any_length(asr: Any, model_dir: Path, speech
     # Every node on TVM: the sample count stays symbolic through the whole graph.
     assert asr.session.placement()["onnxruntime_op_types"] == {}
     model = Wav2Vec2ForCTC.from_pretrained(str(model_dir)).eval()
-    samples = _speech(speech)
+    samples = speech_samples(speech)
     for length in (400, 12345, len(samples)):  # one compiled function for every length
         features = (samples[:length] - samples[:length].mean()) / np.sqrt(
             samples[:length].var() + 1e-7

@@ -17,6 +17,7 @@ import infer
 from infer.cli import cli
 from infer.errors import PipelineError
 from infer.pipelines.whisper import WhisperPipeline, merge_chunks
+from tests.conftest import speech_samples
 
 RATE = 16000
 SPECIALS = [
@@ -88,14 +89,6 @@ def reference(model_dir: Path) -> Any:
     return pipeline("automatic-speech-recognition", model=str(model_dir), device="cpu")
 
 
-def _speech(path: Path) -> np.ndarray:
-    import soundfile
-
-    samples, rate = soundfile.read(str(path), dtype="float32")
-    assert rate == RATE
-    return np.asarray(samples)
-
-
 @pytest.mark.parametrize(
     "options",
     [
@@ -112,7 +105,7 @@ def test_text_equals_transformers_pipeline(
 ) -> None:
     chunking = {k: v for k, v in options.items() if "length" in k}
     generation = {k: v for k, v in options.items() if "length" not in k}
-    samples = _speech(speech)
+    samples = speech_samples(speech)
     want = reference(samples.copy(), **chunking, generate_kwargs={"num_beams": 1, **generation})[
         "text"
     ]
@@ -129,7 +122,7 @@ def test_token_ids_equal_greedy_generate(asr: Any, model_dir: Path, speech: Path
         assert session.placement()["onnxruntime_op_types"] == {}
     model = WhisperForConditionalGeneration.from_pretrained(str(model_dir)).eval()
     extractor = WhisperFeatureExtractor.from_pretrained(str(model_dir))
-    samples = _speech(speech)
+    samples = speech_samples(speech)
     for length, language in ((RATE * 2, None), (len(samples), "en")):
         features = extractor(samples[:length], sampling_rate=RATE, return_tensors="pt")
         with torch.no_grad():
