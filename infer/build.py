@@ -22,9 +22,11 @@ from infer.artifact.manifest import (
     TVM_SEGMENT_DIR,
     ArtifactManifest,
 )
-from infer.config import apply_tvm_thread_environment
+from infer.config import Limits, apply_tvm_thread_environment
 from infer.errors import CompileError, UnsupportedOpError
 from infer.graph.cleanup import clean
+from infer.graph.indices import index_checks
+from infer.graph.limits import check_node_count, check_tensor_sizes
 from infer.graph.load import LoadedModel
 from infer.graph.names import sanitize_value_names
 from infer.graph.partition import TVM, Partition, node_key, partition
@@ -33,6 +35,7 @@ from infer.graph.shapes import (
     apply_shape_overrides,
     graph_inputs,
     graph_outputs,
+    inferred_types,
     override_dims,
 )
 from infer.graph.support import check_supported
@@ -119,6 +122,8 @@ def prepare_model(model: LoadedModel, options: BuildOptions) -> onnx.ModelProto:
     """Return the model with shape overrides applied, every input of known rank."""
     proto = apply_shape_overrides(model.proto, options.shape_overrides)
     graph_inputs(proto.graph)  # every input must have a known rank
+    # Before anything is folded or run: no value known to be past the size cap.
+    check_tensor_sizes(proto, inferred_types(proto), Limits.current(), model.name)
     return proto
 
 
@@ -303,6 +308,7 @@ def build_artifact(
         proto = prepare_model(model, options)
     with stage("legalize"):
         cleaned = clean(proto)
+        check_node_count(cleaned, Limits.current(), model.name, " after legalization")
     if not fallback:
         check_supported(cleaned, name=model.name)  # every op without a converter, at once
         refused = partition(cleaned).fallback_ops()  # and those TVM is known to get wrong
@@ -349,6 +355,7 @@ def build_artifact(
         params=root_params,
         segments=segments,
         node_count=sum(1 for n in cleaned.graph.node if n.op_type != "Constant"),
+        index_checks=index_checks(proto),
         shape_overrides={k: list(v) for k, v in options.shape_overrides.items()},
         compile_seconds=round(time.perf_counter() - started, 3),
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

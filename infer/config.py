@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from infer.errors import InferError
 
 __all__ = [
+    "Limits",
     "apply_tvm_thread_environment",
     "available_cpus",
     "bind_threads",
@@ -18,6 +20,12 @@ __all__ = [
 CACHE_DIR_ENV = "INFER_CACHE_DIR"
 NUM_THREADS_ENV = "INFER_NUM_THREADS"
 BIND_THREADS_ENV = "INFER_BIND_THREADS"
+# INFER_MAX_NODES, INFER_MAX_CONSTANT_BYTES, INFER_MAX_TENSOR_BYTES: see Limits.
+LIMIT_ENV_PREFIX = "INFER_MAX_"
+# Caps on what an untrusted model or feed may ask for (infer.graph.limits, infer.runtime.feeds).
+DEFAULT_MAX_NODES = 250_000
+DEFAULT_MAX_CONSTANT_BYTES = 4 << 30
+DEFAULT_MAX_TENSOR_BYTES = 4 << 30
 
 
 def cache_dir() -> Path:
@@ -34,16 +42,43 @@ def default_num_threads() -> int:
     """Return $INFER_NUM_THREADS, else the number of CPUs this process may use."""
     raw = os.environ.get(NUM_THREADS_ENV)
     if raw:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise InferError(
-                f"{NUM_THREADS_ENV}: expected a positive integer, got {raw!r}"
-            ) from None
-        if value < 1:
-            raise InferError(f"{NUM_THREADS_ENV}: expected a positive integer, got {value}")
-        return value
+        return _positive_int(NUM_THREADS_ENV, raw)
     return available_cpus()
+
+
+def _positive_int(variable: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InferError(f"{variable}: expected a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise InferError(f"{variable}: expected a positive integer, got {value}")
+    return value
+
+
+def _limit_override(name: str) -> int | None:
+    """Return $INFER_MAX_<NAME> (a positive integer) when set, else None."""
+    variable = LIMIT_ENV_PREFIX + name.upper()
+    raw = os.environ.get(variable)
+    return _positive_int(variable, raw) if raw else None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The caps one compile works under; `current()` applies the INFER_MAX_* overrides."""
+
+    max_nodes: int = DEFAULT_MAX_NODES
+    max_constant_bytes: int = DEFAULT_MAX_CONSTANT_BYTES
+    max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
+
+    @classmethod
+    def current(cls) -> Limits:
+        """Return the defaults with $INFER_MAX_NODES, _CONSTANT_BYTES, _TENSOR_BYTES applied."""
+        return cls(
+            max_nodes=_limit_override("nodes") or DEFAULT_MAX_NODES,
+            max_constant_bytes=_limit_override("constant_bytes") or DEFAULT_MAX_CONSTANT_BYTES,
+            max_tensor_bytes=_limit_override("tensor_bytes") or DEFAULT_MAX_TENSOR_BYTES,
+        )
 
 
 def available_cpus() -> int:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from infer.config import Limits
 from infer.errors import CompileError, InputError
-from infer.signature import TensorSpec, concrete_shape
+from infer.signature import TensorSpec, concrete_shape, format_bytes
 
 __all__ = [
     "DEFAULT_SEED",
@@ -78,6 +80,14 @@ def random_feeds(
                 f"give sizes with --shape {spec.name}=d0,d1,... or --dim NAME=SIZE"
             )
         dtype = np.dtype(spec.dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        cap = Limits.current().max_tensor_bytes
+        if nbytes > cap:
+            raise InputError(
+                f"input {spec.name!r}: a random {list(shape)} {dtype.name} input would be "
+                f"{format_bytes(nbytes)}, over the limit of {format_bytes(cap)} per tensor "
+                "(give smaller sizes with --dim NAME=SIZE, or raise INFER_MAX_TENSOR_BYTES)"
+            )
         if dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind in "iu":

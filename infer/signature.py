@@ -60,3 +60,13 @@ def concrete_shape(
 def format_shape(shape: Sequence[Dim]) -> str:
     """Return a shape as '(1, 3, batch)'."""
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def format_bytes(n: int) -> str:
+    """Return n bytes in the largest binary unit that keeps it at least 1 (1.5 GiB)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

@@ -70,6 +70,8 @@ class ArtifactManifest:
     files: dict[str, str] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
     tuning_database: str | None = None
+    # Model inputs that are indices, with the dims they index (infer.graph.indices).
+    index_checks: list[dict[str, Any]] = field(default_factory=list)
     compile_seconds: float = 0.0
     created: str = ""
     format_version: int = FORMAT_VERSION
@@ -95,6 +97,7 @@ class ArtifactManifest:
             "params": self.params,
             "segments": self.segments,
             "nodes": self.node_count,
+            "index_checks": self.index_checks,
             "files": self.files,
             "parity": self.parity,
             "compile_seconds": self.compile_seconds,
@@ -134,6 +137,7 @@ class ArtifactManifest:
                 params=[str(p) for p in data["params"]],
                 segments=[_segment(s) for s in data.get("segments", [])],
                 node_count=int(data.get("nodes", 0)),
+                index_checks=[_index_check(c) for c in data.get("index_checks", [])],
                 shape_overrides={
                     str(k): [d if isinstance(d, str) else int(d) for d in v]
                     for k, v in data["shape_overrides"].items()
@@ -239,6 +243,18 @@ class ArtifactManifest:
             raise ArtifactError(
                 f"{directory}: library files not listed in the manifest: {', '.join(code)}"
             )
+
+
+def _index_check(data: Any) -> dict[str, Any]:
+    """Return a manifest index check, checked: TypeError when malformed."""
+    if not isinstance(data, dict) or not all(
+        isinstance(data[k], str) for k in ("input", "op", "node")
+    ):
+        raise TypeError("index_checks")
+    extents = data["extents"]
+    if not isinstance(extents, list) or not all(isinstance(e, int | str) for e in extents):
+        raise TypeError("index_checks.extents")
+    return dict(data)
 
 
 def _segment(data: Any) -> dict[str, Any]:

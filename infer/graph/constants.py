@@ -8,6 +8,7 @@ node. Folded values are evaluated by onnx's reference implementation, the spec w
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -118,6 +119,36 @@ def _evaluate(
     return [np.asarray(o) for o in outputs]
 
 
+def _output_size(
+    node: onnx.NodeProto, inputs: list[np.ndarray | None], shapes: dict[str, tuple[int, ...]]
+) -> int | None:
+    """Return the element count node's outputs would have, when known before evaluating it.
+
+    From inferred shapes, else worked out for the ops whose output can be far larger than their
+    inputs (a 2-element shape input can ask for 2^40 elements); None when unknown.
+    """
+    if all(name in shapes for name in node.output if name):
+        return sum(math.prod(shapes[name]) for name in node.output if name)
+    values = [np.asarray(v) for v in inputs if v is not None]
+    try:
+        if node.op_type == "ConstantOfShape" and values:
+            return math.prod(int(d) for d in values[0].ravel())
+        if node.op_type == "Expand" and len(values) == 2:
+            data, target = values[0].shape, [int(d) for d in values[1].ravel()]
+            rank = max(len(data), len(target))
+            padded = [1] * (rank - len(data)) + list(data)
+            wanted = [1] * (rank - len(target)) + target
+            return math.prod(max(a, b) for a, b in zip(padded, wanted, strict=True))
+        if node.op_type == "Tile" and len(values) == 2:
+            return values[0].size * math.prod(int(r) for r in values[1].ravel())
+        if node.op_type == "Range" and len(values) == 3:
+            start, limit, delta = (float(v.ravel()[0]) for v in values)
+            return max(math.ceil((limit - start) / delta), 0) if delta else None
+    except (ValueError, OverflowError, IndexError):
+        return None
+    return None
+
+
 def _fold_once(model: onnx.ModelProto) -> int:
     """Fold what is computable in model (rewritten in place); return how many nodes folded."""
     graph = model.graph
@@ -157,11 +188,12 @@ def _fold_once(model: onnx.ModelProto) -> int:
             values = [_shape_value(node, shapes[node.input[0]])]
         elif foldable and all(not name or name in known for name in node.input):
             inputs = [known[name] if name else None for name in node.input]
-            values = _evaluate(node, inputs, list(model.opset_import))
-            if values is not None:
-                budget = max(MAX_FOLDED_ELEMENTS, sum(v.size for v in inputs if v is not None))
-                if sum(v.size for v in values) > budget:
-                    values = None
+            budget = max(MAX_FOLDED_ELEMENTS, sum(v.size for v in inputs if v is not None))
+            size = _output_size(node, inputs, shapes)
+            if size is None or size <= budget:  # never evaluate what would be too large
+                values = _evaluate(node, inputs, list(model.opset_import))
+            if values is not None and sum(v.size for v in values) > budget:
+                values = None
         if values is None or len(values) != len(node.output):
             nodes.append(node)
             continue

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from onnx import TensorProto
 
+from infer.config import Limits
 from infer.errors import ModelError
+from infer.graph.limits import check_constant, check_node_count, tensor_nbytes
 
 __all__ = ["LoadedModel", "iter_tensors", "load_model"]
 
@@ -52,24 +54,6 @@ def iter_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
                 yield from iter_tensors(attr.g)
             for sub in attr.graphs:
                 yield from iter_tensors(sub)
-
-
-def _expected_nbytes(tensor: TensorProto) -> int | None:
-    """Return the byte size the tensor's dims and dtype imply, None for types of no fixed size."""
-    if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
-        return None
-    try:
-        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    except (KeyError, ValueError):
-        return None
-    count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
-    bits: dict[int, int] = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.FLOAT4E2M1: 4}
-    for name in ("INT2", "UINT2"):
-        if hasattr(TensorProto, name):
-            bits[int(getattr(TensorProto, name))] = 2
-    if tensor.data_type in bits:
-        return (count * bits[tensor.data_type] + 7) // 8
-    return count * np.dtype(np_dtype).itemsize
 
 
 def _resolve_inside(base: Path, location: str, tensor_name: str) -> Path:
@@ -124,7 +108,7 @@ def _load_external(tensor: TensorProto, base: Path) -> None:
             f"tensor {name!r}: external data offset={offset} length={length} is past the end "
             f"of {info['location']!r} ({size} bytes)"
         )
-    expected = _expected_nbytes(tensor)
+    expected = tensor_nbytes(tensor.data_type, list(tensor.dims))
     if expected is not None and expected != length:
         raise ModelError(
             f"tensor {name!r}: external data holds {length} bytes, its dims {list(tensor.dims)} "
@@ -136,6 +120,55 @@ def _load_external(tensor: TensorProto, base: Path) -> None:
     tensor.raw_data = data
     del tensor.external_data[:]
     tensor.data_location = TensorProto.DEFAULT
+
+
+# Typed data fields whose length must be the element count, per data type.
+_TYPED_FIELDS: dict[int, str] = {
+    TensorProto.FLOAT: "float_data",
+    TensorProto.DOUBLE: "double_data",
+    TensorProto.INT64: "int64_data",
+    TensorProto.UINT64: "uint64_data",
+    TensorProto.INT32: "int32_data",
+    TensorProto.STRING: "string_data",
+}
+
+
+def _check_data_length(tensor: TensorProto, source: str) -> None:
+    """ModelError when a tensor holds more or fewer values than its dims say."""
+    name = tensor.name or "<unnamed>"
+    count = math.prod(tensor.dims)
+    if tensor.HasField("raw_data"):
+        expected = tensor_nbytes(tensor.data_type, list(tensor.dims))
+        if expected is not None and expected != len(tensor.raw_data):
+            raise ModelError(
+                f"{source}: tensor {name!r} holds {len(tensor.raw_data)} bytes of data, its dims "
+                f"{list(tensor.dims)} and dtype need {expected}"
+            )
+        return
+    field = _TYPED_FIELDS.get(tensor.data_type)
+    if field is not None and len(getattr(tensor, field)) != count:
+        raise ModelError(
+            f"{source}: tensor {name!r} holds {len(getattr(tensor, field))} values in {field}, "
+            f"its dims {list(tensor.dims)} need {count}"
+        )
+
+
+def _undecodable_text(message: Message, path: str) -> str | None:
+    """Return the path of the first text field that is not valid UTF-8 (protobuf gives it as bytes)."""
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_STRING:
+            if any(
+                isinstance(v, bytes) for v in ([value] if isinstance(value, str | bytes) else value)
+            ):
+                return f"{path}{field.name}"
+        elif field.type == field.TYPE_MESSAGE:
+            single = isinstance(value, Message)
+            for index, sub in enumerate([value] if single else value):
+                where = f"{path}{field.name}." if single else f"{path}{field.name}[{index}]."
+                found = _undecodable_text(sub, where)
+                if found:
+                    return found
+    return None
 
 
 def _parse(data: bytes, source: str) -> onnx.ModelProto:
@@ -183,7 +216,13 @@ def load_model(
         proto = _parse(data, source)
         base = path.parent
 
+    broken = _undecodable_text(proto, "")
+    if broken:
+        raise ModelError(f"{source}: not a valid ONNX model (field {broken} is not UTF-8 text)")
+    limits = Limits.current()
+    check_node_count(proto, limits, source)
     for tensor in iter_tensors(proto.graph):
+        check_constant(tensor, limits, source)  # from declared dims: before reading any data
         if tensor.data_location == TensorProto.EXTERNAL:
             if base is None:
                 raise ModelError(
@@ -191,6 +230,7 @@ def load_model(
                     "file path (its folder) rather than bytes"
                 )
             _load_external(tensor, base)
+        _check_data_length(tensor, source)
 
     if check:
         try:

@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from infer.config import Limits
 from infer.errors import InputError
-from infer.signature import TensorSpec, format_shape
+from infer.signature import TensorSpec, format_bytes, format_shape
 
-__all__ = ["check_feeds"]
+__all__ = ["check_feeds", "check_indices"]
 
 
 def _as_array(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
@@ -49,6 +50,7 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> list[n
     if missing:
         raise InputError(f"missing input(s): {', '.join(repr(n) for n in missing)}")
     arrays: list[np.ndarray] = []
+    limits = Limits.current()
     bound: dict[str, tuple[int, str]] = {}
     for spec in specs:
         array = _as_array(spec.name, feeds[spec.name], spec)
@@ -74,6 +76,49 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> list[n
                 f"input {spec.name!r}: shape {format_shape(array.shape)} does not match "
                 f"{format_shape(spec.shape)}: " + "; ".join(wrong)
             )
+        if not array.flags.c_contiguous and array.nbytes > limits.max_tensor_bytes:
+            # a view (broadcast, strided) can describe far more than any memory holds
+            raise InputError(
+                f"input {spec.name!r}: a non-contiguous {format_shape(array.shape)} "
+                f"{array.dtype.name} view would be copied into {format_bytes(array.nbytes)}, over "
+                f"the limit of {format_bytes(limits.max_tensor_bytes)} per tensor "
+                "(raise it with INFER_MAX_TENSOR_BYTES)"
+            )
         # np.ascontiguousarray would turn a 0-d array into 1-d
         arrays.append(array if array.flags.c_contiguous else array.copy(order="C"))
     return arrays
+
+
+def check_indices(
+    checks: Sequence[Mapping[str, Any]], specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]
+) -> None:
+    """InputError when a feed that indexes a dim (a manifest index check) holds an index out of range.
+
+    Valid indices into a dim of size n are -n..n-1, as ONNX says for Gather and Scatter.
+    """
+    if not checks:
+        return
+    by_name = {spec.name: (spec, array) for spec, array in zip(specs, arrays, strict=True)}
+    symbols = {
+        dim: size
+        for spec, array in by_name.values()
+        for dim, size in zip(spec.shape, array.shape, strict=True)
+        if isinstance(dim, str)
+    }
+    for check in checks:
+        spec, array = by_name[check["input"]]
+        if not array.size:
+            continue
+        extents = [e if isinstance(e, int) else symbols.get(e) for e in check["extents"]]
+        columns = [array] if len(extents) == 1 else [array[..., j] for j in range(len(extents))]
+        for extent, column in zip(extents, columns, strict=False):
+            if extent is None:
+                continue
+            low, high = int(column.min()), int(column.max())
+            bad = low if low < -extent else high if high >= extent else None
+            if bad is not None:
+                raise InputError(
+                    f"input {spec.name!r}: index {bad} is out of range for {check['op']} node "
+                    f"{check['node']!r}, which indexes a dim of size {extent} "
+                    + (f"(valid: {-extent}..{extent - 1})" if extent else "(no index is valid)")
+                )

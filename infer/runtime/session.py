@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -19,12 +21,13 @@ from infer.artifact.manifest import (
     PARAMS_FILE,
     TVM_SEGMENT,
     ArtifactManifest,
+    sha256_file,
 )
 from infer.config import apply_tvm_thread_environment, default_num_threads
 from infer.errors import ArtifactError, InferError, InputError
 from infer.native_stderr import drop_tvm_scope_warnings
 from infer.runtime.compat import check_compatible
-from infer.runtime.feeds import check_feeds
+from infer.runtime.feeds import check_feeds, check_indices
 from infer.signature import TensorSpec
 
 __all__ = ["Session"]
@@ -120,12 +123,21 @@ class Session:
         from tvm.runtime.vm import VirtualMachine
 
         library_path, params_path = directory / LIBRARY_FILE, directory / PARAMS_FILE
-        try:
-            with drop_tvm_scope_warnings():
-                library = tvm.runtime.load_module(str(library_path))
-                vm = VirtualMachine(library, self._device)
-        except Exception as exc:
-            raise ArtifactError(f"{library_path}: cannot be loaded: {exc}") from None
+        with tempfile.TemporaryDirectory(prefix="infer-lib-") as private:
+            # The code opened is a private copy, checked again: the artifact's lib.so may be
+            # replaced after verify_files, and dlopen hands back the library already loaded from
+            # a path (the previous build) when the same path is opened again.
+            copy = Path(private) / LIBRARY_FILE
+            shutil.copyfile(library_path, copy)
+            expected = self.manifest.files[str(library_path.relative_to(self.path))]
+            if sha256_file(copy) != expected:
+                raise ArtifactError(f"{library_path}: changed after it was verified")
+            try:
+                with drop_tvm_scope_warnings():
+                    library = tvm.runtime.load_module(str(copy))
+                    vm = VirtualMachine(library, self._device)
+            except Exception as exc:
+                raise ArtifactError(f"{library_path}: cannot be loaded: {exc}") from None
         try:
             arrays = load_file(str(params_path))
         except Exception as exc:
@@ -229,6 +241,7 @@ class Session:
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, Any]) -> list[np.ndarray]:
         """Return the outputs named (all when None) as numpy arrays, in the order asked."""
         arrays = check_feeds(self.manifest.inputs, feeds)
+        check_indices(self.manifest.index_checks, self.manifest.inputs, arrays)
         all_names = [s.name for s in self.manifest.outputs]
         if output_names is None:
             indices = list(range(len(all_names)))

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import infer
 from infer.errors import InputError
+from infer.reference import ReferenceSession
 from tests import onnx_models
 from tests.conftest import save
 
@@ -236,3 +237,17 @@ def test_tvm_pool_has_a_thread_per_cpu_not_half(tmp_path: Path) -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert int(out.stdout.strip().splitlines()[-1]) == len(os.sched_getaffinity(0))
+
+
+def test_a_rebuilt_artifact_at_the_same_path_runs_its_new_code(tmp_path: Path) -> None:
+    # dlopen returns the library already loaded from a path: the second build must not run the
+    # first build's code (here its argument count differs, elsewhere only its numbers would).
+    out = tmp_path / "same.infer"
+    first = infer.compile(onnx_models.mlp(), output=out).load()
+    x = np.ones((2, 16), np.float32)
+    first.run(None, {"input:0": x})
+    second = infer.compile(onnx_models.mlp(hidden=8, classes=3), output=out).load()
+    (got,) = second.run(None, {"input:0": x})
+    (want,) = ReferenceSession(onnx_models.mlp(hidden=8, classes=3), 1).run({"input:0": x})
+    assert got.shape == (2, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

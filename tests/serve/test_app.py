@@ -246,6 +246,9 @@ def test_unknown_model_oversized_body_and_the_server_stays_up(served: Any) -> No
         assert httpx.post(f"{base}/v2/models/mlp/infer", json=small).status_code == 200
 
 
+FLOOD = 24  # 12 times the queue
+
+
 def test_a_flood_past_the_queue_gets_503_and_the_rest_right_answers(served: Any) -> None:
     options = ServeOptions(max_batch=1, max_queue=2)
     x = np.random.default_rng(4).standard_normal((256, 512)).astype(np.float32)
@@ -255,7 +258,7 @@ def test_a_flood_past_the_queue_gets_503_and_the_rest_right_answers(served: Any)
     async def flood() -> list[Any]:
         async with httpx.AsyncClient(base_url=base, timeout=120) as client:
             return await asyncio.gather(
-                *(client.post("/v2/models/slow/infer", json=body) for _ in range(16))
+                *(client.post("/v2/models/slow/infer", json=body) for _ in range(FLOOD))
             )
 
     with running(create_app(served, options)) as base:
