@@ -4,28 +4,37 @@ The inputs are the files under a directory (images, audio: their bytes) or a Par
 directory (a "text" column for text tasks, else "bytes" with an optional "path"). An actor pool
 of `workers` runs the pipeline, each actor loading the artifact once. A failing item becomes a
 row with its error and path; the others go on. Ray is local unless an address is given (an
-existing cluster: the artifact's path must then be readable by its workers). The output is
-written to a temporary file beside it and renamed into place: there is never a half-written
-results file.
+existing cluster: the artifact's path must then be readable by its workers).
+
+A run can be killed at any point and started again: results are written as they come, each
+batch to a part file (written whole, then renamed) in `.<output>.parts/` beside the output,
+with a job.json naming the model, source and options. A re-run of the same job skips the inputs
+its parts already hold (by path; Parquet without a "path" column starts over), runs the rest,
+and only then writes the output from all parts (a temporary file renamed into place) and
+removes the parts: never a half-written results file, never an input twice.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from infer.artifact.store import write_file_atomically
 from infer.errors import InferError, InputError
 from infer.pipelines.base import jsonable
 from infer.progress import Progress
 
 __all__ = ["BatchSummary", "run_batch"]
 
+JOB_FILE = "job.json"
+PART_PREFIX = "part-"
 # Rows handed to an actor at a time.
 BATCH_ROWS = 8
 # The local Ray object store: results are small, inputs stream through.
@@ -40,6 +49,7 @@ class BatchSummary:
     output: Path
     rows: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, error)
+    resumed: int = 0  # inputs a killed earlier run had done
 
 
 class _PipelineActor:
@@ -75,8 +85,8 @@ def _source_files(source: Path) -> list[str]:
     return files
 
 
-def _dataset(ray: Any, source: Path, text: bool) -> Any:
-    """Return the Ray dataset of the inputs at source."""
+def _dataset(ray: Any, source: Path, text: bool, done: set[str]) -> tuple[Any, int, int]:
+    """Return (the Ray dataset of the inputs at source not in done, its rows, rows skipped)."""
     if source.suffix == ".parquet" or (source.is_dir() and any(source.glob("*.parquet"))):
         dataset = ray.data.read_parquet(str(source))
         column = "text" if text else "bytes"
@@ -84,33 +94,90 @@ def _dataset(ray: Any, source: Path, text: bool) -> Any:
             raise InputError(
                 f"{source}: Parquet columns {dataset.columns()}; this task reads {column!r}"
             )
-        return dataset
+        total = dataset.count()
+        if done and "path" in dataset.columns():
+            dataset = dataset.filter(lambda row: row["path"] not in done)
+            remaining = dataset.count()
+            return dataset, remaining, total - remaining
+        return dataset, total, 0
     if not source.is_dir():
         raise InputError(f"{source}: expected a directory of files or Parquet")
     if text:
         raise InputError(f"{source}: a text task reads Parquet with a 'text' column")
-    return ray.data.read_binary_files(_source_files(source), include_paths=True)
+    files = _source_files(source)
+    remaining_files = [f for f in files if f not in done]
+    if not remaining_files:
+        return None, 0, len(files)
+    dataset = ray.data.read_binary_files(remaining_files, include_paths=True)
+    return dataset, len(remaining_files), len(files) - len(remaining_files)
 
 
-def _write(rows: Iterator[Mapping[str, Any]], output: Path, on_row: Callable[[int], None]) -> int:
-    """Write rows to output (Parquet) through a temporary file; return the row count."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class _Parts:
+    """The part files of one job beside its output: what is done, and the next part to write."""
 
-    schema = pa.schema([(c, pa.string()) for c in RESULT_COLUMNS])
-    staged = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    count = 0
-    try:
-        with pq.ParquetWriter(str(staged), schema) as writer:
-            for batch in rows:
-                table = pa.table({c: list(batch[c]) for c in RESULT_COLUMNS}, schema=schema)
-                writer.write_table(table)
-                count += table.num_rows
-                on_row(table.num_rows)
-        os.replace(staged, output)
-    finally:
-        staged.unlink(missing_ok=True)
-    return count
+    def __init__(self, output: Path, job: dict[str, Any], progress: Progress) -> None:
+        import pyarrow as pa
+
+        self.schema = pa.schema([(c, pa.string()) for c in RESULT_COLUMNS])
+        self.directory = output.with_name(f".{output.name}.parts")
+        self.output = output
+        job_file = self.directory / JOB_FILE
+        if self.directory.is_dir():
+            try:
+                same = json.loads(job_file.read_text(encoding="utf-8")) == job
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                progress.log(f"{self.directory}: parts of another job (or damaged): starting over")
+                shutil.rmtree(self.directory)
+        self.directory.mkdir(exist_ok=True)
+        if not job_file.is_file():
+            write_file_atomically(job_file, json.dumps(job).encode())
+        self.files = sorted(self.directory.glob(f"{PART_PREFIX}*.parquet"))
+
+    def done_paths(self) -> set[str]:
+        """Return the paths of the inputs the parts already hold."""
+        import pyarrow.parquet as pq
+
+        return {
+            p for f in self.files for p in pq.read_table(f, columns=["path"])["path"].to_pylist()
+        }
+
+    def write(self, batch: Mapping[str, Any]) -> int:
+        """Write one batch of results as the next part, whole or not at all; return its rows."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({c: list(batch[c]) for c in RESULT_COLUMNS}, schema=self.schema)
+        path = self.directory / f"{PART_PREFIX}{len(self.files):06d}.parquet"
+        staged = path.with_name(f".{path.name}.tmp")
+        try:
+            pq.write_table(table, str(staged))
+            os.replace(staged, path)
+        finally:
+            staged.unlink(missing_ok=True)
+        self.files.append(path)
+        return int(table.num_rows)
+
+    def finish(self, summary: BatchSummary) -> None:
+        """Write the output from every part (through a temporary file) and remove the parts;
+        count its rows and failures into summary."""
+        import pyarrow.parquet as pq
+
+        staged = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
+        try:
+            with pq.ParquetWriter(str(staged), self.schema) as writer:
+                for part in self.files:
+                    table = pq.read_table(part, schema=self.schema)
+                    writer.write_table(table)
+                    summary.rows += table.num_rows
+                    for row in table.to_pylist():
+                        if row["error"]:
+                            summary.failed.append((row["path"], row["error"]))
+            os.replace(staged, self.output)
+        finally:
+            staged.unlink(missing_ok=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def run_batch(
@@ -153,6 +220,14 @@ def run_batch(
     except ImportError as exc:
         raise InferError(f"infer batch needs {exc.name}: pip install 'infer[batch]'") from None
 
+    job = {
+        "model": str(model_path.resolve()),
+        "pipeline": stored,
+        "source": str(source_path.resolve()),
+        "options": jsonable(dict(options or {})),
+    }
+    parts = _Parts(output_path, job, progress)
+    done = parts.done_paths()
     started_here = not ray.is_initialized()
     if started_here:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -163,8 +238,14 @@ def run_batch(
             )
         ray.init(address=address, **kwargs)
     try:
-        dataset = _dataset(ray, source_path, task.input_kind == "text")
-        total = dataset.count()
+        summary = BatchSummary(output_path)
+        dataset, total, skipped = _dataset(ray, source_path, task.input_kind == "text", done)
+        summary.resumed = skipped
+        if skipped:
+            progress.log(f"batch: resuming, {skipped} input(s) already done in {parts.directory}")
+        if dataset is None:  # every input done: only the output is left to write
+            parts.finish(summary)
+            return summary
         results = dataset.map_batches(
             _PipelineActor,
             fn_constructor_kwargs={
@@ -174,21 +255,11 @@ def run_batch(
             batch_size=BATCH_ROWS, compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=threads, batch_format="numpy",
         )  # fmt: skip
-        summary = BatchSummary(output_path)
-        done = [0]
-
-        def on_row(rows: int) -> None:
-            done[0] += rows
-            progress.log(f"batch: {done[0]}/{total}")
-
-        def batches() -> Iterator[Mapping[str, Any]]:
-            for batch in results.iter_batches(batch_format="numpy", batch_size=None):
-                for path, error in zip(batch["path"], batch["error"], strict=True):
-                    if error:
-                        summary.failed.append((str(path), str(error)))
-                yield batch
-
-        summary.rows = _write(batches(), output_path, on_row)
+        count = 0
+        for batch in results.iter_batches(batch_format="numpy", batch_size=None):
+            count += parts.write(batch)
+            progress.log(f"batch: {count}/{total}")
+        parts.finish(summary)
     finally:
         if started_here:
             ray.shutdown()

@@ -978,7 +978,10 @@ def batch_command(
     )  # fmt: skip
     for _path, error in summary.failed:
         click.echo(f"failed: {error}", err=True)
-    click.echo(f"{summary.rows} input(s), {len(summary.failed)} failed -> {summary.output}")
+    resumed = f" ({summary.resumed} done by an earlier run)" if summary.resumed else ""
+    click.echo(
+        f"{summary.rows} input(s){resumed}, {len(summary.failed)} failed -> {summary.output}"
+    )
 
 
 @cli.command("pipelines")

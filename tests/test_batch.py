@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -116,3 +121,42 @@ def test_batch_from_the_cli_and_what_it_refuses(
     with pytest.raises(infer.PipelineError, match="takes no option beams"):
         run_batch(classifier, few, output, options={"beams": 2})
     assert not list(tmp_path.glob(".*.tmp"))  # nothing half-written left behind
+
+
+def test_a_killed_batch_resumes_where_it_stopped_and_duplicates_nothing(
+    classifier: Path, images: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "killed.parquet"
+    parts = tmp_path / ".killed.parquet.parts"
+    code = "from infer.cli import main; main()"
+    command = [sys.executable, "-c", code, "batch", str(classifier), str(images), "-o", str(output)]
+    # Its own session: SIGKILL reaches the local Ray it starts too, as a killed job's would.
+    first = subprocess.Popen(
+        [*command, "--workers", "1"],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 600
+    while not list(parts.glob("part-*.parquet")):
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not output.exists()
+    written = {
+        p for f in parts.glob("part-*.parquet") for p in pq.read_table(f)["path"].to_pylist()
+    }
+    assert 0 < len(written) < IMAGES + 1
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"{IMAGES + 1} input(s) ({len(written)} done by an earlier run), 1 failed" in result.stdout
+    )
+    rows = pq.read_table(output).to_pylist()
+    paths = [row["path"] for row in rows]
+    assert len(paths) == len(set(paths)) == IMAGES + 1
+    assert set(paths) == {str(p) for p in images.iterdir()}
+    assert all(row["result"] or row["path"].endswith("zz-broken.png") for row in rows)
+    assert not parts.exists()

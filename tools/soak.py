@@ -7,6 +7,7 @@ percent, and the least-squares slope in KiB per 1,000 runs. With `--shapes N` th
 (`--dim NAME`, default every symbolic dim) cycle through 1..N instead, so every run after the
 first N repeats a shape: growth past the first cycle is a leak, not a cache filling.
 
+    python tools/soak.py --reference --runs 3000   # the 7 models of tools/bench_reference.py
     python tools/soak.py resnet50-light efficientnet-lite0 --runs 3000
     python tools/soak.py model.onnx --shapes 200 --dim batch --json out.json
 """
@@ -85,7 +86,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("models", nargs="+")
+    parser.add_argument("models", nargs="*")
+    parser.add_argument(
+        "--reference", action="store_true", help="soak the benchmark's reference set"
+    )
     parser.add_argument("--runs", type=int, default=3000)
     parser.add_argument("--every", type=int, default=50, help="sample RSS every this many runs")
     parser.add_argument("--shapes", type=int, default=0, help="cycle symbolic dims over 1..N")
@@ -94,12 +98,21 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write every model's figures and samples")
     args = parser.parse_args()
 
+    models = list(args.models)
+    if args.reference:
+        from bench_reference import REFERENCE, model_source  # tools/ is this script's path
+
+        from infer.progress import Progress
+
+        models += [model_source(name, Progress("auto")) for name in REFERENCE]
+    if not models:
+        parser.error("give models, or --reference")
     results = []
     print(
         "| model | runs | shapes | RSS after warm-up MiB | max MiB | growth % | KiB / 1000 runs |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for model in args.models:
+    for model in models:
         r = soak(model, args.runs, args.every, args.shapes, args.dim, args.threads)
         results.append(r)
         print(

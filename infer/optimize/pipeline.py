@@ -204,25 +204,6 @@ def _calls_any(mod: Any, op_names: set[str]) -> bool:
     return bool(found)
 
 
-def _relu(bb: Any, call: Any) -> Any:
-    """relax.nn.relu as x < 0 ? 0 : x, which keeps NaN as ONNX Runtime does.
-
-    TVM's own is max(x, 0), which LLVM lowers to a select on x > 0: NaN becomes 0, and a
-    corrupt input gives a plausible-looking answer.
-    """
-    from tvm import te, tirx
-
-    def compute(x: Any) -> Any:
-        zero = tirx.const(0, x.dtype)
-        return te.compute(x.shape, lambda *i: tirx.Select(x(*i) < zero, zero, x(*i)), "relu")
-
-    return bb.call_te(compute, call.args[0], primfunc_name_hint="relu")
-
-
-# Ops whose TVM legalization loses NaN, legalized here instead.
-NAN_PRESERVING_LEGALIZATIONS = {"relax.nn.relu": _relu}
-
-
 def lowering_pipeline(pipeline: Pipeline, target: Any) -> Any:
     """Return the relax_pipeline for tvm.compile: TVM's CPU lowering with our schedule rule inserted."""
     if pipeline.schedule == "tvm-default":
@@ -233,13 +214,14 @@ def lowering_pipeline(pipeline: Pipeline, target: Any) -> Any:
     from tvm.s_tir import dlight
 
     from infer.optimize.cpu_schedule import ParallelVectorize
+    from infer.optimize.nan import NAN_PRESERVING
 
     @tvm.transform.module_pass(opt_level=0)  # type: ignore[untyped-decorator]
     def lower(mod: Any, _ctx: Any) -> Any:
         with target:
             passes = [
                 *cpu_generic.library_dispatch_passes(target),
-                relax.transform.LegalizeOps(customize_legalize_map=NAN_PRESERVING_LEGALIZATIONS),
+                relax.transform.LegalizeOps(customize_legalize_map=NAN_PRESERVING),
                 *cpu_generic.legalize_passes(target)[1:],  # its LegalizeOps without ours
                 dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), ParallelVectorize()),
                 *cpu_generic.dataflow_lower_passes(target),

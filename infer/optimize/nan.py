@@ -1,0 +1,97 @@
+"""Legalizations that keep NaN where TVM's own lose it.
+
+TVM legalizes relu as max(x, 0), clip as max(min(x, hi), lo), and maximum/minimum as tir
+Max/Min, which LLVM lowers to a compare and select: a NaN operand loses the compare and the
+other operand comes out. ONNX Runtime (and numpy) propagate NaN through Relu, Clip, Max, Min
+and HardSigmoid, so a corrupt input gave a plausible answer instead of NaN. These lower the same
+ops as selects that keep NaN, one compare per bound as before; integer ops keep TVM's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm import relax, te, tirx, topi
+
+__all__ = ["NAN_PRESERVING"]
+
+
+def _float(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat"))
+
+
+def _relu(bb: Any, call: Any) -> Any:
+    """x < 0 ? 0 : x (NaN < 0 is false: NaN stays)."""
+
+    def compute(x: Any) -> Any:
+        zero = tirx.const(0, x.dtype)
+        return te.compute(x.shape, lambda *i: tirx.Select(x(*i) < zero, zero, x(*i)), "relu")
+
+    return bb.call_te(compute, call.args[0], primfunc_name_hint="relu")
+
+
+def _clip(bb: Any, call: Any) -> Any:
+    """x < lo ? lo : (x > hi ? hi : x)."""
+    if not _float(str(call.args[0].ty.dtype)):
+        return bb.call_te(topi.clip, *call.args, primfunc_name_hint="clip")
+
+    def compute(x: Any, low: Any, high: Any) -> Any:
+        lo, hi = tirx.Cast(x.dtype, low), tirx.Cast(x.dtype, high)
+
+        def at(*i: Any) -> Any:
+            v = x(*i)
+            return tirx.Select(v < lo, lo, tirx.Select(v > hi, hi, v))
+
+        return te.compute(x.shape, at, "clip")
+
+    return bb.call_te(compute, *call.args, primfunc_name_hint="clip")
+
+
+def _scalar(expr: Any) -> Any:
+    """Return a 0-d constant as a tir constant (a simpler kernel), anything else as it is."""
+    if isinstance(expr, relax.Constant) and expr.data.numpy().ndim == 0:
+        value = expr.data.numpy()
+        return tirx.const(value.item(), str(value.dtype))
+    return expr
+
+
+def _broadcast(greater: bool) -> Any:
+    """maximum (greater) or minimum of two tensors with NumPy broadcasting, keeping NaN."""
+
+    def legalize(bb: Any, call: Any) -> Any:
+        out = call.ty
+        if not _float(str(out.dtype)) or not isinstance(out.shape, relax.ShapeExpr):
+            return bb.call_te(topi.maximum if greater else topi.minimum, *call.args)
+        shape = list(out.shape.values)
+
+        def compute(a: Any, b: Any) -> Any:
+            def value(t: Any, index: tuple[Any, ...]) -> Any:
+                if not isinstance(t, te.Tensor):
+                    return tirx.Cast(out.dtype, t)
+                skip = len(index) - len(t.shape)
+                return t(
+                    *(
+                        0 if isinstance(d, tirx.IntImm) and int(d) == 1 else index[skip + k]
+                        for k, d in enumerate(t.shape)
+                    )
+                )
+
+            def at(*index: Any) -> Any:
+                x, y = value(a, index), value(b, index)
+                wins = x > y if greater else x < y
+                return tirx.Select(tirx.Or(wins, x != x), x, y)  # x NaN: x; y NaN: y
+
+            return te.compute(shape, at, "maximum" if greater else "minimum")
+
+        return bb.call_te(compute, _scalar(call.args[0]), _scalar(call.args[1]))
+
+    return legalize
+
+
+# Passed to LegalizeOps as its customize_legalize_map.
+NAN_PRESERVING = {
+    "relax.nn.relu": _relu,
+    "relax.clip": _clip,
+    "relax.maximum": _broadcast(greater=True),
+    "relax.minimum": _broadcast(greater=False),
+}
