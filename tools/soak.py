@@ -1,8 +1,9 @@
 """Long runs: does memory stay flat over thousands of runs and hundreds of input shapes?
 
-For each model (an .onnx path, a recipe name or an artifact), in this process: compile (into the
-cache), warm up, then run it `--runs` times on seeded random inputs, sampling the resident set
-size (RSS) every `--every` runs. Reported per model: RSS after warm-up and at the end, growth in
+For each model (an .onnx path, a recipe name or an artifact): compile it (into the cache) in
+one process, then in a fresh process load it, warm up, and run it `--runs` times on seeded random
+inputs, sampling the resident set size (RSS) every `--every` runs: the RSS is what a process
+serving the model holds, nothing of the compiler's. Reported per model: RSS after warm-up and at the end, growth in
 percent, and the least-squares slope in KiB per 1,000 runs. With `--shapes N` the symbolic dims
 (`--dim NAME`, default every symbolic dim) cycle through 1..N instead, so every run after the
 first N repeats a shape: growth past the first cycle is a leak, not a cache filling.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -82,6 +84,13 @@ def soak(
     }
 
 
+def _compile(model: str) -> None:
+    import infer
+
+    if not Path(model).is_dir():
+        infer.compile(model)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -107,13 +116,19 @@ def main() -> None:
         models += [model_source(name, Progress("auto")) for name in REFERENCE]
     if not models:
         parser.error("give models, or --reference")
+    context = multiprocessing.get_context("spawn")
     results = []
     print(
         "| model | runs | shapes | RSS after warm-up MiB | max MiB | growth % | KiB / 1000 runs |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for model in models:
-        r = soak(model, args.runs, args.every, args.shapes, args.dim, args.threads)
+        with context.Pool(1) as pool:  # compiled in a process of its own
+            pool.apply(_compile, (model,))
+        with context.Pool(1) as pool:
+            r = pool.apply(
+                soak, (model, args.runs, args.every, args.shapes, args.dim, args.threads)
+            )
         results.append(r)
         print(
             f"| {model} | {r['runs']} | {r['shapes'] or 1} | {r['rss_after_warmup_mib']} | "

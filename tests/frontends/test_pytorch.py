@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 import infer
 from infer.cli import cli
-from infer.errors import ModelError
+from infer.errors import InputError, ModelError
 
 torch = pytest.importorskip("torch")
 
@@ -153,6 +153,13 @@ def test_bert_encoder_exported_raw_runs_on_tvm_with_dynamic_batch_and_sequence(
             want = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
         np.testing.assert_allclose(got[0], want.last_hidden_state.numpy(), rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(got[1], want.pooler_output.numpy(), rtol=1e-3, atol=1e-4)
+    # A token id past the vocabulary: refused as transformers refuses it, not a clipped lookup.
+    past = {"input_ids": np.full((1, 4), 500), "attention_mask": np.ones((1, 4), np.int64)}
+    with pytest.raises(
+        InputError,
+        match=r"input 'input_ids': index 500 is out of range for Gather node .* size 500",
+    ):
+        session.run(None, past)
 
 
 def test_pt2_file_compiles_from_the_cli_and_saves_its_onnx(tmp_path: Path) -> None:
