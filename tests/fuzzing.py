@@ -31,6 +31,9 @@ from onnx import TensorProto, helper, numpy_helper
 from tests import onnx_models
 
 COMPILED, REFUSED, ERROR, CRASH, TIMEOUT = "compiled", "refused", "error", "crash", "timeout"
+# The tensor cap the worker compiles under (INFER_MAX_TENSOR_BYTES): a model may ask for tensors
+# up to the cap, so the worker's memory is bounded by it; 4 GiB by default, lower here.
+TENSOR_CAP_BYTES = 256 << 20
 HUGE_DIMS = (0, -1, 2**31 - 1, 2**40, 2**62)
 # Element counts that no memory holds: every size-amplifying op asked for one of these.
 HUGE_TARGETS = ((2**20, 2**20), (2**40,), (1 << 16, 1 << 16, 1 << 16))
@@ -264,6 +267,7 @@ def attempt(data: bytes, work: Path) -> tuple[str, str]:
 
 def _worker(conn: Connection) -> None:
     os.environ["TVM_NUM_THREADS"] = "1"
+    os.environ["INFER_MAX_TENSOR_BYTES"] = str(TENSOR_CAP_BYTES)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)

@@ -5,8 +5,9 @@ constant operand has fewer dims than the other (a (1,) scale times an NCHW tenso
 each such operator it transposes back to NCHW and forward again, two passes over the
 activations. ppocr-det had 145 such transposes. This pass, run before ConvertLayout:
 - turns `where(less(x, c), x, c)` into `minimum(x, c)` and `where(greater(x, c), x, c)` into
-  `maximum(x, c)` (the clamps infer's Clip legalization writes; equal for every x, NaN included:
-  TVM's minimum/maximum return c for a NaN x, as the `where` form does);
+  `maximum(x, c)` (the clamps TVM's importer writes for Clip; equal for every number x; a NaN x
+  stays NaN through minimum/maximum, as legalized in infer.optimize.nan, as in ONNX Runtime's
+  Clip, where the `where` form gave c);
 - gives a constant or weight operand of a binary operator the other operand's rank
   (leading dims of 1), which broadcasting leaves equal, and puts it second where the operator
   commutes (ConvertLayout takes the layout from the first operand).

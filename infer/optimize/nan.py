@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import tvm
 from tvm import relax, te, tirx, topi
 
 __all__ = ["NAN_PRESERVING"]
@@ -49,8 +50,8 @@ def _clip(bb: Any, call: Any) -> Any:
 
 def _scalar(expr: Any) -> Any:
     """Return a 0-d constant as a tir constant (a simpler kernel), anything else as it is."""
-    if isinstance(expr, relax.Constant) and expr.data.numpy().ndim == 0:
-        value = expr.data.numpy()
+    if isinstance(expr, tvm.ir.GenericConst) and expr.value.numpy().ndim == 0:
+        value = expr.value.numpy()
         return tirx.const(value.item(), str(value.dtype))
     return expr
 
