@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.resources
 import multiprocessing as mp
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -265,6 +264,19 @@ def attempt(data: bytes, work: Path) -> tuple[str, str]:
         shutil.rmtree(output, ignore_errors=True)
 
 
+def _peak_rss_bytes() -> int:
+    """Return this process's peak RSS since it was executed (VmHWM).
+
+    Not ru_maxrss: Linux carries that over execve, so a worker spawned from a large pytest
+    process would report the parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def _worker(conn: Connection) -> None:
     os.environ["TVM_NUM_THREADS"] = "1"
     os.environ["INFER_MAX_TENSOR_BYTES"] = str(TENSOR_CAP_BYTES)
@@ -277,7 +289,7 @@ def _worker(conn: Connection) -> None:
         while (data := conn.recv()) is not None:
             started = time.perf_counter()
             kind, detail = attempt(data, Path(work))
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            peak = _peak_rss_bytes()
             conn.send(Outcome(kind, detail, peak, time.perf_counter() - started))
 
 
