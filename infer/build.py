@@ -122,8 +122,6 @@ def prepare_model(model: LoadedModel, options: BuildOptions) -> onnx.ModelProto:
     """Return the model with shape overrides applied, every input of known rank."""
     proto = apply_shape_overrides(model.proto, options.shape_overrides)
     graph_inputs(proto.graph)  # every input must have a known rank
-    # Before anything is folded or run: no value known to be past the size cap.
-    check_tensor_sizes(proto, inferred_types(proto), Limits.current(), model.name)
     return proto
 
 
@@ -304,11 +302,15 @@ def build_artifact(
     """
     apply_tvm_thread_environment()
     started = time.perf_counter()
+    limits = Limits.current()
     with stage("check ops"):
         proto = prepare_model(model, options)
+        types = inferred_types(proto)  # one shape inference for the size cap and index checks
+        # Before anything is folded or run: no value known to be past the size cap.
+        check_tensor_sizes(proto, types, limits, model.name)
     with stage("legalize"):
         cleaned = clean(proto)
-        check_node_count(cleaned, Limits.current(), model.name, " after legalization")
+        check_node_count(cleaned, limits, model.name, " after legalization")
     if not fallback:
         check_supported(cleaned, name=model.name)  # every op without a converter, at once
         refused = partition(cleaned).fallback_ops()  # and those TVM is known to get wrong
@@ -355,7 +357,7 @@ def build_artifact(
         params=root_params,
         segments=segments,
         node_count=sum(1 for n in cleaned.graph.node if n.op_type != "Constant"),
-        index_checks=index_checks(proto),
+        index_checks=index_checks(proto, types),
         shape_overrides={k: list(v) for k, v in options.shape_overrides.items()},
         compile_seconds=round(time.perf_counter() - started, 3),
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

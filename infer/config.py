@@ -15,6 +15,7 @@ __all__ = [
     "bind_threads",
     "cache_dir",
     "default_num_threads",
+    "limit_variable",
 ]
 
 CACHE_DIR_ENV = "INFER_CACHE_DIR"
@@ -56,9 +57,14 @@ def _positive_int(variable: str, raw: str) -> int:
     return value
 
 
+def limit_variable(name: str) -> str:
+    """Return the environment variable that overrides a cap: INFER_MAX_<NAME>."""
+    return LIMIT_ENV_PREFIX + name.upper()
+
+
 def _limit_override(name: str) -> int | None:
     """Return $INFER_MAX_<NAME> (a positive integer) when set, else None."""
-    variable = LIMIT_ENV_PREFIX + name.upper()
+    variable = limit_variable(name)
     raw = os.environ.get(variable)
     return _positive_int(variable, raw) if raw else None
 

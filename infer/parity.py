@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from infer.config import Limits
+from infer.config import Limits, limit_variable
 from infer.errors import CompileError, InputError
 from infer.signature import TensorSpec, concrete_shape, format_bytes
 
@@ -63,6 +63,7 @@ def random_feeds(
     batch) and DEFAULT_INNER_SYMBOLIC_DIM otherwise; with default_dim None, InputError.
     """
     rng = np.random.default_rng(seed)
+    cap = Limits.current().max_tensor_bytes
     feeds: dict[str, np.ndarray] = {}
     sizes = dict(dims or {})
     if default_dim is not None:
@@ -81,12 +82,12 @@ def random_feeds(
             )
         dtype = np.dtype(spec.dtype)
         nbytes = math.prod(shape) * dtype.itemsize
-        cap = Limits.current().max_tensor_bytes
         if nbytes > cap:
             raise InputError(
                 f"input {spec.name!r}: a random {list(shape)} {dtype.name} input would be "
                 f"{format_bytes(nbytes)}, over the limit of {format_bytes(cap)} per tensor "
-                "(give smaller sizes with --dim NAME=SIZE, or raise INFER_MAX_TENSOR_BYTES)"
+                f"(give smaller sizes with --dim NAME=SIZE, or raise "
+                f"{limit_variable('tensor_bytes')})"
             )
         if dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(dtype)

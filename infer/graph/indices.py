@@ -13,7 +13,7 @@ from typing import Any
 
 import onnx
 
-from infer.graph.shapes import dims_of, inferred_types
+from infer.graph.shapes import dims_of
 
 __all__ = ["index_checks"]
 
@@ -40,8 +40,10 @@ def _dim(type_proto: onnx.TypeProto | None, index: int) -> int | str | None:
     return dim.dim_param or None
 
 
-def index_checks(model: onnx.ModelProto) -> list[dict[str, Any]]:
+def index_checks(model: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> list[dict[str, Any]]:
     """Return, per indexing node whose indices are a model input, the dims those indices index.
+
+    types are the model's inferred value types (infer.graph.shapes.inferred_types).
 
     Each entry: input, op, node, and extents (one per index column: a size, or the symbol of a
     model input's dim). Nodes whose indexed dims are unknown at compile time are left out.
@@ -52,7 +54,6 @@ def index_checks(model: onnx.ModelProto) -> list[dict[str, Any]]:
     symbols = {
         d.dim_param for v in graph.input for d in v.type.tensor_type.shape.dim if d.dim_param
     }
-    types = inferred_types(model)
     checks: list[dict[str, Any]] = []
     for node in graph.node:
         if node.op_type not in _INDEXING_OPS or node.domain not in ("", "ai.onnx"):

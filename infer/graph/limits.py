@@ -16,7 +16,7 @@ import math
 
 import onnx
 
-from infer.config import Limits
+from infer.config import Limits, limit_variable
 from infer.errors import ModelError
 from infer.graph.support import iter_nodes
 from infer.signature import format_bytes
@@ -49,7 +49,7 @@ def tensor_nbytes(elem_type: int, dims: list[int] | tuple[int, ...]) -> int | No
 
 
 def _override(name: str) -> str:
-    return f"raise it with INFER_MAX_{name.upper()}"
+    return f"raise it with {limit_variable(name)}"
 
 
 def check_node_count(model: onnx.ModelProto, limits: Limits, source: str, when: str = "") -> None:

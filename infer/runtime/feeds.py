@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from infer.config import Limits
+from infer.config import Limits, limit_variable
 from infer.errors import InputError
 from infer.signature import TensorSpec, format_bytes, format_shape
 
@@ -50,7 +50,6 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> list[n
     if missing:
         raise InputError(f"missing input(s): {', '.join(repr(n) for n in missing)}")
     arrays: list[np.ndarray] = []
-    limits = Limits.current()
     bound: dict[str, tuple[int, str]] = {}
     for spec in specs:
         array = _as_array(spec.name, feeds[spec.name], spec)
@@ -76,16 +75,21 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> list[n
                 f"input {spec.name!r}: shape {format_shape(array.shape)} does not match "
                 f"{format_shape(spec.shape)}: " + "; ".join(wrong)
             )
-        if not array.flags.c_contiguous and array.nbytes > limits.max_tensor_bytes:
-            # a view (broadcast, strided) can describe far more than any memory holds
+        if array.flags.c_contiguous:
+            arrays.append(array)
+            continue
+        # A view (broadcast, strided) can describe far more than any memory holds. The cap is
+        # read only here: contiguous feeds, the common case, pay nothing for it.
+        cap = Limits.current().max_tensor_bytes
+        if array.nbytes > cap:
             raise InputError(
                 f"input {spec.name!r}: a non-contiguous {format_shape(array.shape)} "
                 f"{array.dtype.name} view would be copied into {format_bytes(array.nbytes)}, over "
-                f"the limit of {format_bytes(limits.max_tensor_bytes)} per tensor "
-                "(raise it with INFER_MAX_TENSOR_BYTES)"
+                f"the limit of {format_bytes(cap)} per tensor "
+                f"(raise it with {limit_variable('tensor_bytes')})"
             )
         # np.ascontiguousarray would turn a 0-d array into 1-d
-        arrays.append(array if array.flags.c_contiguous else array.copy(order="C"))
+        arrays.append(array.copy(order="C"))
     return arrays
 
 
