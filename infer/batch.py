@@ -159,6 +159,11 @@ class _Parts:
         self.files.append(path)
         return int(table.num_rows)
 
+    def discard_if_empty(self) -> None:
+        """Remove the parts folder when no part was written (nothing to resume from)."""
+        if not self.files:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
     def finish(self, summary: BatchSummary) -> None:
         """Write the output from every part (through a temporary file) and remove the parts;
         count its rows and failures into summary."""
@@ -260,6 +265,9 @@ def run_batch(
             count += parts.write(batch)
             progress.log(f"batch: {count}/{total}")
         parts.finish(summary)
+    except BaseException:
+        parts.discard_if_empty()  # refused inputs leave nothing behind; done work stays
+        raise
     finally:
         if started_here:
             ray.shutdown()

@@ -120,7 +120,12 @@ def test_batch_from_the_cli_and_what_it_refuses(
         run_batch(few, few, output)
     with pytest.raises(infer.PipelineError, match="takes no option beams"):
         run_batch(classifier, few, output, options={"beams": 2})
+    with pytest.raises(InputError, match="no files to run"):
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        run_batch(classifier, empty, output)
     assert not list(tmp_path.glob(".*.tmp"))  # nothing half-written left behind
+    assert not list(tmp_path.glob(".*.parts"))
 
 
 def test_a_killed_batch_resumes_where_it_stopped_and_duplicates_nothing(
