@@ -8,7 +8,7 @@ clf("photo.jpg")                                  # [{"label": ..., "score": ...
 """
 
 from infer._version import __version__
-from infer.api import Artifact, check, compile, load
+from infer.api import Artifact, Tuned, check, compile, load, tune
 from infer.errors import (
     ArtifactError,
     CompileError,
@@ -35,10 +35,12 @@ __all__ = [
     "PipelineError",
     "Session",
     "TensorSpec",
+    "Tuned",
     "UnsupportedOpError",
     "__version__",
     "check",
     "compile",
     "load",
     "pipeline",
+    "tune",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from infer.frontends import Converted, DynamicAxes, convert, framework_of
 from infer.graph.load import LoadedModel, load_model
 from infer.graph.support import iter_nodes
 from infer.optimize.pipeline import PIPELINES
+from infer.optimize.tuning import DEFAULT_TRIALS, TuningReport
 from infer.parity import (
     DEFAULT_SEED,
     QUANTIZING_OPS,
@@ -36,7 +38,7 @@ from infer.runtime.session import Session
 from infer.sources import ModelSource, resolve_model
 from infer.target import parse_target
 
-__all__ = ["Artifact", "check", "compile", "load", "load_onnx", "source_model"]
+__all__ = ["Artifact", "Tuned", "check", "compile", "load", "load_onnx", "source_model", "tune"]
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,7 @@ def compile(
     dump_ir: str | os.PathLike[str] | None = None,
     pipeline: str | None = None,
     fallback: bool = True,
+    tuning: TuningChoice = None,
     progress: Progress | None = None,
 ) -> Artifact:
     """Return the compiled artifact of model, checked against ONNX Runtime unless check=False.
@@ -169,7 +172,9 @@ def compile(
     artifact is written there (replacing an older artifact); without, it goes to the compile
     cache and is reused on the next call with the same model, shapes, target and versions.
     What TVM cannot take runs on ONNX Runtime, said in a FallbackWarning; with fallback=False
-    that is an UnsupportedOpError (or CompileError) instead.
+    that is an UnsupportedOpError (or CompileError) instead. tuning is the folder of a tuning
+    database (see `tune`) whose schedules the compile applies; by default the one `tune` wrote
+    for this model and target is used when it exists; False uses none.
     """
     progress = progress or Progress("quiet")
     threads = threads or default_num_threads()
@@ -198,12 +203,70 @@ def compile(
     # The host's core count, not `threads`: a build serves every thread count (and cache key).
     spec = parse_target(target, num_cores=available_cpus())
     options = BuildOptions.make(spec, shape_overrides, Path(dump_ir) if dump_ir else None, pipeline)
+    with contextlib.ExitStack() as scope:
+        database, digest = _tuning_snapshot(tuning, loaded, spec.to_json(), scope)
+        if database is not None:
+            options = dataclasses.replace(options, tuning_database=database)
+            progress.log(f"tuning database {digest[:12] if digest else ''}: {database.name}")
+        return _compile_loaded(
+            loaded, options, converted, progress, output=output, check=check, seed=seed,
+            check_dims=check_dims, threads=threads, explicit=pipeline is not None,
+            fallback=fallback, tuning_digest=digest,
+        )  # fmt: skip
+    raise AssertionError("unreachable")  # ExitStack may swallow exceptions, for mypy
+
+
+TuningChoice = str | os.PathLike[str] | bool | None
+
+
+def _tuning_snapshot(
+    tuning: TuningChoice, loaded: LoadedModel, target: dict[str, Any], scope: contextlib.ExitStack
+) -> tuple[Path | None, str | None]:
+    """Return a snapshot of the tuning database to apply (None: none) and its digest."""
+    from infer.optimize.tuning import snapshot_database
+
+    if tuning is False:
+        return None, None
+    if tuning is None or tuning is True:
+        folder = CompileCache(cache_dir()).tuning_dir(loaded.sha256, target)
+        if not folder.is_dir():
+            if tuning is True:
+                raise InferError(
+                    f"{loaded.name}: no tuning database for target {target.get('kind')}; "
+                    f"run `infer tune` first (looked in {folder})"
+                )
+            return None, None
+    else:
+        folder = Path(tuning)
+    copy = Path(scope.enter_context(tempfile.TemporaryDirectory(prefix="infer-tuning-")))
+    digest = snapshot_database(folder, copy)
+    return (copy, digest) if digest is not None else (None, None)
+
+
+def _compile_loaded(
+    loaded: LoadedModel,
+    options: BuildOptions,
+    converted: Converted | None,
+    progress: Progress,
+    *,
+    output: str | os.PathLike[str] | None,
+    check: bool,
+    seed: int,
+    check_dims: Mapping[str, int] | None,
+    threads: int,
+    explicit: bool,
+    fallback: bool,
+    tuning_digest: str | None,
+) -> Artifact:
+    """Build the loaded model with options (into output, or through the cache) and check it."""
+    spec = options.target
 
     def build_into(staged: Path) -> None:
         manifest = _build_with_fallback(
-            loaded, options, staged, progress, explicit=pipeline is not None, fallback=fallback
+            loaded, options, staged, progress, explicit=explicit, fallback=fallback
         )
         _report_fallback(manifest, loaded.name)
+        manifest.tuning_database = tuning_digest
         manifest.frontend = converted.provenance if converted else None
         manifest.model_source = (
             str(Path(loaded.source).resolve()) if Path(loaded.source).is_file() else loaded.source
@@ -247,7 +310,7 @@ def compile(
             "shape_overrides": {k: list(v) for k, v in sorted(options.shape_overrides.items())},
             "target": spec.to_json(),
             "pipeline": options.pipeline.to_json(),
-            "tuning_database": None,
+            "tuning_database": tuning_digest,
             "check": check,
             "fallback": fallback,
             "versions": tool_versions(),
@@ -258,6 +321,77 @@ def compile(
     if hit:
         progress.log(f"cache hit: {path}")
     return Artifact(path, ArtifactManifest.read(path), cache_hit=hit)
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """What `tune` did: the tuning report, and the artifact compiled with its database."""
+
+    report: TuningReport
+    artifact: Artifact | None
+
+
+def tune(
+    model: ModelSource,
+    *,
+    trials: int = DEFAULT_TRIALS,
+    time_budget: float | None = None,
+    database: str | os.PathLike[str] | None = None,
+    target: str | dict[str, Any] | None = "llvm",
+    shapes: Mapping[str, Sequence[int | str]] | None = None,
+    threads: int | None = None,
+    compile_after: bool = True,
+    check: bool = True,
+    progress: Progress | None = None,
+) -> Tuned:
+    """Tune the kernels TVM compiles for model (an .onnx path, a recipe name, bytes or a
+    ModelProto) on this machine: `trials` MetaSchedule trials per kernel in all, the costliest
+    kernels first, until time_budget seconds run out. Each kernel keeps whichever of the tuned
+    schedule and infer's fixed one ran faster. The database goes to `database`, by default the
+    cache's folder for this model and target, which later compiles apply by themselves; a re-run
+    resumes and adds only the missing trials. With compile_after, the model is then compiled
+    with the database (through the cache) and checked against ONNX Runtime.
+    """
+    from infer.build import tuning_kernels
+    from infer.optimize.tuning import tune_modules
+
+    progress = progress or Progress("quiet")
+    threads = threads or default_num_threads()
+    with progress.stage("load"):
+        loaded, recipe = load_onnx(model, progress)
+    shape_overrides = {
+        **(recipe.shapes if recipe else {}),
+        **{k: tuple(v) for k, v in (shapes or {}).items()},
+    }
+    spec = parse_target(target, num_cores=available_cpus())
+    if spec.kind != "llvm":
+        raise InferError(
+            f"tuning measures kernels on this machine: it needs a CPU (llvm) target, got {spec}"
+        )
+    options = BuildOptions.make(spec, shape_overrides)
+    folder = (
+        Path(database)
+        if database is not None
+        else CompileCache(cache_dir()).tuning_dir(loaded.sha256, spec.to_json())
+    )
+    kernels = tuning_kernels(loaded, options, progress.stage)
+    with progress.stage(f"tune ({trials} trials per kernel, {threads} threads) into {folder}"):
+        report = tune_modules(
+            kernels,
+            spec.tvm_target(),
+            folder,
+            trials=trials,
+            time_budget_s=time_budget,
+            threads=threads,
+            report=progress.log,
+        )
+    artifact = None
+    if compile_after:
+        artifact = compile(
+            model, target=target, shapes=shapes, threads=threads, check=check, tuning=folder,
+            progress=progress,
+        )  # fmt: skip
+    return Tuned(report, artifact)
 
 
 def load(model: ModelSource, *, threads: int | None = None, **compile_options: Any) -> Session:

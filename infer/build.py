@@ -39,10 +39,11 @@ from infer.graph.shapes import (
     override_dims,
 )
 from infer.graph.support import check_supported
-from infer.native_stderr import drop_tvm_scope_warnings
+from infer.native_stderr import drop_tvm_log_noise
 from infer.optimize.pipeline import (
     PIPELINES,
     Pipeline,
+    legalize_to_tir,
     lowering_pipeline,
     pipeline_for,
     run_pipeline,
@@ -77,6 +78,8 @@ class BuildOptions:
     shape_overrides: dict[str, tuple[Dim, ...]]
     pipeline: Pipeline
     dump_ir: Path | None = None
+    # A snapshot of a tuning database (optimize/tuning.py) whose schedules the compile applies.
+    tuning_database: Path | None = None
 
     @classmethod
     def make(
@@ -186,11 +189,15 @@ class _Compiled:
     executable: Any
     # Operators handed to a kernel library, by kind (see optimize/offload.py).
     offloaded: dict[str, int]
+    # Kernels whose schedule came from the tuning database.
+    tuned_kernels: int = 0
 
 
-def _compile_tvm(
+def _optimize(
     proto: onnx.ModelProto, name: str, options: BuildOptions, stage: Stage
-) -> _Compiled:
+) -> tuple[Any, list[Any], dict[str, int]]:
+    """Return the segment imported and through the pass pipeline, its weights, and the
+    operators handed to a kernel library."""
     with stage("import"):
         mod, params = _import(proto, name)
     target = options.target.tvm_target()
@@ -202,11 +209,51 @@ def _compile_tvm(
             raise CompileError(
                 f"{name}: pass pipeline {options.pipeline.name!r} failed: {exc}"
             ) from None
-    with stage(f"compile ({options.target})"):
-        ex = _compile(
-            mod, target, options.target, name, lowering_pipeline(options.pipeline, target)
+    return mod, params, offloaded
+
+
+def _compile_tvm(
+    proto: onnx.ModelProto, name: str, options: BuildOptions, stage: Stage
+) -> _Compiled:
+    mod, params, offloaded = _optimize(proto, name, options, stage)
+    target = options.target.tvm_target()
+    tuned: dict[str, int] = {}
+    lowering = lowering_pipeline(options.pipeline, target, options.tuning_database, tuned)
+    quiet = drop_tvm_log_noise() if options.tuning_database else contextlib.nullcontext()
+    with stage(f"compile ({options.target})"), quiet:
+        ex = _compile(mod, target, options.target, name, lowering)
+    return _Compiled(mod, params, ex, offloaded, tuned.get("kernels", 0))
+
+
+def tuning_kernels(model: LoadedModel, options: BuildOptions, stage: Stage) -> list[Any]:
+    """Return each TVM segment of model as the compile would lower it: fused TIR kernels, before
+    scheduling, without the weight transforms that run once at build (what tuning searches).
+
+    A segment the importer or the pipeline rejects is left out: the compile moves it to ONNX
+    Runtime or to another pipeline, where these kernels do not exist.
+    """
+    import tvm
+
+    with stage("check ops"):
+        proto = prepare_model(model, options)
+    with stage("legalize"):
+        cleaned = clean(proto)
+    with stage("partition"):
+        plan = partition(cleaned, {})
+    protos = [cleaned] if plan.single_tvm else [s.model for s in plan.segments if s.kind == TVM]
+    target = options.target.tvm_target()
+    kernels = []
+    for index, segment in enumerate(protos):
+        try:
+            mod, _, _ = _optimize(segment, f"{model.name} segment {index}", options, stage)
+        except CompileError:
+            continue
+        main = tvm.IRModule(
+            {gv: f for gv, f in mod.functions_items() if gv.name_hint != TRANSFORM_PARAMS}
         )
-    return _Compiled(mod, params, ex, offloaded)
+        with target, tvm.transform.PassContext(opt_level=3):
+            kernels.append(tvm.transform.Sequential(legalize_to_tir(target))(main))
+    return kernels
 
 
 def _export_tvm(compiled: _Compiled, directory: Path, name: str, stage: Stage) -> list[str]:
@@ -216,7 +263,7 @@ def _export_tvm(compiled: _Compiled, directory: Path, name: str, stage: Stage) -
     with stage("export"):
         directory.mkdir(parents=True, exist_ok=True)
         try:
-            with drop_tvm_scope_warnings():
+            with drop_tvm_log_noise():
                 compiled.executable.export_library(str(directory / LIBRARY_FILE))
         except Exception as exc:
             raise CompileError(f"{name}: exporting {LIBRARY_FILE} failed: {exc}") from None
@@ -353,7 +400,11 @@ def build_artifact(
         outputs=graph_outputs(proto.graph),
         target=options.target.to_json(),
         versions=tool_versions(),
-        pipeline={**options.pipeline.to_json(), "offload": _offload_summary(compiled)},
+        pipeline={
+            **options.pipeline.to_json(),
+            "offload": _offload_summary(compiled),
+            "tuned_kernels": sum(c.tuned_kernels for c in compiled if c is not None),
+        },
         params=root_params,
         segments=segments,
         node_count=sum(1 for n in cleaned.graph.node if n.op_type != "Constant"),
@@ -395,7 +446,7 @@ def _transform_params(library: Path, params: list[Any], name: str) -> list[Any]:
     from tvm.runtime.vm import VirtualMachine
 
     try:
-        with drop_tvm_scope_warnings():
+        with drop_tvm_log_noise():
             vm = VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
         return list(vm[TRANSFORM_PARAMS](params))
     except Exception as exc:

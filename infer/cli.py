@@ -19,6 +19,7 @@ from infer.bench import DEFAULT_REPEAT as BENCH_REPEAT
 from infer.bench import DEFAULT_WARMUP as BENCH_WARMUP
 from infer.bench import MIN_SECONDS as BENCH_SECONDS
 from infer.errors import InferError, InputError, PipelineError
+from infer.optimize.tuning import DEFAULT_TRIALS as TUNE_TRIALS
 
 __all__ = ["main"]
 
@@ -196,10 +197,17 @@ def cli(debug: bool, quiet: bool) -> None:
     is_flag=True,
     help="Load a pickled (.pkl/.joblib) scikit-learn model: that runs code from the file.",
 )
+@click.option(
+    "--tuning",
+    default=None,
+    metavar="DIR|none",
+    help="Tuning database to apply (default: the one `infer tune` wrote for this model and "
+    "target, if any; 'none': no tuning).",
+)
 def compile_command(
     model: str | None, task: str | None, config: Path | None, output: Path | None, target: str, shapes: tuple[str, ...], threads: int | None,
     no_check: bool, no_fallback: bool, pipeline: str | None, seed: int, dims: tuple[str, ...],
-    dump_ir: Path | None, save_onnx: Path | None, trust_pickle: bool,
+    dump_ir: Path | None, save_onnx: Path | None, trust_pickle: bool, tuning: str | None,
 ) -> None:  # fmt: skip
     """Compile MODEL (an .onnx file, a model name, a torch.export .pt2 or a scikit-learn .skops
     file) into an artifact directory; with --task, one that `infer.pipeline(task, model=DIR)` runs."""
@@ -217,7 +225,7 @@ def compile_command(
                 "target": target, "shapes": _shape_options(shapes), "check": not no_check,
                 "seed": seed, "check_dims": _dim_options(dims), "dump_ir": dump_ir,
                 "pipeline": pipeline, "fallback": not no_fallback, "save_onnx": save_onnx,
-                "trust_pickle": trust_pickle,
+                "trust_pickle": trust_pickle, "tuning": _tuning_option(tuning),
             },
         )  # fmt: skip
         click.echo(f"{built}  ({task}, {time.perf_counter() - started:.1f}s)")
@@ -230,12 +238,17 @@ def compile_command(
         model, target=target, shapes=_shape_options(shapes), output=output, check=not no_check,
         seed=seed, check_dims=_dim_options(dims), threads=threads, dump_ir=dump_ir, pipeline=pipeline,
         fallback=not no_fallback, progress=_progress(), save_onnx=save_onnx,
-        trust_pickle=trust_pickle,
+        trust_pickle=trust_pickle, tuning=_tuning_option(tuning),
     )  # fmt: skip
     parity = (artifact.parity or {}).get("status", "not checked")
     click.echo(
         f"{artifact.path}  ({'cache hit, ' if artifact.cache_hit else ''}{time.perf_counter() - started:.1f}s, parity: {parity})"
     )
+
+
+def _tuning_option(value: str | None) -> str | bool | None:
+    """--tuning: a folder, 'none' (False), or the default (None)."""
+    return False if value is not None and value.lower() == "none" else value
 
 
 def _read_inputs(inputs: Path | None, named: Sequence[str]) -> dict[str, np.ndarray]:
@@ -515,6 +528,113 @@ def _int_list(option: str, value: str) -> list[int]:
     if not values or min(values) < 1:
         raise InputError(f"{option} {value!r}: expected a comma-separated list of integers >= 1")
     return values
+
+
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(_ctx: Any, _param: Any, value: str | None) -> float | None:
+    """Parse 90, 90s, 10m or 1.5h into seconds."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    unit = DURATION_UNITS.get(text[-1:], None)
+    try:
+        seconds = float(text[:-1] if unit else text) * (unit or 1.0)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise InputError(f"--time-budget {value!r}: expected a duration such as 90s, 10m or 1h")
+    return seconds
+
+
+@cli.command("tune")
+@click.argument("model")
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    default=TUNE_TRIALS,
+    show_default=True,
+    help="MetaSchedule trials per kernel, in all: a re-run adds only the missing ones.",
+)
+@click.option(
+    "--time-budget",
+    callback=_duration,
+    default=None,
+    metavar="DURATION",
+    help="Start no round of trials after this long (90s, 10m, 1h); a re-run goes on.",
+)
+@click.option(
+    "--db",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Tuning database folder (default: the cache's for this model and target, which "
+    "compiles use by themselves; elsewhere, pass it to `infer compile --tuning`).",
+)
+@click.option("--target", default="llvm", show_default=True, help="A CPU target ('llvm', ...).")
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="NAME=D0,D1,..",
+    help="Fix an input's shape (repeatable): tuned kernels are for these shapes.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Threads the kernels are timed with (default: $INFER_NUM_THREADS or all CPUs).",
+)
+@click.option("--no-compile", is_flag=True, help="Only tune; do not compile the model afterwards.")
+@click.option("--no-check", is_flag=True, help="Skip the parity check of that compile.")
+def tune_command(
+    model: str, trials: int, time_budget: float | None, db: Path | None, target: str,
+    shapes: tuple[str, ...], threads: int | None, no_compile: bool, no_check: bool,
+) -> None:  # fmt: skip
+    """Tune the kernels TVM compiles for MODEL with MetaSchedule, on this machine.
+
+    Convolutions and matmuls run in oneDNN; the kernels around them are searched, costliest
+    first, and each keeps whichever of its tuned schedule and infer's fixed one ran faster. The
+    database lives in the cache (or --db), and later compiles of MODEL for this target apply it.
+    Interrupted, a re-run resumes. Then MODEL is compiled with it and checked.
+    """
+    import infer
+
+    tuned = infer.tune(
+        model, trials=trials, time_budget=time_budget, database=db, target=target,
+        shapes=_shape_options(shapes), threads=threads, compile_after=not no_compile,
+        check=not no_check, progress=_progress(),
+    )  # fmt: skip
+    report = tuned.report
+    if report.tasks:
+        _console().print(_tuning_table(report))
+    default, best = report.totals_us()
+    line = (
+        f"{report.database}  ({len(report.tasks)} kernels, {report.trials_run} trials this run, "
+        f"{report.seconds:.0f}s; TVM kernels {default:.0f} µs -> {best:.0f} µs per run"
+        f"{', time budget used up' if report.out_of_time else ''})"
+    )
+    click.echo(line)
+    if tuned.artifact is not None:
+        parity = (tuned.artifact.parity or {}).get("status", "not checked")
+        kernels = tuned.artifact.manifest.pipeline.get("tuned_kernels", 0)
+        click.echo(
+            f"{tuned.artifact.path}  ({kernels} kernels from the database, parity: {parity})"
+        )
+
+
+def _tuning_table(report: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title="kernels (µs per call, timed alone)", title_justify="left")
+    for column in ("kernel", "calls", "trials", "fixed schedule", "tuned", "chosen"):
+        table.add_column(column, justify="left" if column in ("kernel", "chosen") else "right")
+    for task in report.tasks:
+        cells = [
+            f"{v:.1f}" if v is not None else "failed" for v in (task.default_us, task.tuned_us)
+        ]
+        table.add_row(task.name, str(task.weight), str(task.trials), *cells, task.chosen)
+    return table
 
 
 @cli.command("bench")

@@ -1,8 +1,9 @@
 """Filtering what native code (TVM's C++ logging) writes to the process's stderr.
 
 TVM 0.27 logs one warning line per constant each time a VM executable is saved or loaded
-("Scope Saving:" / "Scope Loaded:"), with no switch to turn it off. These lines say nothing to a
-user, so around those calls fd 2 goes to a temporary file and every other line is passed on.
+("Scope Saving:" / "Scope Loaded:"), and one when a compile opens a tuning database ("Creating
+JSONDatabase"), with no switch to turn them off. These lines say nothing to a user, so around
+those calls fd 2 goes to a temporary file and every other line is passed on.
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ import tempfile
 import threading
 from collections.abc import Iterator
 
-__all__ = ["drop_tvm_scope_warnings"]
+__all__ = ["drop_tvm_log_noise"]
 
-_SCOPE_WARNING = re.compile(r"executable\.cc:\d+: Warning: Scope (Saving|Loaded):")
+_NOISE = re.compile(
+    r"executable\.cc:\d+: Warning: Scope (Saving|Loaded):"
+    r"|meta_schedule\.cc:\d+: Warning: Creating JSONDatabase"
+)
 _LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def drop_tvm_scope_warnings() -> Iterator[None]:
-    """Run the body with TVM's per-constant scope warnings removed from stderr."""
+def drop_tvm_log_noise() -> Iterator[None]:
+    """Run the body with TVM's uninformative warnings (above) removed from stderr."""
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # no real stderr (embedded, captured)
@@ -43,7 +47,7 @@ def drop_tvm_scope_warnings() -> Iterator[None]:
             kept = [
                 line
                 for line in capture.read().decode(errors="replace").splitlines(keepends=True)
-                if not _SCOPE_WARNING.search(line)
+                if not _NOISE.search(line)
             ]
             if kept:
                 os.write(fd, "".join(kept).encode())

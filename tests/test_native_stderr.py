@@ -5,11 +5,11 @@ import sys
 
 import pytest
 
-from infer.native_stderr import drop_tvm_scope_warnings
+from infer.native_stderr import drop_tvm_log_noise
 
 
 def test_scope_warnings_are_dropped_and_other_lines_kept(capfd: pytest.CaptureFixture[str]) -> None:
-    with drop_tvm_scope_warnings():
+    with drop_tvm_log_noise():
         fd = sys.stderr.fileno()
         os.write(
             fd, b"[16:44:41] /project/src/runtime/vm/executable.cc:276: Warning: Scope Saving:\n"

@@ -23,6 +23,8 @@ __all__ = ["CacheEntry", "CompileCache", "cache_key"]
 
 ARTIFACTS_DIR = "artifacts"
 LOCKS_DIR = "locks"
+# Tuning databases (optimize/tuning.py), one per model and target; `prune` leaves them alone.
+TUNING_DIR = "tuning"
 LOCK_TIMEOUT_S = 3600.0
 
 
@@ -79,6 +81,16 @@ class CompileCache:
         for path in (self.root, self.artifacts, self.locks):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             _check_trusted(path)
+
+    def tuning_dir(self, model_sha256: str, target: dict[str, Any]) -> Path:
+        """Return the folder of the tuning database of this model on this target (it may not
+        exist yet); the folders above it are created and checked like the cache's own."""
+        self._prepare()
+        tuning = self.root / TUNING_DIR
+        tuning.mkdir(mode=0o700, exist_ok=True)
+        _check_trusted(tuning)
+        key = cache_key({"model_sha256": model_sha256, "target": target})
+        return tuning / key[:32]
 
     def path_for(self, key: str) -> Path:
         """Return the folder an entry of this key lives in."""

@@ -10,7 +10,14 @@ from typing import Any
 
 from infer.errors import FallbackWarning
 
-__all__ = ["PIPELINES", "Pipeline", "lowering_pipeline", "pipeline_for", "run_pipeline"]
+__all__ = [
+    "PIPELINES",
+    "Pipeline",
+    "legalize_to_tir",
+    "lowering_pipeline",
+    "pipeline_for",
+    "run_pipeline",
+]
 
 # Kept in step with infer.optimize.cpu_schedule.SCHEDULE_REVISION (which imports TVM).
 SCHEDULE_REVISION = 7
@@ -204,8 +211,30 @@ def _calls_any(mod: Any, op_names: set[str]) -> bool:
     return bool(found)
 
 
-def lowering_pipeline(pipeline: Pipeline, target: Any) -> Any:
-    """Return the relax_pipeline for tvm.compile: TVM's CPU lowering with our schedule rule inserted."""
+def legalize_to_tir(target: Any) -> list[Any]:
+    """Return the passes that turn the optimized Relax module into fused TIR kernels (TVM's CPU
+    legalization with NaN-preserving operators): the kernels that get scheduled, or tuned."""
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    from infer.optimize.nan import NAN_PRESERVING
+
+    return [
+        *cpu_generic.library_dispatch_passes(target),
+        relax.transform.LegalizeOps(customize_legalize_map=NAN_PRESERVING),
+        *cpu_generic.legalize_passes(target)[1:],  # its LegalizeOps without ours
+    ]
+
+
+def lowering_pipeline(
+    pipeline: Pipeline,
+    target: Any,
+    database: Path | None = None,
+    tuned: dict[str, int] | None = None,
+) -> Any:
+    """Return the relax_pipeline for tvm.compile: TVM's CPU lowering with our schedule rule
+    inserted; kernels found in the tuning database (a folder, see tuning.py) take its schedule
+    instead, and their count goes into tuned["kernels"]."""
     if pipeline.schedule == "tvm-default":
         return "default"
     import tvm
@@ -214,15 +243,28 @@ def lowering_pipeline(pipeline: Pipeline, target: Any) -> Any:
     from tvm.s_tir import dlight
 
     from infer.optimize.cpu_schedule import ParallelVectorize
-    from infer.optimize.nan import NAN_PRESERVING
+
+    def count_tuned(mod: Any, _ctx: Any) -> Any:
+        if tuned is not None:
+            tuned["kernels"] = tuned.get("kernels", 0) + sum(
+                1
+                for func in mod.functions.values()
+                if isinstance(func, tvm.tirx.PrimFunc)
+                and func.attrs is not None
+                and func.attrs.get("tirx.is_scheduled", False)
+            )
+        return mod
 
     @tvm.transform.module_pass(opt_level=0)  # type: ignore[untyped-decorator]
     def lower(mod: Any, _ctx: Any) -> Any:
         with target:
-            passes = [
-                *cpu_generic.library_dispatch_passes(target),
-                relax.transform.LegalizeOps(customize_legalize_map=NAN_PRESERVING),
-                *cpu_generic.legalize_passes(target)[1:],  # its LegalizeOps without ours
+            passes = legalize_to_tir(target)
+            if database is not None:
+                passes += [
+                    relax.transform.MetaScheduleApplyDatabase(str(database)),
+                    tvm.transform.module_pass(count_tuned, opt_level=0, name="CountTuned"),
+                ]
+            passes += [
                 dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), ParallelVectorize()),
                 *cpu_generic.dataflow_lower_passes(target),
                 *cpu_generic.finalize_passes(target),

@@ -25,7 +25,7 @@ from infer.artifact.manifest import (
 )
 from infer.config import apply_tvm_thread_environment, default_num_threads
 from infer.errors import ArtifactError, InferError, InputError
-from infer.native_stderr import drop_tvm_scope_warnings
+from infer.native_stderr import drop_tvm_log_noise
 from infer.runtime.compat import check_compatible
 from infer.runtime.feeds import check_feeds, check_indices
 from infer.signature import TensorSpec
@@ -133,7 +133,7 @@ class Session:
             if sha256_file(copy) != expected:
                 raise ArtifactError(f"{library_path}: changed after it was verified")
             try:
-                with drop_tvm_scope_warnings():
+                with drop_tvm_log_noise():
                     library = tvm.runtime.load_module(str(copy))
                     vm = VirtualMachine(library, self._device)
             except Exception as exc:
