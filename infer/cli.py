@@ -662,6 +662,12 @@ def _tuning_table(report: Any) -> Any:
 )
 @click.option("--pipeline", default=None, help="Compile pipeline (default: the CPU's).")
 @click.option(
+    "--tuning",
+    default=None,
+    metavar="DIR|none",
+    help="Tuning database the compile applies (default: the model's, if `infer tune` wrote one).",
+)
+@click.option(
     "--plot",
     type=click.Path(path_type=Path),
     default=None,
@@ -680,8 +686,9 @@ def _tuning_table(report: Any) -> Any:
 @click.option("--model", "task_model", default=None, help="With --task: the pipeline's model.")
 def bench_command(
     models: tuple[str, ...], threads_list: str, batch_list: str, repeat: int, warmup: int, min_seconds: float,
-    dims: tuple[str, ...], shapes: tuple[str, ...], pipeline: str | None, plot: Path | None,
-    markdown: Path | None, as_json: bool, task: str | None, task_model: str | None,
+    dims: tuple[str, ...], shapes: tuple[str, ...], pipeline: str | None, tuning: str | None,
+    plot: Path | None, markdown: Path | None, as_json: bool, task: str | None,
+    task_model: str | None,
 ) -> None:  # fmt: skip
     """Time MODELS (names, .onnx files or artifacts) against ONNX Runtime at equal threads.
 
@@ -736,7 +743,7 @@ def bench_command(
             with progress.stage(f"compile {ref.display}"):
                 path = infer.compile(
                     model, shapes=_shape_options(shapes), pipeline=pipeline, progress=progress,
-                    check_dims=dim_sizes,
+                    check_dims=dim_sizes, tuning=_tuning_option(tuning),
                 ).path  # fmt: skip
         specs = ArtifactManifest.read(path).inputs
         reference = reference_file(path)

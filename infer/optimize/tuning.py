@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -279,20 +278,40 @@ def _structural_key(mod: Any) -> str:
     return f"{tvm_ffi.structural_hash(mod) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
-def _extract(mods: list[Any], target: Any) -> list[tuple[str, str, Any, int]]:
-    """Return (key, name, task module, calls) of every distinct kernel of mods not yet scheduled."""
+def _untunable(task_mod: Any) -> str | None:
+    """Why MetaSchedule's runner cannot time a kernel, or None: it allocates the arguments from
+    their shapes, and refuses symbolic ones."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    try:
+        ArgInfo.from_entry_func(task_mod, remove_preproc=True)
+    except TypeError:
+        return "symbolic shapes"
+    return None
+
+
+def _extract(
+    mods: list[Any], target: Any
+) -> tuple[list[tuple[str, str, Any, int]], dict[str, list[str]]]:
+    """Return (key, name, task module, calls) of every distinct kernel of mods not yet scheduled,
+    and the names of those left out, by reason."""
     from tvm.s_tir import meta_schedule as ms
 
     found: dict[str, tuple[str, Any, int]] = {}
+    left: dict[str, list[str]] = {}
     for mod in mods:
         for task in ms.relax_integration.extract_tasks(mod, target):
             task_mod = task.dispatched[0]
             if task_mod["main"].attrs and task_mod["main"].attrs.get("tirx.is_scheduled", False):
                 continue
+            reason = _untunable(task_mod)
+            if reason is not None:
+                left.setdefault(reason, []).append(task.task_name)
+                continue
             key = _structural_key(task_mod)
             name, _, weight = found.get(key, (task.task_name, task_mod, 0))
             found[key] = (name, task_mod, weight + int(task.weight))
-    return [(key, name, mod, weight) for key, (name, mod, weight) in found.items()]
+    return [(key, name, mod, weight) for key, (name, mod, weight) in found.items()], left
 
 
 def _fixed_schedule(task_mod: Any, target: Any) -> Any:
@@ -378,9 +397,16 @@ def _tune_locked(
     if dropped:
         report(f"database repaired: {dropped} unreadable line(s) dropped (an interrupted run)")
     state = _read_state(directory)
-    found = _extract(mods, target)
+    found, left = _extract(mods, target)
+    for reason, names in left.items():
+        distinct = sorted(set(names))
+        hint = "; fix the inputs' dims with --shape" if reason == "symbolic shapes" else ""
+        report(
+            f"{len(names)} kernel(s) with {reason} keep the fixed schedule "
+            f"({', '.join(distinct[:4])}{', ...' if len(distinct) > 4 else ''}){hint}"
+        )
     if not found:
-        report("nothing to tune: every kernel TVM compiles is already scheduled")
+        report("nothing to tune: TVM compiles no kernel of static shape left unscheduled")
         return TuningReport(directory, seconds=time.perf_counter() - started)
     logging.getLogger(_LOGGER).setLevel(logging.WARNING)
     database = ms.database.JSONDatabase(work_dir=str(directory))
@@ -404,10 +430,16 @@ def _tune_locked(
             tasks.append((task, task_mod))
         _write_state(directory, state)
         # The kernels that cost the model most first: a time budget goes where it pays.
-        tasks.sort(key=lambda tm: -(tm[0].weight * (tm[0].default_us or math.inf)))
+        tasks.sort(key=lambda tm: -(tm[0].weight * (tm[0].default_us or 0.0)))
         logs = Path(scratch) / "logs"
         for index, (task, task_mod) in enumerate(tasks, start=1):
             label = f"[{index}/{len(tasks)}] {task.name} (x{task.weight})"
+            if task.default_us is None:
+                # The runner fills the arguments with random values: random integers used as
+                # indices read out of bounds (BERT's embedding gather_nd crashed every trial).
+                report(f"{label}: not tuned, it fails on the runner's random inputs")
+                result.tasks.append(task)
+                continue
             while task.trials < trials:
                 if deadline is not None and time.perf_counter() >= deadline:
                     result.out_of_time = True
@@ -420,8 +452,9 @@ def _tune_locked(
                     seed + task.trials,
                 )  # fmt: skip
                 measured = len(database) - before
-                # No new candidate at all: this kernel's search space is used up.
-                task.trials = task.trials + measured if measured else trials
+                # Fewer new candidates than asked for: the search has run out of schedules it
+                # has not measured yet (small kernels have few), so the kernel is done.
+                task.trials = task.trials + measured if measured == count else trials
                 result.trials_run += measured
                 best = _best_seconds(database, task_mod)
                 task.tuned_us = None if best is None else best * 1e6

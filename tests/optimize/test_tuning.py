@@ -204,3 +204,17 @@ def _state(db: Path) -> dict[str, dict[str, Any]]:
         return {}
     tasks: dict[str, dict[str, Any]] = json.loads(path.read_text())["tasks"]
     return tasks
+
+
+def test_kernels_of_symbolic_shape_keep_the_fixed_schedule(tmp_path: Path, mlp_path: Path) -> None:
+    from infer.progress import Progress
+
+    messages: list[str] = []
+    progress = Progress("quiet")
+    progress.log = messages.append  # type: ignore[method-assign]
+    result = infer.tune(
+        str(mlp_path), database=tmp_path / "db", compile_after=False, progress=progress
+    )
+    assert result.report.tasks == [] and result.report.trials_run == 0
+    assert any("with symbolic shapes keep the fixed schedule" in m for m in messages), messages
+    assert any("--shape" in m for m in messages)
