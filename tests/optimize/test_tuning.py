@@ -180,8 +180,8 @@ def test_a_killed_run_leaves_a_readable_database_and_resumes(tmp_path: Path) -> 
     done = sum(t["trials"] for t in _state(db).values())
     assert 0 < done < KILLED_TRIALS * len(_state(db))
     kept = (db / RECORD_FILE).read_text().splitlines()
-    with (db / RECORD_FILE).open("a") as records:
-        records.write('[0, [["a trace cut')  # as a kill in the middle of a write leaves it
+    with (db / RECORD_FILE).open("a") as handle:
+        handle.write('[0, [["a trace cut')  # as a kill in the middle of a write leaves it
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "database repaired: 1 unreadable line(s) dropped" in result.stderr
@@ -210,8 +210,12 @@ def test_kernels_of_symbolic_shape_keep_the_fixed_schedule(tmp_path: Path, mlp_p
     from infer.progress import Progress
 
     messages: list[str] = []
-    progress = Progress("quiet")
-    progress.log = messages.append  # type: ignore[method-assign]
+
+    class Recorded(Progress):
+        def log(self, message: str) -> None:
+            messages.append(message)
+
+    progress = Recorded("quiet")
     result = infer.tune(
         str(mlp_path), database=tmp_path / "db", compile_after=False, progress=progress
     )
