@@ -1,8 +1,9 @@
 """Filtering what native code (TVM's C++ logging) writes to the process's stderr.
 
 TVM 0.27 logs one warning line per constant each time a VM executable is saved or loaded
-("Scope Saving:" / "Scope Loaded:"), and one when a compile opens a tuning database ("Creating
-JSONDatabase"), with no switch to turn them off. These lines say nothing to a user, so around
+("Scope Saving:" / "Scope Loaded:"), one when a compile opens a tuning database ("Creating
+JSONDatabase"), and one per tuning round of a pooling kernel ("Unknown schedule rule"), with no
+switch to turn them off. These lines say nothing to a user, so around
 those calls fd 2 goes to a temporary file and every other line is passed on.
 """
 
@@ -21,6 +22,9 @@ __all__ = ["drop_tvm_log_noise"]
 _NOISE = re.compile(
     r"executable\.cc:\d+: Warning: Scope (Saving|Loaded):"
     r"|meta_schedule\.cc:\d+: Warning: Creating JSONDatabase"
+    # MetaSchedule looks for a custom rule named by the pooling kernels, and lists what it found.
+    r"|apply_custom_rule\.cc:\d+: Warning: Unknown schedule rule"
+    r"|^\s+s_tir\.meta_schedule\.\S+$"
 )
 _LOCK = threading.Lock()
 

@@ -31,6 +31,7 @@ from filelock import FileLock, Timeout
 
 from infer.artifact.store import write_file_atomically
 from infer.errors import CompileError, InferError
+from infer.native_stderr import drop_tvm_log_noise
 
 __all__ = [
     "DATABASE_FILES",
@@ -496,18 +497,19 @@ def _tune_round(
     ).clone()
     logging.getLogger(_LOGGER).setLevel(logging.WARNING)  # get_loggers resets the console level
     try:
-        ms.tune_tasks(
-            tasks=[context],
-            task_weights=[1.0],
-            work_dir=str(logs),
-            max_trials_global=count,
-            max_trials_per_task=count,
-            num_trials_per_iter=count,
-            builder=builder,
-            runner=runner,
-            database=database,
-            cost_model="xgb",
-        )
+        with drop_tvm_log_noise():
+            ms.tune_tasks(
+                tasks=[context],
+                task_weights=[1.0],
+                work_dir=str(logs),
+                max_trials_global=count,
+                max_trials_per_task=count,
+                num_trials_per_iter=count,
+                builder=builder,
+                runner=runner,
+                database=database,
+                cost_model="xgb",
+            )
     except Exception as exc:
         raise CompileError(f"tuning failed: {type(exc).__name__}: {exc}") from None
 
