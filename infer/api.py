@@ -204,10 +204,9 @@ def compile(
     spec = parse_target(target, num_cores=available_cpus())
     options = BuildOptions.make(spec, shape_overrides, Path(dump_ir) if dump_ir else None, pipeline)
     with contextlib.ExitStack() as scope:
-        database, digest = _tuning_snapshot(tuning, loaded, spec.to_json(), scope)
+        database, digest = _tuning_snapshot(tuning, loaded, spec.to_json(), scope, progress)
         if database is not None:
             options = dataclasses.replace(options, tuning_database=database)
-            progress.log(f"tuning database {digest[:12] if digest else ''}: {database.name}")
         return _compile_loaded(
             loaded, options, converted, progress, output=output, check=check, seed=seed,
             check_dims=check_dims, threads=threads, explicit=pipeline is not None,
@@ -220,7 +219,11 @@ TuningChoice = str | os.PathLike[str] | bool | None
 
 
 def _tuning_snapshot(
-    tuning: TuningChoice, loaded: LoadedModel, target: dict[str, Any], scope: contextlib.ExitStack
+    tuning: TuningChoice,
+    loaded: LoadedModel,
+    target: dict[str, Any],
+    scope: contextlib.ExitStack,
+    progress: Progress,
 ) -> tuple[Path | None, str | None]:
     """Return a snapshot of the tuning database to apply (None: none) and its digest."""
     from infer.optimize.tuning import snapshot_database
@@ -240,7 +243,10 @@ def _tuning_snapshot(
         folder = Path(tuning)
     copy = Path(scope.enter_context(tempfile.TemporaryDirectory(prefix="infer-tuning-")))
     digest = snapshot_database(folder, copy)
-    return (copy, digest) if digest is not None else (None, None)
+    if digest is None:
+        return None, None
+    progress.log(f"tuning database {folder} ({digest[:12]})")
+    return copy, digest
 
 
 def _compile_loaded(
@@ -384,6 +390,7 @@ def tune(
             time_budget_s=time_budget,
             threads=threads,
             report=progress.log,
+            about={"model": loaded.name, "model_sha256": loaded.sha256, "target": str(spec)},
         )
     artifact = None
     if compile_after:

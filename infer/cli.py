@@ -1186,6 +1186,12 @@ def inspect_command(model: str, as_json: bool) -> None:
                 f"library kernels: {offload['library']} {offload['version']} ({counts})",
                 markup=False,
             )
+        if manifest.tuning_database:
+            console.print(
+                f"tuned: {manifest.pipeline.get('tuned_kernels', 0)} kernels scheduled from "
+                f"tuning database {manifest.tuning_database[:12]}",
+                markup=False,
+            )
         console.print(f"parity: {(manifest.parity or {}).get('status', 'none')}")
         return
     from infer.api import load_onnx
@@ -1315,7 +1321,7 @@ def _cache() -> Any:
 
 @cache_group.command("list")
 def cache_list() -> None:
-    """List cached artifacts."""
+    """List cached artifacts, and the tuning databases `infer tune` wrote."""
     from rich.table import Table
 
     cache = _cache()
@@ -1335,6 +1341,26 @@ def cache_list() -> None:
             "ok" if e.ok else e.problem,
         )
     _console().print(table)
+    folders = cache.tuning_dirs()
+    if folders:
+        from infer.optimize.tuning import describe_database
+
+        table = Table(title=str(folders[0].parent), title_justify="left")
+        for column in ("key", "model", "target", "kernels", "tuned", "records", "size", "modified"):
+            table.add_column(column)
+        for info in map(describe_database, folders):
+            modified = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.modified))
+            table.add_row(
+                info.path.name[:16],
+                info.about.get("model", "-"),
+                info.about.get("target", "-"),
+                str(info.kernels),
+                str(info.tuned),
+                str(info.records),
+                f"{info.size_bytes / 1e6:.1f} MB",
+                modified,
+            )
+        _console().print(table)
 
 
 @cache_group.command("verify")

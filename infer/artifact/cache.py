@@ -92,6 +92,11 @@ class CompileCache:
         key = cache_key({"model_sha256": model_sha256, "target": target})
         return tuning / key[:32]
 
+    def tuning_dirs(self) -> list[Path]:
+        """Return the folders of the tuning databases in the cache."""
+        tuning = self.root / TUNING_DIR
+        return sorted(p for p in tuning.iterdir() if p.is_dir()) if tuning.is_dir() else []
+
     def path_for(self, key: str) -> Path:
         """Return the folder an entry of this key lives in."""
         return self.artifacts / key

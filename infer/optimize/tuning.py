@@ -36,9 +36,11 @@ from infer.native_stderr import drop_tvm_log_noise
 __all__ = [
     "DATABASE_FILES",
     "DEFAULT_TRIALS",
+    "DatabaseInfo",
     "TaskResult",
     "TuningReport",
     "database_digest",
+    "describe_database",
     "repair_database",
     "snapshot_database",
     "tune_modules",
@@ -112,29 +114,70 @@ class TuningReport:
         return default, best
 
 
-def _state_path(directory: Path) -> Path:
-    return directory / STATE_FILE
+@dataclass
+class _State:
+    """infer's side of a database: what was tuned (model, target) and each kernel's progress."""
+
+    directory: Path
+    about: dict[str, str]
+    tasks: dict[str, TaskResult]
+
+    @classmethod
+    def read(cls, directory: Path, about: dict[str, str]) -> _State:
+        path = directory / STATE_FILE
+        if not path.is_file():
+            return cls(directory, about, {})
+        try:
+            data = json.loads(path.read_text())
+            if data.get("version") != STATE_VERSION:
+                return cls(directory, about, {})
+            tasks = {k: TaskResult(**v) for k, v in data["tasks"].items()}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise InferError(
+                f"tuning database {directory}: {STATE_FILE} cannot be read ({exc}); "
+                "remove the folder to start over"
+            ) from None
+        return cls(directory, {**data.get("about", {}), **about}, tasks)
+
+    def save(self) -> None:
+        data = {
+            "version": STATE_VERSION,
+            "about": self.about,
+            "tasks": {k: asdict(v) for k, v in self.tasks.items()},
+        }
+        write_file_atomically(self.directory / STATE_FILE, json.dumps(data, indent=1).encode())
 
 
-def _read_state(directory: Path) -> dict[str, TaskResult]:
-    path = _state_path(directory)
-    if not path.is_file():
-        return {}
+@dataclass(frozen=True)
+class DatabaseInfo:
+    """A tuning database as `infer cache list` shows it."""
+
+    path: Path
+    about: dict[str, str]
+    kernels: int
+    tuned: int  # kernels whose tuned schedule beat the fixed one
+    records: int
+    size_bytes: int
+    modified: float
+
+
+def describe_database(directory: Path) -> DatabaseInfo:
+    """Return what the database in directory holds (its state file may be missing or stale)."""
     try:
-        data = json.loads(path.read_text())
-        if data.get("version") != STATE_VERSION:
-            return {}
-        return {k: TaskResult(**v) for k, v in data["tasks"].items()}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise InferError(
-            f"tuning database {directory}: {STATE_FILE} cannot be read ({exc}); "
-            "remove the folder to start over"
-        ) from None
-
-
-def _write_state(directory: Path, tasks: dict[str, TaskResult]) -> None:
-    data = {"version": STATE_VERSION, "tasks": {k: asdict(v) for k, v in tasks.items()}}
-    write_file_atomically(_state_path(directory), json.dumps(data, indent=1).encode())
+        state = _State.read(directory, {})
+    except InferError:
+        state = _State(directory, {}, {})
+    records = directory / RECORD_FILE
+    files = [f for f in directory.iterdir() if f.is_file()] if directory.is_dir() else []
+    return DatabaseInfo(
+        path=directory,
+        about=state.about,
+        kernels=len(state.tasks),
+        tuned=sum(1 for t in state.tasks.values() if t.chosen == "tuned"),
+        records=len(records.read_bytes().splitlines()) if records.is_file() else 0,
+        size_bytes=sum(f.stat().st_size for f in files),
+        modified=max((f.stat().st_mtime for f in files), default=0.0),
+    )
 
 
 def repair_database(directory: Path) -> int:
@@ -360,11 +403,13 @@ def tune_modules(
     time_budget_s: float | None,
     threads: int,
     report: Callable[[str], None],
+    about: dict[str, str] | None = None,
     seed: int = 0,
 ) -> TuningReport:
     """Tune every kernel of mods (Relax modules after TIR legalization and fusion) into the
     database in directory: `trials` MetaSchedule trials per kernel in all (a re-run adds only
-    the missing ones), the most expensive kernels first, until time_budget_s runs out."""
+    the missing ones), the most expensive kernels first, until time_budget_s runs out. about
+    (model name, target) is kept in the state file for `infer cache list`."""
     if trials < 1:
         raise InferError(f"--trials must be at least 1, got {trials}")
     try:
@@ -380,24 +425,23 @@ def tune_modules(
     except Timeout:
         raise InferError(f"tuning database {directory}: another tuning run is writing it") from None
     try:
-        return _tune_locked(
-            mods, target, directory, trials, deadline, threads, report, seed, started
-        )
+        state = _State.read(directory, about or {})
+        return _tune_locked(mods, target, state, trials, deadline, threads, report, seed, started)
     finally:
         lock.release()
 
 
 def _tune_locked(
-    mods: list[Any], target: Any, directory: Path, trials: int, deadline: float | None,
+    mods: list[Any], target: Any, state: _State, trials: int, deadline: float | None,
     threads: int, report: Callable[[str], None], seed: int, started: float,
 ) -> TuningReport:  # fmt: skip
     from tvm.s_tir import meta_schedule as ms
 
+    directory = state.directory
     _import_tensor_intrinsics()
     dropped = repair_database(directory)
     if dropped:
         report(f"database repaired: {dropped} unreadable line(s) dropped (an interrupted run)")
-    state = _read_state(directory)
     found, left = _extract(mods, target)
     for reason, names in left.items():
         distinct = sorted(set(names))
@@ -417,9 +461,9 @@ def _tune_locked(
         runner = _runner(threads)
         tasks: list[tuple[TaskResult, Any]] = []
         for key, name, task_mod, weight in found:
-            task = state.get(key) or TaskResult(key, name, weight)
+            task = state.tasks.get(key) or TaskResult(key, name, weight)
             task.weight = weight
-            state[key] = task
+            state.tasks[key] = task
             if task.default_us is None:
                 fixed = _fixed_schedule(task_mod, target)
                 secs = (
@@ -429,7 +473,7 @@ def _tune_locked(
                 )
                 task.default_us = None if secs is None else secs * 1e6
             tasks.append((task, task_mod))
-        _write_state(directory, state)
+        state.save()
         # The kernels that cost the model most first: a time budget goes where it pays.
         tasks.sort(key=lambda tm: -(tm[0].weight * (tm[0].default_us or 0.0)))
         logs = Path(scratch) / "logs"
@@ -459,11 +503,11 @@ def _tune_locked(
                 result.trials_run += measured
                 best = _best_seconds(database, task_mod)
                 task.tuned_us = None if best is None else best * 1e6
-                _write_state(directory, state)
+                state.save()
                 report(f"{label}: {task.trials}/{trials} trials, {_times(task)}")
             if task.tuned_us is not None and task.chosen == "default" and not task.default_recorded:
                 _record_fixed(database, task_mod, target, task)
-                _write_state(directory, state)
+                state.save()
             result.tasks.append(task)
             if result.out_of_time:
                 report(f"time budget used up: {len(tasks) - index} kernel(s) left for a later run")

@@ -76,6 +76,15 @@ def test_compile_after_tuning_applies_the_database(tuned: tuple[Path, infer.Tune
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
     got = artifact.load(threads=1).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, _reference(path, x), rtol=1e-4, atol=1e-5)
+    from click.testing import CliRunner
+
+    from infer.cli import cli
+
+    shown = CliRunner().invoke(cli, ["inspect", str(artifact.path)])
+    assert shown.exit_code == 0, shown.output
+    assert (
+        f"tuned: {len(result.report.tasks)} kernels scheduled from tuning database" in shown.output
+    )
 
 
 def test_later_compiles_find_the_database_through_the_cache(
@@ -86,6 +95,16 @@ def test_later_compiles_find_the_database_through_the_cache(
     assert result.artifact is not None
     again = infer.compile(str(path))  # no tuning argument: the model's database by default
     assert again.cache_hit and again.path == result.artifact.path
+    from click.testing import CliRunner
+
+    from infer.cli import cli
+
+    listed = CliRunner().invoke(cli, ["cache", "list"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    key = result.report.database.name[:16]
+    row = next((line for line in listed.output.splitlines() if key in line), "")
+    assert "convnet" in row and "llvm" in row, listed.output
+    assert f" {len(result.report.tasks)} " in row  # kernels
     untuned = infer.compile(str(path), tuning=False)
     assert untuned.path != again.path
     assert untuned.manifest.tuning_database is None
