@@ -106,6 +106,15 @@ def _model_options(fn: F) -> F:
     return fn
 
 
+_with_tuning = click.option(
+    "--tuning",
+    default=None,
+    metavar="DIR|none",
+    help="Tuning database to apply (default: the one `infer tune` wrote for this model and "
+    "target, if any; 'none': no tuning).",
+)
+
+
 class UserError(click.ClickException):
     """An InferError shown as one line 'error: ...' with exit code 2."""
 
@@ -197,13 +206,7 @@ def cli(debug: bool, quiet: bool) -> None:
     is_flag=True,
     help="Load a pickled (.pkl/.joblib) scikit-learn model: that runs code from the file.",
 )
-@click.option(
-    "--tuning",
-    default=None,
-    metavar="DIR|none",
-    help="Tuning database to apply (default: the one `infer tune` wrote for this model and "
-    "target, if any; 'none': no tuning).",
-)
+@_with_tuning
 def compile_command(
     model: str | None, task: str | None, config: Path | None, output: Path | None, target: str, shapes: tuple[str, ...], threads: int | None,
     no_check: bool, no_fallback: bool, pipeline: str | None, seed: int, dims: tuple[str, ...],
@@ -661,12 +664,7 @@ def _tuning_table(report: Any) -> Any:
     help="Compile with this input shape.",
 )
 @click.option("--pipeline", default=None, help="Compile pipeline (default: the CPU's).")
-@click.option(
-    "--tuning",
-    default=None,
-    metavar="DIR|none",
-    help="Tuning database the compile applies (default: the model's, if `infer tune` wrote one).",
-)
+@_with_tuning
 @click.option(
     "--plot",
     type=click.Path(path_type=Path),
