@@ -231,13 +231,14 @@ def snapshot_database(directory: Path, into: Path) -> str | None:
     writing the original); return its digest, None when there is nothing to apply."""
     if not directory.is_dir():
         raise InferError(f"tuning database {directory}: no such folder")
-    repair_database(directory)
     into.mkdir(parents=True, exist_ok=True)
     for name in DATABASE_FILES:
         if (directory / name).is_file():
             shutil.copyfile(directory / name, into / name)
         else:
             (into / name).write_bytes(b"")
+    # The copy is repaired, never the original: a tuning run may be appending to it right now.
+    repair_database(into)
     return database_digest(into)
 
 

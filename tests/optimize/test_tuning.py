@@ -241,3 +241,20 @@ def test_kernels_of_symbolic_shape_keep_the_fixed_schedule(tmp_path: Path, mlp_p
     assert result.report.tasks == [] and result.report.trials_run == 0
     assert any("with symbolic shapes keep the fixed schedule" in m for m in messages), messages
     assert any("--shape" in m for m in messages)
+
+
+def test_a_compile_reads_a_repaired_copy_and_leaves_the_database_alone(
+    tuned: tuple[Path, infer.Tuned], tmp_path: Path
+) -> None:
+    import shutil
+
+    path, result = tuned
+    db = tmp_path / "db"
+    shutil.copytree(result.report.database, db)
+    with (db / RECORD_FILE).open("a") as handle:
+        handle.write('[0, [["a record being written')  # as a running tune leaves it mid-append
+    before = (db / RECORD_FILE).read_bytes()
+    artifact = infer.compile(str(path), tuning=db)
+    assert (db / RECORD_FILE).read_bytes() == before
+    assert artifact.manifest.tuning_database == database_digest(result.report.database)
+    assert artifact.manifest.pipeline["tuned_kernels"] == len(result.report.tasks)
