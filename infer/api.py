@@ -196,10 +196,7 @@ def compile(
         progress.log(f"ONNX model written to {save_onnx}")
         if converted is not None:
             loaded.source = str(save_onnx)  # the manifest's source: `infer check` can find it
-    shape_overrides = {
-        **(recipe.shapes if recipe else {}),
-        **{k: tuple(v) for k, v in (shapes or {}).items()},
-    }
+    shape_overrides = _shape_overrides(recipe, shapes)
     # The host's core count, not `threads`: a build serves every thread count (and cache key).
     spec = parse_target(target, num_cores=available_cpus())
     options = BuildOptions.make(spec, shape_overrides, Path(dump_ir) if dump_ir else None, pipeline)
@@ -216,6 +213,16 @@ def compile(
 
 
 TuningChoice = str | os.PathLike[str] | bool | None
+
+
+def _shape_overrides(
+    recipe: Any, shapes: Mapping[str, Sequence[int | str]] | None
+) -> dict[str, tuple[int | str, ...]]:
+    """Return the recipe's input shapes, overridden by those given."""
+    return {
+        **(recipe.shapes if recipe else {}),
+        **{k: tuple(v) for k, v in (shapes or {}).items()},
+    }
 
 
 def _tuning_snapshot(
@@ -365,10 +372,7 @@ def tune(
     threads = threads or default_num_threads()
     with progress.stage("load"):
         loaded, recipe = load_onnx(model, progress)
-    shape_overrides = {
-        **(recipe.shapes if recipe else {}),
-        **{k: tuple(v) for k, v in (shapes or {}).items()},
-    }
+    shape_overrides = _shape_overrides(recipe, shapes)
     spec = parse_target(target, num_cores=available_cpus())
     if spec.kind != "llvm":
         raise InferError(

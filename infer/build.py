@@ -225,6 +225,23 @@ def _compile_tvm(
     return _Compiled(mod, params, ex, offloaded, tuned.get("kernels", 0))
 
 
+def _checked_and_legalized(
+    model: LoadedModel, options: BuildOptions, stage: Stage
+) -> tuple[onnx.ModelProto, dict[str, Any], onnx.ModelProto]:
+    """Return the model with shape overrides, its inferred value types, and the model after
+    clean-ups and legalization; each checked against the size caps before it goes further."""
+    limits = Limits.current()
+    with stage("check ops"):
+        proto = prepare_model(model, options)
+        types = inferred_types(proto)  # one shape inference for the size cap and index checks
+        # Before anything is folded or run: no value known to be past the size cap.
+        check_tensor_sizes(proto, types, limits, model.name)
+    with stage("legalize"):
+        cleaned = clean(proto)
+        check_node_count(cleaned, limits, model.name, " after legalization")
+    return proto, types, cleaned
+
+
 def tuning_kernels(model: LoadedModel, options: BuildOptions, stage: Stage) -> list[Any]:
     """Return each TVM segment of model as the compile would lower it: fused TIR kernels, before
     scheduling, without the weight transforms that run once at build (what tuning searches).
@@ -234,10 +251,7 @@ def tuning_kernels(model: LoadedModel, options: BuildOptions, stage: Stage) -> l
     """
     import tvm
 
-    with stage("check ops"):
-        proto = prepare_model(model, options)
-    with stage("legalize"):
-        cleaned = clean(proto)
+    _, _, cleaned = _checked_and_legalized(model, options, stage)
     with stage("partition"):
         plan = partition(cleaned, {})
     protos = [cleaned] if plan.single_tvm else [s.model for s in plan.segments if s.kind == TVM]
@@ -349,15 +363,7 @@ def build_artifact(
     """
     apply_tvm_thread_environment()
     started = time.perf_counter()
-    limits = Limits.current()
-    with stage("check ops"):
-        proto = prepare_model(model, options)
-        types = inferred_types(proto)  # one shape inference for the size cap and index checks
-        # Before anything is folded or run: no value known to be past the size cap.
-        check_tensor_sizes(proto, types, limits, model.name)
-    with stage("legalize"):
-        cleaned = clean(proto)
-        check_node_count(cleaned, limits, model.name, " after legalization")
+    proto, types, cleaned = _checked_and_legalized(model, options, stage)
     if not fallback:
         check_supported(cleaned, name=model.name)  # every op without a converter, at once
         refused = partition(cleaned).fallback_ops()  # and those TVM is known to get wrong

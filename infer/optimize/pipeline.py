@@ -17,6 +17,7 @@ __all__ = [
     "lowering_pipeline",
     "pipeline_for",
     "run_pipeline",
+    "schedule_rules",
 ]
 
 # Kept in step with infer.optimize.cpu_schedule.SCHEDULE_REVISION (which imports TVM).
@@ -226,6 +227,16 @@ def legalize_to_tir(target: Any) -> list[Any]:
     ]
 
 
+def schedule_rules() -> list[Any]:
+    """Return the dlight rules that schedule every kernel no database scheduled, first that
+    applies wins (tuning times the same rules as the fixed schedule a tuned one must beat)."""
+    from tvm.s_tir import dlight
+
+    from infer.optimize.cpu_schedule import ParallelVectorize
+
+    return [dlight.cpu.GEMV(), ParallelVectorize()]
+
+
 def lowering_pipeline(
     pipeline: Pipeline,
     target: Any,
@@ -241,8 +252,6 @@ def lowering_pipeline(
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from tvm.s_tir import dlight
-
-    from infer.optimize.cpu_schedule import ParallelVectorize
 
     def count_tuned(mod: Any, _ctx: Any) -> Any:
         if tuned is not None:
@@ -265,7 +274,7 @@ def lowering_pipeline(
                     tvm.transform.module_pass(count_tuned, opt_level=0, name="CountTuned"),
                 ]
             passes += [
-                dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), ParallelVectorize()),
+                dlight.ApplyDefaultSchedule(*schedule_rules()),
                 *cpu_generic.dataflow_lower_passes(target),
                 *cpu_generic.finalize_passes(target),
             ]

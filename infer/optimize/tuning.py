@@ -362,13 +362,11 @@ def _extract(
 def _fixed_schedule(task_mod: Any, target: Any) -> Any:
     """Return the schedule infer's compile gives this kernel (the rules of lowering_pipeline, in
     order), or None when no rule takes it."""
-    from tvm.s_tir import dlight
-
-    from infer.optimize.cpu_schedule import ParallelVectorize
+    from infer.optimize.pipeline import schedule_rules
 
     func = task_mod["main"]
     with target:
-        for rule in (dlight.cpu.GEMV(), ParallelVectorize()):
+        for rule in schedule_rules():
             sch = rule.apply(func, target, False)
             if sch is not None:
                 return sch[0] if isinstance(sch, list) else sch
