@@ -80,6 +80,8 @@ class BuildOptions:
     dump_ir: Path | None = None
     # A snapshot of a tuning database (optimize/tuning.py) whose schedules the compile applies.
     tuning_database: Path | None = None
+    # What convolutions and matmuls on weights compute in (optimize/offload.py's PRECISIONS).
+    precision: str = "fp32"
 
     @classmethod
     def make(
@@ -88,8 +90,10 @@ class BuildOptions:
         shape_overrides: ShapeOverrides | None = None,
         dump_ir: Path | None = None,
         pipeline: str | None = None,
+        precision: str = "fp32",
     ) -> BuildOptions:
-        """Return options with the named pipeline, or the default one for the target."""
+        """Return options with the named pipeline, or the default one for the target;
+        CompileError when they cannot compute in precision."""
         shapes = {
             k: override_dims(v, f"shape override for input {k!r}")
             for k, v in (shape_overrides or {}).items()
@@ -103,7 +107,10 @@ class BuildOptions:
             raise CompileError(
                 f"pipeline {pipeline!r} does not exist for target {target.kind}; valid: {valid}"
             )
-        return cls(target, shapes, chosen, dump_ir)
+        from infer.optimize.precision import check_precision
+
+        check_precision(precision, target, chosen.offload)
+        return cls(target, shapes, chosen, dump_ir, precision=precision)
 
 
 def tool_versions() -> dict[str, str]:
@@ -204,7 +211,9 @@ def _optimize(
     offloaded: dict[str, int] = {}
     with stage("optimize"):
         try:
-            mod = run_pipeline(mod, options.pipeline, target, options.dump_ir, offloaded)
+            mod = run_pipeline(
+                mod, options.pipeline, target, options.dump_ir, offloaded, options.precision
+            )
         except Exception as exc:
             raise CompileError(
                 f"{name}: pass pipeline {options.pipeline.name!r} failed: {exc}"
@@ -409,6 +418,7 @@ def build_artifact(
         pipeline={
             **options.pipeline.to_json(),
             "offload": _offload_summary(compiled),
+            "precision": options.precision,
             "tuned_kernels": sum(c.tuned_kernels for c in compiled if c is not None),
         },
         params=root_params,

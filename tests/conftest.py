@@ -11,7 +11,23 @@ import numpy as np
 import onnx
 import pytest
 
+from infer.optimize.precision import BF16_CPU_FEATURES
+from infer.target import host_cpu_features
 from tests import onnx_models
+
+# bf16 builds need bf16 dot products in the CPU (the compile refuses them otherwise).
+requires_bf16 = pytest.mark.skipif(
+    not set(BF16_CPU_FEATURES) & host_cpu_features(),
+    reason=f"this CPU has none of {', '.join(BF16_CPU_FEATURES)}",
+)
+
+
+def to_bf16(array: np.ndarray) -> np.ndarray:
+    """Return float32 array rounded to the nearest bfloat16 (ties to even), as float32."""
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return rounded.view(np.float32)
+
 
 # The real models are pulled once per test session into a shared cache under pytest's basetemp root.
 

@@ -77,3 +77,45 @@ def test_random_feeds_are_seeded_and_typed() -> None:
     assert random_feeds(specs, seed=3)["x"].shape == (1, 3)
     with pytest.raises(InputError, match=r"input 'x' has symbolic dim\(s\) 'b'"):
         random_feeds(specs, default_dim=None)
+
+
+def bf16_report(got: np.ndarray, want: np.ndarray, spec: TensorSpec):  # type: ignore[no-untyped-def]
+    return compare_outputs([spec], [got], [want], "ref", 0, precision="bf16")
+
+
+def test_bf16_bound_takes_bf16_noise_and_reports_cosine_and_top1() -> None:
+    rng = np.random.default_rng(0)
+    want = rng.standard_normal((4, 10)).astype(np.float32) * 5
+    got = (want * (1 + rng.uniform(-(2**-8), 2**-8, want.shape))).astype(np.float32)
+    spec = TensorSpec("logits", "float32", (4, 10))
+    assert not report(got, want, spec).ok  # out of float32's tolerance
+    (out,) = bf16_report(got, want, spec).outputs
+    assert out.ok and out.top1 == 1.0
+    g, w = got.astype(np.float64).ravel(), want.astype(np.float64).ravel()
+    assert out.cosine == pytest.approx(g @ w / np.linalg.norm(g) / np.linalg.norm(w), abs=1e-12)
+    assert out.atol == pytest.approx(0.10 * np.abs(want).max())
+    flipped = want.copy()
+    flipped[0] = -want[0]  # one row's argmax now elsewhere
+    assert bf16_report(flipped, want, spec).outputs[0].top1 == pytest.approx(0.75)
+
+
+def test_bf16_bound_refuses_a_lost_signal_and_says_so() -> None:
+    want = np.linspace(-0.05, 0.05, 40, dtype=np.float32)  # errors past the 2^-8 floor
+    got = np.zeros_like(want)  # the signal lost: a cancellation rounded away
+    r = bf16_report(got, want, TensorSpec("y", "float32", (40,)))
+    (out,) = r.outputs
+    assert out.cosine == 0.0 and not out.ok and not r.ok
+    with pytest.raises(
+        CompileError,
+        match=r"m: the bf16 build is too far from ref \(float32\).*cosine similarity 0\.000000, bound 0\.995.*precision fp32",
+    ):
+        r.raise_for_mismatch("m")
+    assert r.to_json()["precision"] == "bf16" and "cosine" in r.to_json()["tolerance"]
+
+
+def test_bf16_bound_accepts_errors_under_its_floor_and_keeps_integers_exact() -> None:
+    want = np.full(8, 1e-3, np.float32)
+    got = want + np.float32(2e-3)  # 200% off, but under one bf16 step at 1.0
+    assert bf16_report(got, want, TensorSpec("p", "float32", (8,))).ok
+    labels = TensorSpec("label", "int64", (3,))
+    assert not bf16_report(np.array([1, 2, 4]), np.array([1, 2, 3]), labels).ok

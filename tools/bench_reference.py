@@ -9,6 +9,7 @@ runtime in a process of its own (`infer bench`): same seeded inputs, warm-up, me
     python tools/bench_reference.py                      # default builds, threads 1 and 2
     python tools/bench_reference.py --only bert-base --threads 1 --repeat 50
     python tools/bench_reference.py --markdown docs/benchmarks.md --plot docs/benchmarks.png
+    python tools/bench_reference.py --precision bf16     # bf16 builds against ORT's float32
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from infer.bench import (
     plot_rows,
 )
 from infer.config import cache_dir
+from infer.optimize.precision import PRECISIONS
 from infer.progress import Progress
 
 SEED = 0
@@ -128,12 +130,15 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=MIN_SECONDS)
     parser.add_argument("--markdown", type=Path, default=None, help="write the table here too")
     parser.add_argument("--plot", type=Path, default=None, help="a bar chart of the ratios (PNG)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     args = parser.parse_args()
     progress = Progress("auto")
     rows: list[BenchRow] = []
     for name in args.only:
         with progress.stage(f"compile {name}"):
-            artifact = infer.compile(model_source(name, progress), progress=progress).path
+            artifact = infer.compile(
+                model_source(name, progress), precision=args.precision, progress=progress
+            ).path
         for threads in args.threads:
             cell = BenchCell(
                 name, artifact, threads, 1, repeat=args.repeat, warmup=args.warmup,
@@ -146,11 +151,13 @@ def main() -> None:
             rows.append(BenchRow(cell, results))
             progress.log(f"{name}, threads {threads}: {rows[-1].ratio:.2f}x")
     ort = rows[0].results["onnxruntime"].version
+    builds = "Default builds" if args.precision == "fp32" else f"{args.precision} builds"
     header = (
-        f"Default builds (no tuning), batch 1, {infer.__version__} vs {ort}, on "
+        f"{builds} (no tuning), batch 1, {infer.__version__} vs {ort}, on "
         f"{platform.processor() or platform.machine()} ({_cpu_name()}). Median (p90) of at least "
         f"{args.repeat} runs and {args.min_seconds:g} s after {args.warmup} warm-up; each runtime "
-        "in a process of its own; ratio = infer / ONNX Runtime (below 1: infer is faster)."
+        "in a process of its own; ratio = infer / ONNX Runtime (below 1: infer is faster)"
+        + ("." if args.precision == "fp32" else ", ONNX Runtime in float32.")
     )
     text = f"{header}\n\n{markdown_table(rows)}\n"
     print(text)

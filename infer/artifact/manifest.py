@@ -104,6 +104,11 @@ class ArtifactManifest:
             "created": self.created,
         }
 
+    @property
+    def precision(self) -> str:
+        """Return what the library's dense convolutions and matmuls on weights compute in."""
+        return str(self.pipeline.get("precision", "fp32"))
+
     @classmethod
     def from_json(cls, data: Any, where: str) -> ArtifactManifest:
         """Return the manifest parsed from JSON data; ArtifactError naming the bad field."""

@@ -6,6 +6,10 @@ Runs on `main` after LiftTransformParams, so that weights are plain parameters (
 layout ConvertLayout chose) and the kernel can pack each one once. Only float32 operators with at
 least MIN_OFFLOAD_MACS multiply-adds move: below that, a library call (~6 µs from the graph,
 oneDNN's own dispatch included) costs more than TVM's own loop nest.
+
+With precision "bf16" the matmuls on weights and the dense convolutions compute in bfloat16
+(oneDNN converts the input and packs the weights in bf16, accumulates and writes f32);
+everything else stays float32.
 """
 
 from __future__ import annotations
@@ -193,7 +197,9 @@ def _activation(
     return None
 
 
-def _plan(func: Any, weights: set[Any], counts: dict[str, int]) -> tuple[dict[Any, Any], set[Any]]:
+def _plan(
+    func: Any, weights: set[Any], counts: dict[str, int], precision: str
+) -> tuple[dict[Any, Any], set[Any]]:
     """Return {var: new value} for the last binding of each chain, and the vars to drop."""
     values: dict[Any, Any] = {}
     uses: dict[Any, int] = {}
@@ -252,12 +258,23 @@ def _plan(func: Any, weights: set[Any], counts: dict[str, int]) -> tuple[dict[An
             drop.add(last)
             last, user = user, sole_user(user)
         config["post_ops"] = post_ops
+        # Activations times activations (attention's batched matmuls) stay f32, and so do
+        # grouped and depthwise convolutions: memory-bound, they gain less from bf16 than the
+        # input conversion costs (EfficientNet-Lite0: 9.17 ms with them in bf16, 8.86 without),
+        # and kept in f32 the Chelsea photo keeps its fp32 top-1 class ('tiger cat' at 0.378 vs
+        # 0.368; 'Egyptian cat' first with them in bf16).
+        reduced = precision != "fp32" and (
+            config["weights"] if name == "relax.matmul" else config["groups"] == 1
+        )
+        if reduced:
+            config["precision"] = precision
         args = [call.args[0], call.args[1], *([bias] if bias is not None else [])]
         args.append(tvm.ir.StringImm(json.dumps(config, sort_keys=True)))
         replace[last] = relax.call_dps_packed(function, relax.Tuple(args), last.ty)
         for key, count in (
             (function.rsplit(".", 1)[-1], 1),
             ("post_ops", len(post_ops) + (bias is not None)),
+            *([(precision, 1)] if reduced else []),
         ):
             counts[key] = counts.get(key, 0) + count
     return replace, drop
@@ -279,11 +296,12 @@ class _Rewrite(PyExprMutator):  # type: ignore[misc]
         super().visit_var_binding_(binding)
 
 
-def offload_to_onednn(mod: Any, counts: dict[str, int]) -> Any:
-    """Return mod with main's heavy float32 convolutions and matmuls calling oneDNN; counts gets
-    the calls made per kind ("conv2d", "matmul") and the bias adds and activations folded in."""
+def offload_to_onednn(mod: Any, counts: dict[str, int], precision: str = "fp32") -> Any:
+    """Return mod with main's heavy float32 convolutions and matmuls calling oneDNN, those on
+    weights computing in precision; counts gets the calls made per kind ("conv2d", "matmul"),
+    the bias adds and activations folded in, and the calls in a reduced precision ("bf16")."""
     main = mod["main"]
-    replace, drop = _plan(main, weight_params(main), counts)
+    replace, drop = _plan(main, weight_params(main), counts, precision)
     if not replace:
         return mod
     rewrite = _Rewrite(mod, replace, drop)

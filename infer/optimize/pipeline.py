@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infer.errors import FallbackWarning
+from infer.errors import CompileError, FallbackWarning
 
 __all__ = [
     "PIPELINES",
@@ -126,9 +126,11 @@ def run_pipeline(
     target: Any,
     dump_dir: Path | None = None,
     offloaded: dict[str, int] | None = None,
+    precision: str = "fp32",
 ) -> Any:
     """Return mod after every pass of pipeline, writing the IR after each into dump_dir if given;
-    the operators handed to a kernel library are counted into offloaded."""
+    the operators handed to a kernel library are counted into offloaded; those on weights
+    compute in precision (see offload.py)."""
     import tvm
 
     if dump_dir is not None:
@@ -161,9 +163,16 @@ def run_pipeline(
 
         counts = offloaded if offloaded is not None else {}
         offload = tvm.transform.module_pass(
-            lambda m, _ctx: offload_to_onednn(m, counts), opt_level=0, name="OffloadToOnednn"
+            lambda m, _ctx: offload_to_onednn(m, counts, precision),
+            opt_level=0,
+            name="OffloadToOnednn",
         )
         steps.append(("OffloadToOnednn", offload))
+    elif precision != "fp32":
+        raise CompileError(
+            f"precision {precision}: runs in oneDNN's kernels, which pipeline {pipeline.name} "
+            "does not call here (is oneDNN installed?)"
+        )
     if pipeline.fast_math:
         from infer.optimize.fast_math import fast_math
 

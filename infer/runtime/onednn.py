@@ -43,7 +43,7 @@ MATMUL = "infer.onednn.matmul"
 _SONAME = "libdnnl.so.3"
 # Values from oneDNN 3.2's dnnl_types.h / dnnl_common_types.h.
 _SUCCESS = 0
-_F32 = 3
+_BF16, _F32 = 2, 3
 _FORMAT_ANY = 1
 _ENGINE_CPU = 1
 _STREAM_IN_ORDER = 1
@@ -178,16 +178,19 @@ class _Library:
             self.gomp.omp_set_num_threads(ctypes.c_int(threads))
             self._streams.threads = threads
 
-    def md(self, dims: Sequence[int], strides: Sequence[int] | None = None) -> ctypes.c_void_p:
-        """Return an f32 memory descriptor: strided, or format `any` when strides is None."""
+    def md(
+        self, dims: Sequence[int], strides: Sequence[int] | None = None, dtype: int = _F32
+    ) -> ctypes.c_void_p:
+        """Return a memory descriptor (f32 unless dtype says): strided, or format `any` when
+        strides is None."""
         md = ctypes.c_void_p()
         if strides is None:
             status = self.lib.dnnl_memory_desc_create_with_tag(
-                ctypes.byref(md), len(dims), _Dims(*dims), _F32, _FORMAT_ANY
+                ctypes.byref(md), len(dims), _Dims(*dims), dtype, _FORMAT_ANY
             )
         else:
             status = self.lib.dnnl_memory_desc_create_with_strides(
-                ctypes.byref(md), len(dims), _Dims(*dims), _F32, _Dims(*strides)
+                ctypes.byref(md), len(dims), _Dims(*dims), dtype, _Dims(*strides)
             )
         self.check(status, f"memory descriptor {list(dims)}")
         return md
@@ -303,12 +306,19 @@ class _Kernel:
         self.threads = 1  # OpenMP threads to run on, set by whoever builds the kernel
         self.packed = packed  # (its memory descriptor, the buffer holding the packed weights)
         self.packed_handle = None if packed is None else _aligned_address(packed[1])
+        # A reorder that converts the source to the compute type first, and its output buffer.
+        self.convert: tuple[_Kernel, np.ndarray] | None = None
         lib.lib.dnnl_primitive_desc_destroy(pd)
         for md in {md.value for md in release if md is not None}:
             lib.lib.dnnl_memory_desc_destroy(ctypes.c_void_p(md))
 
     def __call__(self, handles: Sequence[int | None]) -> None:
         lib = self.lib.lib
+        if self.convert is not None:
+            reorder, buffer = self.convert
+            converted = _aligned_address(buffer)
+            reorder([handles[0], converted])
+            handles = [converted, *handles[1:]]
         # The VM's memory plan gives an operator the same buffers run after run.
         for i, (memory, handle) in enumerate(zip(self.memories, handles, strict=True)):
             if self.handles[i] != handle:
@@ -400,6 +410,16 @@ def _state() -> OnednnState:
     return state
 
 
+# The types a kernel may compute in: bf16 converts the source and the packed weights, keeps the
+# bias, the accumulation and the output f32 (oneDNN's bf16 convolutions and matmuls).
+_COMPUTE_TYPES = {"fp32": _F32, "bf16": _BF16}
+
+
+def _precision_note(config: dict[str, Any]) -> str:
+    precision = config.get("precision", "fp32")
+    return "" if precision == "fp32" else f" in {precision}"
+
+
 def _unit_height(layout: str, shape: Sequence[int]) -> tuple[str, tuple[int, ...]]:
     """Return a 1-d layout and shape with a height of 1 before the width: NCW -> NCHW."""
     at = layout.index("W")
@@ -442,18 +462,20 @@ def _convolution(
         strides, dilation, padding = [1, *strides], [1, *dilation], [0, padding[0], 0, padding[1]]
     src_dims = [x_shape[data_layout.index(c)] for c in "NCHW"]
     dst_dims = [y_shape[data_layout.index(c)] for c in "NCHW"]
-    src = lib.md(src_dims, _strides(data_layout, x_shape, "NCHW"))
+    dtype = _COMPUTE_TYPES[config.get("precision", "fp32")]
+    src_strides = _strides(data_layout, x_shape, "NCHW")
+    src, compute_src = lib.md(src_dims, src_strides), lib.md(src_dims, src_strides, dtype)
     dst = lib.md(dst_dims, _strides(data_layout, y_shape, "NCHW"))
     o, i, kh, kw = (w_shape[kernel_layout.index(c)] for c in "OIHW")
     o_stride, i_stride, h_stride, w_stride = _strides(kernel_layout, w_shape, "OIHW")
     if groups == 1:
         user_w = lib.md([o, i, kh, kw], [o_stride, i_stride, h_stride, w_stride])
-        any_w = lib.md([o, i, kh, kw])
+        any_w = lib.md([o, i, kh, kw], dtype=dtype)
     else:
         og = o // groups
         dims = [groups, og, i, kh, kw]
         user_w = lib.md(dims, [og * o_stride, o_stride, i_stride, h_stride, w_stride])
-        any_w = lib.md(dims)
+        any_w = lib.md(dims, dtype=dtype)
     bias = lib.md([o], [1]) if has_bias else None
     top, left, bottom, right = padding
     dilation = [d - 1 for d in dilation]
@@ -473,7 +495,7 @@ def _convolution(
             lib.engine,
             _FORWARD_INFERENCE,
             _DECONVOLUTION_DIRECT if transposed else _CONVOLUTION_DIRECT,
-            src,
+            compute_src,
             any_w,
             bias,
             dst,
@@ -484,9 +506,9 @@ def _convolution(
             attr,
         ),
         f"{'de' if transposed else ''}convolution {list(src_dims)} * {[o, i, kh, kw]} "
-        f"groups {groups}",
+        f"groups {groups}{_precision_note(config)}",
     )
-    return _finish(lib, state, pd, attr, src, dst, bias, w, user_w, any_w, pack=True)
+    return _finish(lib, state, pd, attr, (src, compute_src), dst, bias, w, user_w, any_w, pack=True)
 
 
 def _matmul_kernel(
@@ -505,25 +527,30 @@ def _matmul_kernel(
     if on_weights:  # (..., M, K) @ (K, N): the rows of x flattened into one M
         k, n = w_shape
         m = int(np.prod(x_shape[:-1], dtype=np.int64))
-        src, dst = lib.md([m, k], [k, 1]), lib.md([m, n], [n, 1])
-        user_w, wanted_w = lib.md([k, n], [n, 1]), lib.md([k, n])
+        dtype = _COMPUTE_TYPES[config.get("precision", "fp32")]
+        src, compute_src = lib.md([m, k], [k, 1]), lib.md([m, k], [k, 1], dtype)
+        dst = lib.md([m, n], [n, 1])
+        user_w, wanted_w = lib.md([k, n], [n, 1]), lib.md([k, n], dtype=dtype)
         bias = lib.md([1, n], [n, 1]) if has_bias else None
-    else:  # batched: both operands are activations, batch dims broadcast
+    else:  # batched: both operands are activations, batch dims broadcast (always f32)
         rank = len(y_shape)
         xs = (1,) * (rank - len(x_shape)) + x_shape
         ws = (1,) * (rank - len(w_shape)) + w_shape
         src, dst = lib.md(xs, _dense_strides(xs)), lib.md(y_shape, _dense_strides(y_shape))
+        compute_src = src
         user_w = wanted_w = lib.md(ws, _dense_strides(ws))
         bias = None
     attr = lib.attr([tuple(op) for op in config["post_ops"]])
     pd = ctypes.c_void_p()
     lib.check(
         lib.lib.dnnl_matmul_primitive_desc_create(
-            ctypes.byref(pd), lib.engine, src, wanted_w, bias, dst, attr
+            ctypes.byref(pd), lib.engine, compute_src, wanted_w, bias, dst, attr
         ),
-        f"matmul {list(x_shape)} @ {list(w_shape)}",
+        f"matmul {list(x_shape)} @ {list(w_shape)}{_precision_note(config)}",
     )
-    return _finish(lib, state, pd, attr, src, dst, bias, w, user_w, wanted_w, pack=on_weights)
+    return _finish(
+        lib, state, pd, attr, (src, compute_src), dst, bias, w, user_w, wanted_w, pack=on_weights
+    )
 
 
 def _rows_times_weights(
@@ -547,6 +574,7 @@ def _rows_times_weights(
     one_by_one = {
         "data_layout": "NHWC", "kernel_layout": "HWIO", "groups": 1, "strides": [1, 1],
         "padding": [0, 0, 0, 0], "dilation": [1, 1], "post_ops": config["post_ops"],
+        "precision": config.get("precision", "fp32"),
     }  # fmt: skip
     return _convolution(
         lib, state, one_by_one, (1, 1, m, k), w, (1, 1, k, n), (1, 1, m, n), has_bias
@@ -558,7 +586,7 @@ def _finish(
     state: OnednnState,
     pd: Any,
     attr: Any,
-    src: Any,
+    sources: tuple[Any, Any],
     dst: Any,
     bias: Any,
     w: Any,
@@ -568,14 +596,37 @@ def _finish(
     pack: bool,
 ) -> _Kernel:
     """Return the kernel of primitive descriptor pd, its weights packed once (pack) or read in
-    place; the attributes and descriptors made for it are released."""
+    place; the attributes and descriptors made for it are released. sources are the f32 source
+    the graph passes and the one pd computes on: when they differ (bf16), the kernel converts
+    the source with a reorder first."""
     if attr is not None:
         lib.lib.dnnl_primitive_attr_destroy(attr)
+    src, compute_src = sources
     packed = state.pack(lib, pd, w, user_w) if pack else None
-    roles = [(_ARG_SRC, src), (_ARG_WEIGHTS, packed[0] if packed else user_w), (_ARG_DST, dst)]
+    roles = [
+        (_ARG_SRC, compute_src),
+        (_ARG_WEIGHTS, packed[0] if packed else user_w),
+        (_ARG_DST, dst),
+    ]
     if bias is not None:
         roles.insert(2, (_ARG_BIAS, bias))
-    return _Kernel(lib, pd, roles, packed, release=(src, dst, bias, user_w, wanted_w))
+    convert = None
+    if compute_src.value != src.value and not lib.lib.dnnl_memory_desc_equal(src, compute_src):
+        reorder_pd = ctypes.c_void_p()
+        lib.check(
+            lib.lib.dnnl_reorder_primitive_desc_create(
+                ctypes.byref(reorder_pd), src, lib.engine, compute_src, lib.engine, None
+            ),
+            "source conversion",
+        )
+        reorder = _Kernel(lib, reorder_pd, [(_ARG_SRC, src), (_ARG_DST, compute_src)], None)
+        size = lib.lib.dnnl_memory_desc_get_size(compute_src)
+        convert = (reorder, np.empty(size + _ALIGN, dtype=np.uint8))
+    kernel = _Kernel(
+        lib, pd, roles, packed, release=(src, compute_src, dst, bias, user_w, wanted_w)
+    )
+    kernel.convert = convert
+    return kernel
 
 
 _BUILDERS = {CONV2D: _conv2d_kernel, MATMUL: _matmul_kernel}

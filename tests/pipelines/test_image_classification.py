@@ -18,7 +18,7 @@ from infer.pipelines import write_pipeline_config
 from infer.processors.image import image_to_tensor
 from infer.registry import fetch_packaged, get_recipe
 from tests import onnx_models
-from tests.conftest import pip_download, save, session_cache, wheel_files
+from tests.conftest import pip_download, requires_bf16, save, session_cache, wheel_files
 
 SKIMAGE = "scikit-image==0.25.2"
 PHOTOS = {  # path in the wheel: sha256
@@ -78,6 +78,24 @@ def test_top5_equal_the_pytorch_models_on_real_photos(
     chelsea = results[0]
     assert classifier.labels.index(chelsea[0]["label"]) in CAT_CLASSES
     assert classifier(photos[2], top_k=1)[0]["label"] == "espresso"
+
+
+@requires_bf16
+def test_a_bf16_build_keeps_top1_on_real_photos(
+    classifier: Any, photos: list[Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with session_cache(tmp_path_factory):
+        bf16 = infer.pipeline("image-classification", threads=1, precision="bf16")
+    assert bf16.session.manifest.precision == "bf16"
+    offload = bf16.session.manifest.pipeline["offload"]
+    assert 0 < offload["bf16"] < offload["conv2d"]  # the depthwise convolutions stay f32
+    parity = bf16.session.manifest.parity
+    assert parity is not None and parity["status"] == "passed"
+    for photo, fp32_top, bf16_top in zip(
+        photos, classifier(photos, top_k=1), bf16(photos, top_k=1), strict=True
+    ):
+        assert bf16_top[0]["label"] == fp32_top[0]["label"], photo.name
+        assert abs(bf16_top[0]["score"] - fp32_top[0]["score"]) < 0.02, photo.name
 
 
 def test_a_batch_equals_one_by_one(classifier: Any, photos: list[Path]) -> None:

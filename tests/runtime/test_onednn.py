@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from infer.runtime import onednn
+from tests.conftest import requires_bf16, to_bf16
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="oneDNN is not installed")
 
@@ -196,3 +197,56 @@ def test_a_kernel_made_in_one_thread_runs_in_another() -> None:
     assert len(state.kernels) == 1 and len(results) == 4
     for got in results:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _bf16_and_f32_errors(got: np.ndarray, f32_inputs: tuple, reference: Any) -> tuple[float, float]:
+    """Return got's largest error against reference run on the inputs rounded to bf16, and
+    against reference run on the float32 inputs; both relative to the output's largest value."""
+    want_bf16 = reference(*(to_bf16(a) for a in f32_inputs))
+    want_f32 = reference(*f32_inputs)
+    scale = float(np.abs(want_f32).max())
+    return (
+        float(np.abs(got - want_bf16).max()) / scale,
+        float(np.abs(got - want_f32).max()) / scale,
+    )
+
+
+@requires_bf16
+@pytest.mark.parametrize("groups", [1, 32])
+def test_bf16_conv2d_computes_on_bf16_rounded_operands(groups: int) -> None:
+    # bf16 products are exact in f32 and oneDNN accumulates in f32: the result is ONNX Runtime's
+    # convolution of the operands rounded to bf16, to summation order; far from float32's.
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 32, 17, 15), dtype=np.float32)
+    w = rng.standard_normal((64, 32 // groups, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(64, dtype=np.float32)
+    attrs = {"pads": [1, 1, 1, 1], "group": groups}
+    config = {
+        "data_layout": "NHWC", "kernel_layout": "HWIO", "groups": groups, "strides": [1, 1],
+        "padding": [1, 1, 1, 1], "dilation": [1, 1], "post_ops": [], "precision": "bf16",
+    }  # fmt: skip
+    got = call(
+        onednn.CONV2D, x.transpose(0, 2, 3, 1), w.transpose(2, 3, 1, 0), b,
+        config=config, out_shape=(1, 17, 15, 64),
+    ).transpose(0, 3, 1, 2)  # fmt: skip
+    bf16_error, f32_error = _bf16_and_f32_errors(
+        got, (x, w), lambda x, w: ort_conv(x, w, b, False, **attrs)
+    )
+    assert bf16_error < 1e-5 and f32_error > 1e-3, (bf16_error, f32_error)
+
+
+@requires_bf16
+@pytest.mark.parametrize(("k", "n"), [(96, 40), (40, 96)])  # a matmul; a 1x1 convolution
+def test_bf16_matmul_on_weights_computes_on_bf16_rounded_operands(k: int, n: int) -> None:
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 7, k), dtype=np.float32)
+    w = rng.standard_normal((k, n), dtype=np.float32)
+    b = rng.standard_normal(n, dtype=np.float32)
+    config = {"weights": True, "post_ops": [["relu", 0.0, 0.0]], "precision": "bf16"}
+    got = call(onednn.MATMUL, x, w, b, config=config, out_shape=(3, 7, n))
+
+    def reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return np.maximum(x.astype(np.float64) @ w.astype(np.float64) + b, 0.0)
+
+    bf16_error, f32_error = _bf16_and_f32_errors(got, (x, w), reference)
+    assert bf16_error < 1e-5 and f32_error > 1e-3, (bf16_error, f32_error)
