@@ -15,6 +15,7 @@ runtime in a process of its own (`infer bench`): same seeded inputs, warm-up, me
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 from collections.abc import Callable
@@ -159,12 +160,97 @@ def main() -> None:
         "in a process of its own; ratio = infer / ONNX Runtime (below 1: infer is faster)"
         + ("." if args.precision == "fp32" else ", ONNX Runtime in float32.")
     )
-    text = f"{header}\n\n{markdown_table(rows)}\n"
+    text = f"{header}\n\n{markdown_table(rows)}\n\n{roofline_table(rows, args.precision)}\n"
     print(text)
     if args.markdown:
         args.markdown.write_text(text, encoding="utf-8")
     if args.plot:
         plot_rows(rows, args.plot)
+
+
+# The GEMM that measures the ceiling: (n x n) @ (n x n), weights packed once, as the models run.
+CEILING_GEMM = 1024
+CEILING_RUNS = 10
+
+
+def gemm_ceiling(precision: str, threads: int) -> float:
+    """Return the multiply-adds per second oneDNN reaches on one large GEMM at precision and
+    threads: what this CPU can give a compute-bound model (median of CEILING_RUNS)."""
+    import time
+
+    import numpy as np
+    import tvm
+
+    from infer.runtime import onednn
+
+    onednn.register()
+    matmul = tvm.get_global_func(onednn.MATMUL)
+    n = CEILING_GEMM
+    rng = np.random.default_rng(SEED)
+    x, w = (tvm.runtime.tensor(rng.standard_normal((n, n), dtype=np.float32)) for _ in "xw")
+    out = tvm.runtime.tensor(np.zeros((n, n), np.float32))
+    config = json.dumps({"weights": True, "post_ops": [], "precision": precision})
+    times = []
+    with onednn.active(onednn.OnednnState(threads)):
+        for run in range(CEILING_RUNS + 2):  # two warm-up runs: packing, first touch
+            started = time.perf_counter()
+            matmul(x, w, config, out)
+            if run >= 2:
+                times.append(time.perf_counter() - started)
+    return float(n**3 / np.median(times))
+
+
+def model_flops(artifact: Path) -> int:
+    """Return the floating-point operations of one batch-1 run of artifact's source model
+    (multiply-adds count two; infer.graph.partition.node_flops)."""
+    from infer.api import source_model
+    from infer.artifact.manifest import ArtifactManifest
+    from infer.bench import cell_dims
+    from infer.graph.partition import node_flops
+    from infer.graph.shapes import apply_shape_overrides, inferred_types
+
+    specs = ArtifactManifest.read(artifact).inputs
+    dims = cell_dims(specs, 1, {})
+    shapes = {
+        s.name: tuple(dims.get(d, d) if isinstance(d, str) else d for d in s.shape) for s in specs
+    }
+    proto = apply_shape_overrides(source_model(artifact), shapes)
+    types = inferred_types(proto)
+    return sum(node_flops(node, types) for node in proto.graph.node)
+
+
+def roofline_table(rows: list[BenchRow], precision: str) -> str:
+    """Return a markdown table: each model's FLOPs, the rate infer and ONNX Runtime reach, and
+    infer's share of the GEMM ceiling at the same threads and precision."""
+    ceilings: dict[tuple[str, int], float] = {}
+    flops: dict[Path, int] = {}
+    lines = [
+        f"Roofline: the ceiling is one {CEILING_GEMM}^3 oneDNN GEMM in {precision} at the same "
+        "threads; a multiply-add counts two FLOPs.",
+        "",
+        "| model | threads | GFLOP | infer GFLOP/s | ONNX Runtime GFLOP/s | ceiling GFLOP/s | infer share |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        cell = row.cell
+        if cell.artifact not in flops:
+            flops[cell.artifact] = model_flops(cell.artifact)
+        key = (precision, cell.threads)
+        if key not in ceilings:
+            ceilings[key] = 2 * gemm_ceiling(precision, cell.threads)
+        work = flops[cell.artifact]
+        if not work:  # shapes inference cannot follow (Silero VAD's If branches): no rate
+            lines.append(f"| {cell.label} | {cell.threads} | - | - | - | - | - |")
+            continue
+        rates = {
+            name: work / (result.latency.median_ms / 1e3) for name, result in row.results.items()
+        }
+        ours, theirs = rates["infer"], rates["onnxruntime"]
+        lines.append(
+            f"| {cell.label} | {cell.threads} | {work / 1e9:.2f} | {ours / 1e9:.1f} | "
+            f"{theirs / 1e9:.1f} | {ceilings[key] / 1e9:.1f} | {ours / ceilings[key]:.0%} |"
+        )
+    return "\n".join(lines)
 
 
 def _cpu_name() -> str:
