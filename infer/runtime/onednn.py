@@ -368,19 +368,23 @@ class OnednnState:
                 return md, buffer
         # The query result belongs to pd, which is destroyed once the primitive exists: keep a copy.
         md = _copy_md(lib, wanted)
-        size = lib.lib.dnnl_memory_desc_get_size(md)
-        buffer = np.empty(size + _ALIGN, dtype=np.uint8)
-        reorder_pd = ctypes.c_void_p()
-        lib.check(
-            lib.lib.dnnl_reorder_primitive_desc_create(
-                ctypes.byref(reorder_pd), user_md, lib.engine, md, lib.engine, None
-            ),
-            "weight reorder",
-        )
-        reorder = _Kernel(lib, reorder_pd, [(_ARG_SRC, user_md), (_ARG_DST, md)], None)
+        reorder, buffer = _reorder(lib, user_md, md, "weight reorder")
         reorder([address, _aligned_address(buffer)])
         self.packed.setdefault(address, []).append((md, buffer))
         return md, buffer
+
+
+def _reorder(lib: _Library, src: Any, dst: Any, what: str) -> tuple[_Kernel, np.ndarray]:
+    """Return a reorder kernel from memory descriptor src to dst, and a buffer that holds dst."""
+    pd = ctypes.c_void_p()
+    lib.check(
+        lib.lib.dnnl_reorder_primitive_desc_create(
+            ctypes.byref(pd), src, lib.engine, dst, lib.engine, None
+        ),
+        what,
+    )
+    kernel = _Kernel(lib, pd, [(_ARG_SRC, src), (_ARG_DST, dst)], None)
+    return kernel, np.empty(lib.lib.dnnl_memory_desc_get_size(dst) + _ALIGN, dtype=np.uint8)
 
 
 def _copy_md(lib: _Library, md: Any) -> ctypes.c_void_p:
@@ -612,16 +616,7 @@ def _finish(
         roles.insert(2, (_ARG_BIAS, bias))
     convert = None
     if compute_src.value != src.value and not lib.lib.dnnl_memory_desc_equal(src, compute_src):
-        reorder_pd = ctypes.c_void_p()
-        lib.check(
-            lib.lib.dnnl_reorder_primitive_desc_create(
-                ctypes.byref(reorder_pd), src, lib.engine, compute_src, lib.engine, None
-            ),
-            "source conversion",
-        )
-        reorder = _Kernel(lib, reorder_pd, [(_ARG_SRC, src), (_ARG_DST, compute_src)], None)
-        size = lib.lib.dnnl_memory_desc_get_size(compute_src)
-        convert = (reorder, np.empty(size + _ALIGN, dtype=np.uint8))
+        convert = _reorder(lib, src, compute_src, "source conversion")
     kernel = _Kernel(
         lib, pd, roles, packed, release=(src, compute_src, dst, bias, user_w, wanted_w)
     )
