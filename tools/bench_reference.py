@@ -202,7 +202,8 @@ def gemm_ceiling(precision: str, threads: int) -> float:
 
 def model_flops(artifact: Path) -> int:
     """Return the floating-point operations of one batch-1 run of artifact's source model
-    (multiply-adds count two; infer.graph.partition.node_flops)."""
+    (multiply-adds count two; infer.graph.partition.node_flops); 0 for a model with control
+    flow, whose branches and loop bodies node_flops does not see into."""
     from infer.api import source_model
     from infer.artifact.manifest import ArtifactManifest
     from infer.bench import cell_dims
@@ -215,6 +216,8 @@ def model_flops(artifact: Path) -> int:
         s.name: tuple(dims.get(d, d) if isinstance(d, str) else d for d in s.shape) for s in specs
     }
     proto = apply_shape_overrides(source_model(artifact), shapes)
+    if any(node.op_type in ("If", "Loop", "Scan") for node in proto.graph.node):
+        return 0
     types = inferred_types(proto)
     return sum(node_flops(node, types) for node in proto.graph.node)
 
@@ -239,7 +242,7 @@ def roofline_table(rows: list[BenchRow], precision: str) -> str:
         if key not in ceilings:
             ceilings[key] = 2 * gemm_ceiling(precision, cell.threads)
         work = flops[cell.artifact]
-        if not work:  # shapes inference cannot follow (Silero VAD's If branches): no rate
+        if not work:  # control flow (Silero VAD's If): no count, no rate
             lines.append(f"| {cell.label} | {cell.threads} | - | - | - | - | - |")
             continue
         rates = {

@@ -262,9 +262,13 @@ def _plan(
         # grouped and depthwise convolutions: memory-bound, they gain less from bf16 than the
         # input conversion costs (EfficientNet-Lite0: 9.17 ms with them in bf16, 8.86 without),
         # and kept in f32 the Chelsea photo keeps its fp32 top-1 class ('tiger cat' at 0.378 vs
-        # 0.368; 'Egyptian cat' first with them in bf16).
-        reduced = precision != "fp32" and (
-            config["weights"] if name == "relax.matmul" else config["groups"] == 1
+        # 0.368; 'Egyptian cat' first with them in bf16). Operators under MIN_PARALLEL_MACS stay
+        # f32 as well: the conversion call costs more than bf16 saves (Silero VAD's window took
+        # 0.137 ms with its 7 small operators in bf16, 0.103 in f32).
+        reduced = (
+            precision != "fp32"
+            and not config["single_thread"]
+            and (config["weights"] if name == "relax.matmul" else config["groups"] == 1)
         )
         if reduced:
             config["precision"] = precision
