@@ -80,7 +80,7 @@ class BuildOptions:
     dump_ir: Path | None = None
     # A snapshot of a tuning database (optimize/tuning.py) whose schedules the compile applies.
     tuning_database: Path | None = None
-    # What convolutions and matmuls on weights compute in (optimize/offload.py's PRECISIONS).
+    # What the library's heavy operators compute in (optimize/precision.py's PRECISIONS).
     precision: str = "fp32"
 
     @classmethod

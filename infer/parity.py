@@ -147,7 +147,7 @@ class OutputParity:
     mismatches: int
     size: int
     # Reduced-precision builds only: the cosine similarity with the reference and its bound,
-    # and for class scores (last dim >= 2) the share of rows whose top-1 class agrees.
+    # and for class scores (batch, classes) the share of rows whose top-1 class agrees.
     cosine: float | None = None
     min_cosine: float | None = None
     top1: float | None = None

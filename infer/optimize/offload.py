@@ -7,9 +7,9 @@ layout ConvertLayout chose) and the kernel can pack each one once. Only float32 
 least MIN_OFFLOAD_MACS multiply-adds move: below that, a library call (~6 µs from the graph,
 oneDNN's own dispatch included) costs more than TVM's own loop nest.
 
-With precision "bf16" the matmuls on weights and the dense convolutions compute in bfloat16
-(oneDNN converts the input and packs the weights in bf16, accumulates and writes f32);
-everything else stays float32.
+With precision "bf16" the matmuls on weights and the dense convolutions of at least
+MIN_PARALLEL_MACS compute in bfloat16 (oneDNN converts the input and packs the weights in bf16,
+accumulates and writes f32); everything else stays float32.
 """
 
 from __future__ import annotations
@@ -301,8 +301,8 @@ class _Rewrite(PyExprMutator):  # type: ignore[misc]
 
 
 def offload_to_onednn(mod: Any, counts: dict[str, int], precision: str = "fp32") -> Any:
-    """Return mod with main's heavy float32 convolutions and matmuls calling oneDNN, those on
-    weights computing in precision; counts gets the calls made per kind ("conv2d", "matmul"),
+    """Return mod with main's heavy float32 convolutions and matmuls calling oneDNN, the large
+    dense ones on weights computing in precision; counts gets the calls made per kind ("conv2d", "matmul"),
     the bias adds and activations folded in, and the calls in a reduced precision ("bf16")."""
     main = mod["main"]
     replace, drop = _plan(main, weight_params(main), counts, precision)
