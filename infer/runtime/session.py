@@ -308,11 +308,23 @@ class Session:
                 missing = [n for n in names if n not in header]
                 if missing:
                     raise ArtifactError(f"{path}: lacks parameter(s) {', '.join(missing[:5])}")
-                return [self._read_param(f, header[n], start, end) for n in names]
+                return [
+                    self._read_param(f, header[n], start, end)
+                    if header[n].get("dtype") in _SAFETENSORS_DTYPES
+                    else self._load_param(path, n)
+                    for n in names
+                ]
         except ArtifactError:
             raise
         except Exception as exc:
             raise ArtifactError(f"{path}: cannot be read: {exc}") from None
+
+    def _load_param(self, path: Path, name: str) -> Any:
+        """Return one weight of a type numpy lacks (bf16, float8) through safetensors' loader."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as weights:
+            return self._to_device(weights.get_tensor(name))
 
     def _read_param(self, f: Any, entry: dict[str, Any], start: int, end: int) -> Any:
         dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])

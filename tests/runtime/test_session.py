@@ -207,6 +207,51 @@ def test_inputs_numpy_cannot_view_through_dlpack_still_run(tmp_path: Path) -> No
         np.testing.assert_array_equal(y, x.astype(np.float32))
 
 
+def test_weights_of_every_stored_type_load_as_they_were_given(tmp_path: Path) -> None:
+    # Session reads each weight straight into its tensor; types numpy lacks (bf16) go through
+    # safetensors' loader. Each weight comes back out unchanged through an Identity.
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "f32": rng.standard_normal((3, 5)).astype(np.float32),
+        "i64": rng.integers(-9, 9, (4,)).astype(np.int64),
+        "u8": rng.integers(0, 255, (2, 2)).astype(np.uint8),
+        "flag": np.array([True, False, True]),
+        "bf16": rng.standard_normal((2, 3)).astype(ml_dtypes.bfloat16),
+    }
+    initializers = [numpy_helper.from_array(v, k) for k, v in weights.items() if k != "bf16"]
+    initializers.append(
+        helper.make_tensor(
+            "bf16",
+            TensorProto.BFLOAT16,
+            [2, 3],
+            weights["bf16"].view(np.uint16).tobytes(),
+            raw=True,
+        )
+    )
+    outputs = [
+        helper.make_tensor_value_info(f"out_{i.name}", i.data_type, i.dims) for i in initializers
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["y"]),
+            *(helper.make_node("Identity", [i.name], [f"out_{i.name}"]) for i in initializers),
+        ],
+        "weights",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2]), *outputs],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = infer.compile(save(model, tmp_path), output=tmp_path / "w.infer", check=False).load()
+    x = np.array([-1.0, 2.0], np.float32)
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x}), strict=True))
+    for name, want in weights.items():
+        assert got[f"out_{name}"].dtype == want.dtype, name
+        np.testing.assert_array_equal(got[f"out_{name}"], want)
+
+
 def test_running_does_not_pin_the_calling_thread(tmp_path: Path) -> None:
     import os
 
