@@ -49,13 +49,25 @@ class _Step:
     run: Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
-# safetensors dtype names (of the weights infer writes: numpy's types) as numpy dtypes.
+# safetensors dtype names as numpy's (ml_dtypes' for bf16 and float8), as safetensors writes them.
 _SAFETENSORS_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "I64": "int64", "I32": "int32",
     "I16": "int16", "I8": "int8", "U64": "uint64", "U32": "uint32", "U16": "uint16",
-    "U8": "uint8", "BOOL": "bool",
+    "U8": "uint8", "BOOL": "bool", "C64": "complex64", "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz", "F8_E8M0": "float8_e8m0fnu",
 }  # fmt: skip
 MAX_PARAMS_HEADER_BYTES = 100 << 20
+
+
+def _safetensors_dtype(name: str) -> np.dtype[Any]:
+    """Return the numpy dtype of a safetensors dtype name; ValueError for one infer does not read."""
+    import ml_dtypes
+
+    numpy_name = _SAFETENSORS_DTYPES.get(name)
+    if numpy_name is None:
+        raise ValueError(f"dtype {name!r} is not one infer reads")
+    return np.dtype(getattr(ml_dtypes, numpy_name, numpy_name))
 
 
 class Session:
@@ -308,26 +320,14 @@ class Session:
                 missing = [n for n in names if n not in header]
                 if missing:
                     raise ArtifactError(f"{path}: lacks parameter(s) {', '.join(missing[:5])}")
-                return [
-                    self._read_param(f, header[n], start, end)
-                    if header[n].get("dtype") in _SAFETENSORS_DTYPES
-                    else self._load_param(path, n)
-                    for n in names
-                ]
+                return [self._read_param(f, header[n], start, end) for n in names]
         except ArtifactError:
             raise
         except Exception as exc:
             raise ArtifactError(f"{path}: cannot be read: {exc}") from None
 
-    def _load_param(self, path: Path, name: str) -> Any:
-        """Return one weight of a type numpy lacks (bf16, float8) through safetensors' loader."""
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="numpy") as weights:
-            return self._to_device(weights.get_tensor(name))
-
     def _read_param(self, f: Any, entry: dict[str, Any], start: int, end: int) -> Any:
-        dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
+        dtype = _safetensors_dtype(entry["dtype"])
         shape = tuple(int(d) for d in entry["shape"])
         first, last = (start + int(o) for o in entry["data_offsets"])
         if not start <= first <= last <= end or last - first != math.prod(shape) * dtype.itemsize:
@@ -338,7 +338,7 @@ class Session:
             try:
                 view = np.from_dlpack(tensor)
             except (BufferError, TypeError, RuntimeError):
-                view = None  # a dtype numpy cannot view through DLPack (bool): copied in below
+                view = None  # numpy cannot view it through DLPack (bool, bf16): copied in below
             if view is not None:
                 if f.readinto(view.reshape(-1).view(np.uint8).data) != last - first:
                     raise ValueError("file ends early")
