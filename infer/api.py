@@ -19,9 +19,25 @@ from infer.artifact.manifest import ORT_SEGMENT, TVM_SEGMENT, ArtifactManifest
 from infer.artifact.store import build_atomically, write_file_atomically
 from infer.build import BuildOptions, ImportFailure, build_artifact, tool_versions
 from infer.config import available_cpus, cache_dir, default_num_threads
-from infer.errors import ArtifactError, CompileError, FallbackWarning, InferError, ModelError
+from infer.errors import (
+    ArtifactError,
+    CompileError,
+    FallbackWarning,
+    InferError,
+    InputError,
+    ModelError,
+)
 from infer.frontends import Converted, DynamicAxes, convert, framework_of
 from infer.graph.load import LoadedModel, load_model
+from infer.graph.quantize import (
+    CHECK_SAMPLES,
+    Calibration,
+    check_calibration,
+    load_calibration,
+    quantization_record,
+    quantize_int8,
+)
+from infer.graph.shapes import apply_shape_overrides, graph_inputs
 from infer.graph.support import iter_nodes
 from infer.optimize.pipeline import PIPELINES
 from infer.optimize.tuning import DEFAULT_TRIALS, TuningReport
@@ -77,13 +93,19 @@ def _parity(
     seed: int,
     dims: Mapping[str, int] | None,
     converted: Converted | None = None,
+    samples: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[ParityReport, ParityReport | None]:
-    """Return the artifact's parity against ONNX Runtime, and against the framework when given."""
+    """Return the artifact's parity against ONNX Runtime, and against the framework when given:
+    on seeded random feeds, or on the samples given (each output's results stacked)."""
     session = Session(artifact_dir, threads=threads)
-    feeds = random_feeds(session.get_inputs(), seed=seed, dims=dims)
     reference = ReferenceSession(proto, threads)
-    want = reference.run(feeds)
-    got = session.run(None, feeds)
+    if samples:
+        got, want = _run_samples(session, reference, samples)
+        feeds: Mapping[str, Any] = samples[0]
+    else:
+        feeds = random_feeds(session.get_inputs(), seed=seed, dims=dims)
+        want = reference.run(feeds)
+        got = session.run(None, feeds)
     outputs = session.get_outputs()
     quantized = any(n.op_type in QUANTIZING_OPS for n in iter_nodes(proto.graph))
     precision = session.manifest.precision
@@ -93,6 +115,24 @@ def _parity(
     own = converted.reference(feeds)
     label = f"{converted.provenance['framework']} {converted.provenance['version']}"
     return report, compare_outputs(outputs, got, own, label, seed, precision=precision)
+
+
+def _run_samples(
+    session: Session, reference: ReferenceSession, samples: Sequence[Mapping[str, Any]]
+) -> tuple[list[Any], list[Any]]:
+    """Return (ours, the reference's) outputs of every sample, stacked along their first axis
+    (a batch of classes gives its top-1 agreement per sample)."""
+    import numpy as np
+
+    ours = [session.run(None, dict(sample)) for sample in samples]
+    theirs = [reference.run(dict(sample)) for sample in samples]
+    if any(np.ndim(value) == 0 for value in ours[0]):
+        return ours[0], theirs[0]  # scalars do not stack: the first sample only
+    outputs = range(len(ours[0]))
+    return (
+        [np.concatenate([run[i] for run in ours]) for i in outputs],
+        [np.concatenate([run[i] for run in theirs]) for i in outputs],
+    )
 
 
 def _build_with_fallback(
@@ -163,6 +203,7 @@ def compile(
     fallback: bool = True,
     tuning: TuningChoice = None,
     precision: str = "fp32",
+    calibration: str | os.PathLike[str] | Calibration | None = None,
     progress: Progress | None = None,
 ) -> Artifact:
     """Return the compiled artifact of model, checked against ONNX Runtime unless check=False.
@@ -182,7 +223,12 @@ def compile(
     the dense convolutions and matmuls on weights in bfloat16 (CPUs with AVX512-BF16 or AMX),
     about twice as fast; the check then holds it to ONNX Runtime's float32 within
     parity.PRECISION_BOUNDS (error share of each output's range, cosine similarity), refuses it
-    past them, and reports the cosine and the top-1 agreement of class scores.
+    past them, and reports the cosine and the top-1 agreement of class scores. precision "int8"
+    (CPUs with VNNI) has ONNX Runtime's quantizer quantize the inputs of the model's Conv, Gemm
+    and MatMul on weights, calibrated on calibration (an .npz of the model's inputs, one sample
+    per row, or a list of feeds), and runs them in int8; the check then compares the first
+    samples with the float model. A model already quantized (QDQ) runs its dequantized
+    convolutions and matmuls in int8 whatever the precision.
     """
     progress = progress or Progress("quiet")
     threads = threads or default_num_threads()
@@ -210,6 +256,12 @@ def compile(
     options = BuildOptions.make(
         spec, shape_overrides, Path(dump_ir) if dump_ir else None, pipeline, precision
     )
+    samples: list[dict[str, Any]] = []
+    if precision == "int8":
+        samples = _calibration_samples(loaded, calibration, options.shape_overrides)
+        options = dataclasses.replace(options, quantization=quantization_record(samples))
+    elif calibration is not None:
+        raise InputError(f"calibration inputs are for precision int8, not {precision}")
     with contextlib.ExitStack() as scope:
         database, digest = _tuning_snapshot(tuning, loaded, spec.to_json(), scope, progress)
         if database is not None:
@@ -217,12 +269,37 @@ def compile(
         return _compile_loaded(
             loaded, options, converted, progress, output=output, check=check, seed=seed,
             check_dims=check_dims, threads=threads, explicit=pipeline is not None,
-            fallback=fallback, tuning_digest=digest,
+            fallback=fallback, tuning_digest=digest, samples=samples,
         )  # fmt: skip
     raise AssertionError("unreachable")  # ExitStack may swallow exceptions, for mypy
 
 
 TuningChoice = str | os.PathLike[str] | bool | None
+
+
+def _calibration_samples(
+    loaded: LoadedModel,
+    calibration: str | os.PathLike[str] | Calibration | None,
+    shape_overrides: Mapping[str, Sequence[int | str]],
+) -> list[dict[str, Any]]:
+    """Return the calibration samples of an int8 build, read from an .npz file or given, and
+    checked against the model's inputs as compiled (infer.graph.quantize)."""
+    compiled = apply_shape_overrides(loaded.proto, shape_overrides) if shape_overrides else None
+    inputs = graph_inputs((compiled or loaded.proto).graph)
+    if isinstance(calibration, str | os.PathLike):
+        samples = load_calibration(calibration, inputs)
+    else:
+        samples = [dict(sample) for sample in calibration or []]
+    return check_calibration(samples, inputs, loaded.name)
+
+
+def _quantized(loaded: LoadedModel, samples: Calibration, progress: Progress) -> LoadedModel:
+    """Return the model quantized to int8 by ONNX Runtime's quantizer, calibrated on samples."""
+    with progress.stage(f"quantize to int8 on {len(samples)} calibration samples"):
+        proto = quantize_int8(loaded.proto, samples, loaded.name)
+    quantized = sum(node.op_type == "QuantizeLinear" for node in proto.graph.node)
+    progress.log(f"int8: the inputs of the dense operators quantized ({quantized} tensors)")
+    return LoadedModel(proto, loaded.source, loaded.sha256, loaded.name)
 
 
 def _shape_overrides(
@@ -280,13 +357,17 @@ def _compile_loaded(
     explicit: bool,
     fallback: bool,
     tuning_digest: str | None,
+    samples: Sequence[Mapping[str, Any]] = (),
 ) -> Artifact:
-    """Build the loaded model with options (into output, or through the cache) and check it."""
+    """Build the loaded model with options (into output, or through the cache) and check it;
+    an int8 build quantizes the model first, calibrated on samples, and its check runs the
+    first of them (CHECK_SAMPLES) against the float model."""
     spec = options.target
 
     def build_into(staged: Path) -> None:
+        built = loaded if options.quantization is None else _quantized(loaded, samples, progress)
         manifest = _build_with_fallback(
-            loaded, options, staged, progress, explicit=explicit, fallback=fallback
+            built, options, staged, progress, explicit=explicit, fallback=fallback
         )
         _report_fallback(manifest, loaded.name)
         manifest.tuning_database = tuning_digest
@@ -304,7 +385,8 @@ def _compile_loaded(
             stage = "check against ONNX Runtime" + (" and the framework" if converted else "")
             with progress.stage(stage):
                 proto = loaded.proto  # as in source_model: the model as given
-                report, own = _parity(proto, staged, threads, seed, check_dims, converted)
+                first = samples[:CHECK_SAMPLES]
+                report, own = _parity(proto, staged, threads, seed, check_dims, converted, first)
                 manifest.parity = report.to_json()
                 if own is not None:
                     manifest.parity["framework"] = own.to_json()
@@ -331,6 +413,7 @@ def _compile_loaded(
             "pipeline": options.pipeline.to_json(),
             "tuning_database": tuning_digest,
             "precision": options.precision,
+            "quantization": options.quantization,
             "check": check,
             "fallback": fallback,
             "versions": tool_versions(),

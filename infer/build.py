@@ -82,6 +82,8 @@ class BuildOptions:
     tuning_database: Path | None = None
     # What the library's heavy operators compute in (optimize/precision.py's PRECISIONS).
     precision: str = "fp32"
+    # How an int8 build's model was quantized (infer.graph.quantize), for the manifest.
+    quantization: dict[str, Any] | None = None
 
     @classmethod
     def make(
@@ -419,6 +421,7 @@ def build_artifact(
             **options.pipeline.to_json(),
             "offload": _offload_summary(compiled),
             "precision": options.precision,
+            **({"quantization": options.quantization} if options.quantization else {}),
             "tuned_kernels": sum(c.tuned_kernels for c in compiled if c is not None),
         },
         params=root_params,

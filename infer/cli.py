@@ -108,14 +108,27 @@ def _model_options(fn: F) -> F:
     return fn
 
 
-_with_precision = click.option(
+_precision_option = click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
     default="fp32",
     show_default=True,
     help="What dense convolutions and matmuls on weights compute in: bf16 is ~2x faster on CPUs "
-    "with AVX512-BF16/AMX, checked against float32 within a stated bound.",
+    "with AVX512-BF16/AMX, int8 (VNNI) quantizes them calibrated on --calibration; both are "
+    "checked against float32 within a stated bound.",
 )
+_calibration_option = click.option(
+    "--calibration",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --precision int8: an .npz of the model's inputs (arrays named after them, one "
+    "sample per row) whose activation ranges set the quantization.",
+)
+
+
+def _with_precision(fn: F) -> F:
+    return _precision_option(_calibration_option(fn))
+
 
 _with_tuning = click.option(
     "--tuning",
@@ -222,7 +235,7 @@ def compile_command(
     model: str | None, task: str | None, config: Path | None, output: Path | None, target: str, shapes: tuple[str, ...], threads: int | None,
     no_check: bool, no_fallback: bool, pipeline: str | None, seed: int, dims: tuple[str, ...],
     dump_ir: Path | None, save_onnx: Path | None, trust_pickle: bool, tuning: str | None,
-    precision: str,
+    precision: str, calibration: Path | None,
 ) -> None:  # fmt: skip
     """Compile MODEL (an .onnx file, a model name, a torch.export .pt2 or a scikit-learn .skops
     file) into an artifact directory; with --task, one that `infer.pipeline(task, model=DIR)` runs."""
@@ -241,7 +254,7 @@ def compile_command(
                 "seed": seed, "check_dims": _dim_options(dims), "dump_ir": dump_ir,
                 "pipeline": pipeline, "fallback": not no_fallback, "save_onnx": save_onnx,
                 "trust_pickle": trust_pickle, "tuning": _tuning_option(tuning),
-                "precision": precision,
+                "precision": precision, "calibration": calibration,
             },
         )  # fmt: skip
         click.echo(f"{built}  ({task}, {time.perf_counter() - started:.1f}s)")
@@ -255,6 +268,7 @@ def compile_command(
         seed=seed, check_dims=_dim_options(dims), threads=threads, dump_ir=dump_ir, pipeline=pipeline,
         fallback=not no_fallback, progress=_progress(), save_onnx=save_onnx,
         trust_pickle=trust_pickle, tuning=_tuning_option(tuning), precision=precision,
+        calibration=calibration,
     )  # fmt: skip
     parity = (artifact.parity or {}).get("status", "not checked")
     click.echo(
@@ -416,7 +430,7 @@ def run_command(
     top_k: int | None, task_options: tuple[str, ...], inputs: Path | None, named_inputs: tuple[str, ...], use_random: bool, image: Path | None, sample: bool, seed: int,
     dims: tuple[str, ...], output: Path | None, repeat: int, warmup: int, compare_ort: bool, as_json: bool,
     target: str, shapes: tuple[str, ...], threads: int | None, no_check: bool, no_fallback: bool,
-    pipeline: str | None, precision: str,
+    pipeline: str | None, precision: str, calibration: Path | None,
 ) -> None:  # fmt: skip
     """Run MODEL (an artifact, an .onnx file or a model name; compiled into the cache on first use),
     or with --task, a task's pipeline on INPUTs (files)."""
@@ -462,6 +476,7 @@ def run_command(
             pipeline=pipeline,
             fallback=not no_fallback,
             precision=precision,
+            calibration=calibration,
             progress=progress,
         )
         artifact_path = art.path
@@ -700,8 +715,8 @@ def _tuning_table(report: Any) -> Any:
 def bench_command(
     models: tuple[str, ...], threads_list: str, batch_list: str, repeat: int, warmup: int, min_seconds: float,
     dims: tuple[str, ...], shapes: tuple[str, ...], pipeline: str | None, tuning: str | None,
-    precision: str, plot: Path | None, markdown: Path | None, as_json: bool, task: str | None,
-    task_model: str | None,
+    precision: str, calibration: Path | None, plot: Path | None, markdown: Path | None,
+    as_json: bool, task: str | None, task_model: str | None,
 ) -> None:  # fmt: skip
     """Time MODELS (names, .onnx files or artifacts) against ONNX Runtime at equal threads.
 
@@ -757,6 +772,7 @@ def bench_command(
                 path = infer.compile(
                     model, shapes=_shape_options(shapes), pipeline=pipeline, progress=progress,
                     check_dims=dim_sizes, tuning=_tuning_option(tuning), precision=precision,
+                    calibration=calibration,
                 ).path  # fmt: skip
         specs = ArtifactManifest.read(path).inputs
         reference = reference_file(path)
@@ -1208,6 +1224,14 @@ def inspect_command(model: str, as_json: bool) -> None:
         if manifest.precision != "fp32":
             console.print(
                 f"precision: {manifest.precision} (dense convolutions and matmuls on weights)",
+                markup=False,
+            )
+        quantization = manifest.pipeline.get("quantization")
+        if quantization:
+            console.print(
+                f"quantized by {quantization['tool']}: {quantization['scheme']}, calibrated on "
+                f"{quantization['calibration_samples']} samples "
+                f"(sha256 {quantization['calibration_sha256'][:12]})",
                 markup=False,
             )
         console.print(f"parity: {(manifest.parity or {}).get('status', 'none')}")

@@ -72,7 +72,15 @@ class PrecisionBound:
 # weights give large logits); PP-OCR det on noise gives a near-empty map (largest value
 # 0.004) whose tiny errors (<= 0.0017) have a cosine of 0.90, hence the floor: one bf16 step at
 # 1.0.
-PRECISION_BOUNDS: dict[str, PrecisionBound] = {"bf16": PrecisionBound(0.995, 0.10, 2.0**-8)}
+# int8 rounds each dense operator's input to 256 levels: measured on its calibration samples,
+# cosine 0.99992 on ResNet-18 (8 random inputs, top-1 agreement 100%), but 0.9776 on PP-OCR
+# det's map of its real sample page, where 0.85% of the pixels (text edges, a sigmoid near its
+# threshold) moved by more than a quarter of the map's range. So int8 bounds the cosine, and
+# each element only by the output's largest magnitude: what a broken build exceeds.
+PRECISION_BOUNDS: dict[str, PrecisionBound] = {
+    "bf16": PrecisionBound(0.995, 0.10, 2.0**-8),
+    "int8": PrecisionBound(0.95, 1.0, 2.0**-6),
+}
 # Symbolic dims without a value in the check get this size.
 DEFAULT_SYMBOLIC_DIM = 1
 # A symbolic dim never seen first in a shape (a length, a height) gets this size by default:

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from infer.optimize.precision import BF16_CPU_FEATURES
+from infer.optimize.precision import BF16_CPU_FEATURES, INT8_CPU_FEATURES
 from infer.target import host_cpu_features
 from tests import onnx_models
 
@@ -19,6 +19,12 @@ from tests import onnx_models
 requires_bf16 = pytest.mark.skipif(
     not set(BF16_CPU_FEATURES) & host_cpu_features(),
     reason=f"this CPU has none of {', '.join(BF16_CPU_FEATURES)}",
+)
+
+# int8 kernels are exact only with VNNI (offload leaves QDQ models in float32 without it).
+requires_int8 = pytest.mark.skipif(
+    not set(INT8_CPU_FEATURES) & host_cpu_features(),
+    reason=f"this CPU has none of {', '.join(INT8_CPU_FEATURES)}",
 )
 
 

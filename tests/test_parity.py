@@ -119,3 +119,19 @@ def test_bf16_bound_accepts_errors_under_its_floor_and_keeps_integers_exact() ->
     assert bf16_report(got, want, TensorSpec("p", "float32", (8,))).ok
     labels = TensorSpec("label", "int64", (3,))
     assert not bf16_report(np.array([1, 2, 4]), np.array([1, 2, 3]), labels).ok
+
+
+def test_int8_bound_takes_flipped_pixels_of_a_map_but_not_a_lost_signal() -> None:
+    # A sigmoid map whose edge pixels int8 moves across its threshold: most of the signal is
+    # kept (cosine >= 0.95), so it passes; the same map with the signal gone does not.
+    rng = np.random.default_rng(3)
+    want = (rng.random((64, 64)) > 0.8).astype(np.float32)
+    got = want.copy()
+    got[rng.random((64, 64)) < 0.01] = 0.5  # 1% of the pixels half-way
+    spec = TensorSpec("map", "float32", (64, 64))
+    report = compare_outputs([spec], [got], [want], "ref", 0, precision="int8")
+    assert report.ok and report.outputs[0].cosine > 0.95
+    lost = compare_outputs([spec], [np.ones_like(want)], [want], "ref", 0, precision="int8")
+    assert not lost.ok and lost.outputs[0].cosine < 0.95
+    swapped = compare_outputs([spec], [want * -2], [want], "ref", 0, precision="int8")
+    assert not swapped.ok and swapped.outputs[0].mismatches > 0

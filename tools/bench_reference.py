@@ -10,6 +10,7 @@ runtime in a process of its own (`infer bench`): same seeded inputs, warm-up, me
     python tools/bench_reference.py --only bert-base --threads 1 --repeat 50
     python tools/bench_reference.py --markdown docs/benchmarks.md --plot docs/benchmarks.png
     python tools/bench_reference.py --precision bf16     # bf16 builds against ORT's float32
+    python tools/bench_reference.py --precision int8     # int8, calibrated on seeded inputs
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from infer.bench import (
     plot_rows,
 )
 from infer.config import cache_dir
+from infer.errors import ModelError
 from infer.optimize.precision import PRECISIONS
 from infer.progress import Progress
 
@@ -136,10 +138,16 @@ def main() -> None:
     progress = Progress("auto")
     rows: list[BenchRow] = []
     for name in args.only:
-        with progress.stage(f"compile {name}"):
-            artifact = infer.compile(
-                model_source(name, progress), precision=args.precision, progress=progress
-            ).path
+        source = model_source(name, progress)
+        try:
+            with progress.stage(f"compile {name}"):
+                artifact = infer.compile(
+                    source, precision=args.precision, progress=progress,
+                    calibration=calibration(source) if args.precision == "int8" else None,
+                ).path  # fmt: skip
+        except ModelError as exc:  # int8 of a model without dense operators on weights
+            progress.log(f"{name}: skipped in {args.precision}: {exc}")
+            continue
         for threads in args.threads:
             cell = BenchCell(
                 name, artifact, threads, 1, repeat=args.repeat, warmup=args.warmup,
@@ -151,6 +159,8 @@ def main() -> None:
                     results[runtime] = bench_cell(cell, runtime)
             rows.append(BenchRow(cell, results))
             progress.log(f"{name}, threads {threads}: {rows[-1].ratio:.2f}x")
+    if not rows:
+        sys.exit("nothing was timed")
     ort = rows[0].results["onnxruntime"].version
     builds = "Default builds" if args.precision == "fp32" else f"{args.precision} builds"
     header = (
@@ -166,6 +176,29 @@ def main() -> None:
         args.markdown.write_text(text, encoding="utf-8")
     if args.plot:
         plot_rows(rows, args.plot)
+
+
+CALIBRATION_SAMPLES = 8
+
+
+def calibration(source: str) -> list[dict[str, object]]:
+    """Return the inputs to calibrate an int8 build on: a recipe's real sample image, as
+    `infer run --sample` feeds it (a detector's map on noise is near empty, and its check
+    meaningless), else seeded random inputs (seeds other than the timed input's), which is what
+    the reference set's random-weight models have for data."""
+    from infer.api import load_onnx
+    from infer.graph.shapes import apply_shape_overrides, graph_inputs
+    from infer.parity import random_feeds
+    from infer.processors.image import image_to_tensor
+    from infer.registry import pull_sample
+
+    loaded, recipe = load_onnx(source)
+    proto = apply_shape_overrides(loaded.proto, recipe.shapes) if recipe else loaded.proto
+    specs = graph_inputs(proto.graph)
+    if recipe and recipe.image_input and recipe.sample and len(specs) == 1:
+        image = pull_sample(recipe)
+        return [{specs[0].name: image_to_tensor(image, recipe.image_input, specs[0].shape)}]
+    return [dict(random_feeds(specs, seed=SEED + 1 + i)) for i in range(CALIBRATION_SAMPLES)]
 
 
 # The GEMM that measures the ceiling: (n x n) @ (n x n), weights packed once, as the models run.
@@ -188,13 +221,18 @@ def gemm_ceiling(precision: str, threads: int) -> float:
     n = CEILING_GEMM
     rng = np.random.default_rng(SEED)
     x, w = (tvm.runtime.tensor(rng.standard_normal((n, n), dtype=np.float32)) for _ in "xw")
+    # int8 reads a uint8 source with its scale and zero point.
+    quant = []
+    if precision == "int8":
+        x = tvm.runtime.tensor(rng.integers(0, 256, (n, n)).astype(np.uint8))
+        quant = [tvm.runtime.tensor(np.array(v, dtype)) for v, dtype in ((0.1, "f4"), (3, "i4"))]
     out = tvm.runtime.tensor(np.zeros((n, n), np.float32))
     config = json.dumps({"weights": True, "post_ops": [], "precision": precision})
     times = []
     with onednn.active(onednn.OnednnState(threads)):
         for run in range(CEILING_RUNS + 2):  # two warm-up runs: packing, first touch
             started = time.perf_counter()
-            matmul(x, w, config, out)
+            matmul(x, w, *quant, config, out)
             if run >= 2:
                 times.append(time.perf_counter() - started)
     return float(n**3 / np.median(times))

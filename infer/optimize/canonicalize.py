@@ -10,20 +10,29 @@ activations. ppocr-det had 145 such transposes. This pass, run before ConvertLay
   Clip, where the `where` form gave c);
 - gives a constant or weight operand of a binary operator the other operand's rank
   (leading dims of 1), which broadcasting leaves equal, and puts it second where the operator
-  commutes (ConvertLayout takes the layout from the first operand).
+  commutes (ConvertLayout takes the layout from the first operand);
+
+spell_quantize writes quantize and dequantize with one scale and zero point for the whole tensor
+(a QDQ model's activations) as the elementwise operators TVM legalizes them into: ConvertLayout
+knows those (ResNet-18 quantized by ONNX Runtime had 4 transposes per convolution), and
+infer.optimize.offload finds the dequantize before a convolution or matmul in this form.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from infer.optimize.relax_main import op_name, replace_main, weight_params
 
-__all__ = ["canonicalize_for_layout"]
+__all__ = ["canonicalize_for_layout", "spell_quantize"]
+
+# The integer types quantize and dequantize are spelled out for, and their ranges.
+_QUANTIZED = {"uint8": (0, 255), "int8": (-128, 127)}
 
 _CLAMPS = {"relax.less": relax.op.minimum, "relax.greater": relax.op.maximum}
 _BINARY = frozenset(
@@ -106,6 +115,63 @@ class _Canonicalize(PyExprMutator):  # type: ignore[misc]
         return relax.Call(call.op, args, call.attrs)
 
 
+@mutator
+class _SpellQuantize(PyExprMutator):  # type: ignore[misc]
+    def __init__(self, mod: Any, weights: set[Any]) -> None:
+        super().__init__(mod)
+        self.weights = weights
+
+    def visit_call_(self, call: Any) -> Any:
+        call = super().visit_call_(call)
+        name = op_name(call)
+        if name == "relax.quantize":
+            return self._quantize(call)
+        if name == "relax.dequantize":
+            return self._dequantize(call)
+        return call
+
+    def _scalar(self, expr: Any, rank: int, dtype: str) -> Any:
+        """Return a one-element constant or weight as a tensor of rank dims of 1 in dtype (a
+        weight's reshape and cast are lifted out of main with it), else None."""
+        if not ((isinstance(expr, tvm.ir.GenericConst) or expr in self.weights) and _static(expr)):
+            return None
+        if any(int(d) != 1 for d in expr.ty.shape.values):
+            return None
+        if isinstance(expr, tvm.ir.GenericConst):
+            return relax.const(expr.value.numpy().astype(dtype).reshape([1] * rank), dtype)
+        value = relax.op.reshape(expr, [1] * rank)
+        return value if str(expr.ty.dtype) == dtype else relax.op.astype(value, dtype)
+
+    def _quantize(self, call: Any) -> Any:
+        # clip(round(x / scale) + zero point) cast, in float32: TVM's legalization, with the
+        # clip as minimum and maximum (ConvertLayout does not know clip).
+        x, scale, zero = call.args
+        out = str(call.attrs.out_dtype)
+        rank = _rank(x)
+        if out not in _QUANTIZED or rank is None or str(x.ty.dtype) != "float32":
+            return call
+        scale, zero = self._scalar(scale, rank, "float32"), self._scalar(zero, rank, "float32")
+        if scale is None or zero is None:
+            return call
+        low, high = (relax.const(np.full([1] * rank, v, "float32")) for v in _QUANTIZED[out])
+        shifted = relax.op.add(relax.op.round(relax.op.divide(x, scale)), zero)
+        return relax.op.astype(relax.op.maximum(relax.op.minimum(shifted, high), low), out)
+
+    def _dequantize(self, call: Any) -> Any:
+        # (x - zero point) in int32, times scale: TVM's legalization.
+        x, scale, zero = call.args
+        rank = _rank(x)
+        if str(x.ty.dtype) not in _QUANTIZED or rank is None:
+            return call
+        if str(call.attrs.out_dtype) != "float32":
+            return call
+        scale, zero = self._scalar(scale, rank, "float32"), self._scalar(zero, rank, "int32")
+        if scale is None or zero is None:
+            return call
+        centred = relax.op.subtract(relax.op.astype(x, "int32"), zero)
+        return relax.op.multiply(relax.op.astype(centred, "float32"), scale)
+
+
 def _static(expr: Any) -> bool:
     shape = expr.ty.shape
     return isinstance(shape, relax.ShapeExpr) and all(
@@ -117,4 +183,11 @@ def canonicalize_for_layout(mod: Any) -> Any:
     """Return mod with main's clamps as minimum/maximum and broadcast constants at full rank."""
     main = mod["main"]
     rewrite = _Canonicalize(mod, weight_params(main))
+    return replace_main(mod, rewrite, relax.analysis.remove_all_unused(rewrite.visit_expr(main)))
+
+
+def spell_quantize(mod: Any) -> Any:
+    """Return mod with main's per-tensor quantize and dequantize as elementwise operators."""
+    main = mod["main"]
+    rewrite = _SpellQuantize(mod, weight_params(main))
     return replace_main(mod, rewrite, relax.analysis.remove_all_unused(rewrite.visit_expr(main)))

@@ -5,6 +5,12 @@ Max/Min, which LLVM lowers to a compare and select: a NaN operand loses the comp
 other operand comes out. ONNX Runtime (and numpy) propagate NaN through Relu, Clip, Max, Min
 and HardSigmoid, so a corrupt input gave a plausible answer instead of NaN. These lower the same
 ops as selects that keep NaN, one compare per bound as before; integer ops keep TVM's own.
+
+A select reads its operand more than once: each operand is bound to a variable first (a TIR
+Let), so that an operand the schedule inlines (a concatenation of resized maps, say) is
+computed once. Without, the clamp of a quantize (a minimum, then a maximum) evaluated PP-OCR
+det's fused upsample-and-concatenate nine times per element: that kernel took 18.4 ms, 2.8 with
+the operands bound (1 ms in the float32 build, which does not quantize there).
 """
 
 from __future__ import annotations
@@ -21,12 +27,25 @@ def _float(dtype: str) -> bool:
     return dtype.startswith(("float", "bfloat"))
 
 
+def _let(value: Any, dtype: str, body: Any) -> Any:
+    """Return body(v) with v bound to value (of dtype), evaluated once however often body
+    reads it."""
+    if isinstance(value, tirx.FloatImm | tirx.IntImm | tirx.Var):
+        return body(value)
+    var = tirx.Var("v", dtype)
+    return tirx.Let(var, value, body(var))
+
+
 def _relu(bb: Any, call: Any) -> Any:
     """x < 0 ? 0 : x (NaN < 0 is false: NaN stays)."""
 
     def compute(x: Any) -> Any:
         zero = tirx.const(0, x.dtype)
-        return te.compute(x.shape, lambda *i: tirx.Select(x(*i) < zero, zero, x(*i)), "relu")
+
+        def at(*i: Any) -> Any:
+            return _let(x(*i), x.dtype, lambda v: tirx.Select(v < zero, zero, v))
+
+        return te.compute(x.shape, at, "relu")
 
     return bb.call_te(compute, call.args[0], primfunc_name_hint="relu")
 
@@ -40,8 +59,10 @@ def _clip(bb: Any, call: Any) -> Any:
         lo, hi = tirx.Cast(x.dtype, low), tirx.Cast(x.dtype, high)
 
         def at(*i: Any) -> Any:
-            v = x(*i)
-            return tirx.Select(v < lo, lo, tirx.Select(v > hi, hi, v))
+            def clamp(v: Any) -> Any:
+                return tirx.Select(v < lo, lo, tirx.Select(v > hi, hi, v))
+
+            return _let(x(*i), x.dtype, clamp)
 
         return te.compute(x.shape, at, "clip")
 
@@ -77,10 +98,17 @@ def _broadcast(greater: bool) -> Any:
                     )
                 )
 
-            def at(*index: Any) -> Any:
-                x, y = value(a, index), value(b, index)
+            def pick(x: Any, y: Any) -> Any:
                 wins = x > y if greater else x < y
                 return tirx.Select(tirx.Or(wins, x != x), x, y)  # x NaN: x; y NaN: y
+
+            def at(*index: Any) -> Any:
+                dtype = out.dtype
+                return _let(
+                    value(a, index),
+                    dtype,
+                    lambda x: _let(value(b, index), dtype, lambda y: pick(x, y)),
+                )
 
             return te.compute(shape, at, "maximum" if greater else "minimum")
 

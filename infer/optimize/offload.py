@@ -10,6 +10,14 @@ oneDNN's own dispatch included) costs more than TVM's own loop nest.
 With precision "bf16" the matmuls on weights and the dense convolutions of at least
 MIN_PARALLEL_MACS compute in bfloat16 (oneDNN converts the input and packs the weights in bf16,
 accumulates and writes f32); everything else stays float32.
+
+A convolution or matmul on weights whose input a quantized model dequantizes from 8 bits (one
+scale and zero point for the tensor, as infer.optimize.canonicalize spells it) computes in
+int8 whatever the precision: oneDNN reads the 8-bit tensor itself, quantizes the weights per
+output channel as it packs them, accumulates in int32 and writes f32, the dequantize folded
+into its scales. This is what a QDQ model says (ONNX Runtime runs it the same way). Only on
+CPUs with VNNI (int8_kernels): elsewhere oneDNN's uint8 x int8 products may saturate, and the
+dequantized operator runs in float32.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from infer.optimize.relax_main import op_name, replace_main, weight_params
+from infer.runtime.onednn import INT8
 
 __all__ = ["MIN_OFFLOAD_MACS", "MIN_PARALLEL_MACS", "offload_to_onednn"]
 
@@ -36,6 +45,8 @@ SYMBOLIC_DIM_SIZE = 64
 # Smaller operators run on one of oneDNN's threads: waking the others costs more than they save.
 MIN_PARALLEL_MACS = 1 << 18
 
+# The precisions a float32 operator is converted to in the kernel (int8 needs a quantized model).
+_CONVERTED = ("bf16",)
 # out_dtype values that leave a float32 operator's output float32 (None prints as "None").
 _SAME_DTYPE = ("", "None", "void", "float32")
 # Max/Min with a constant scalar: oneDNN's clip with the other side open.
@@ -197,10 +208,56 @@ def _activation(
     return None
 
 
+def _one_value(expr: Any, values: dict[Any, Any], weights: set[Any], dtype: str) -> Any:
+    """Return the one-element weight or constant of dtype that expr is, else None."""
+    if expr in weights:
+        dims = _tensor(expr)
+        return expr if dims is not None and dims[1] == dtype and math.prod(dims[0]) == 1 else None
+    const = _one_element_const(expr, values)
+    return const if const is not None and str(const.value.dtype) == dtype else None
+
+
+def _bound(expr: Any, values: dict[Any, Any], op: str, dtype: str | None = None) -> Any:
+    """Return the call of op (an astype to dtype) that expr is bound to, else None."""
+    value: Any = values.get(expr)
+    if op_name(value) != op:
+        return None
+    return value if dtype is None or str(value.attrs.dtype) == dtype else None
+
+
+def _dequantized(expr: Any, values: dict[Any, Any], weights: set[Any]) -> tuple[Any, ...] | None:
+    """Return (8-bit tensor, scale, zero point) when expr dequantizes an 8-bit tensor with one
+    scale and zero point, as canonicalize writes it: (astype(q, int32) - zero) as float32 times
+    scale; else None. A transpose of that (the NHWC layout starting at a convolution) comes
+    back as the transpose of the 8-bit tensor, a quarter of the bytes."""
+    transposed = _bound(expr, values, "relax.permute_dims")
+    if transposed is not None:
+        inner = _dequantized(transposed.args[0], values, weights)
+        if inner is None:
+            return None
+        return (relax.op.permute_dims(inner[0], transposed.attrs.axes), *inner[1:])
+    # (astype(q, int32) - zero) as float32, times scale: innermost last.
+    chain = [("relax.multiply", None), ("relax.astype", "float32"), ("relax.subtract", None)]
+    calls: list[Any] = []
+    for op, dtype in [*chain, ("relax.astype", "int32")]:
+        call = _bound(calls[-1].args[0] if calls else expr, values, op, dtype)
+        if call is None:
+            return None
+        calls.append(call)
+    scaled, _, centred, as_int = calls
+    source = as_int.args[0]
+    if (found := _tensor(source)) is None or found[1] not in ("uint8", "int8"):
+        return None
+    scale = _one_value(scaled.args[1], values, weights, "float32")
+    zero = _one_value(centred.args[1], values, weights, "int32")
+    return None if scale is None or zero is None else (source, scale, zero)
+
+
 def _plan(
-    func: Any, weights: set[Any], counts: dict[str, int], precision: str
+    func: Any, weights: set[Any], counts: dict[str, int], precision: str, int8_kernels: bool
 ) -> tuple[dict[Any, Any], set[Any]]:
-    """Return {var: new value} for the last binding of each chain, and the vars to drop."""
+    """Return {var: (packed function, arguments, type)} for the last binding of each chain,
+    and the vars to drop."""
     values: dict[Any, Any] = {}
     uses: dict[Any, int] = {}
     order: list[Any] = []
@@ -265,20 +322,30 @@ def _plan(
         # 0.368; 'Egyptian cat' first with them in bf16). Operators under MIN_PARALLEL_MACS stay
         # f32 as well: the conversion call costs more than bf16 saves (Silero VAD's window took
         # 0.137 ms with its 7 small operators in bf16, 0.103 in f32).
+        on_weights = config["weights"] if name == "relax.matmul" else not config["transposed"]
+        quantized = None
+        if on_weights and int8_kernels:
+            quantized = _dequantized(call.args[0], values, weights)
         reduced = (
-            precision != "fp32"
+            precision in _CONVERTED
             and not config["single_thread"]
             and (config["weights"] if name == "relax.matmul" else config["groups"] == 1)
         )
-        if reduced:
+        if quantized is not None:
+            config["precision"], reduced = INT8, False
+        elif reduced:
             config["precision"] = precision
         args = [call.args[0], call.args[1], *([bias] if bias is not None else [])]
+        if quantized is not None:
+            source, scale, zero = quantized
+            args = [source, *args[1:], scale, zero]
         args.append(tvm.ir.StringImm(json.dumps(config, sort_keys=True)))
-        replace[last] = relax.call_dps_packed(function, relax.Tuple(args), last.ty)
+        replace[last] = (function, args, last.ty)
         for key, count in (
             (function.rsplit(".", 1)[-1], 1),
             ("post_ops", len(post_ops) + (bias is not None)),
             *([(precision, 1)] if reduced else []),
+            *([(INT8, 1)] if quantized is not None else []),
         ):
             counts[key] = counts.get(key, 0) + count
     return replace, drop
@@ -294,18 +361,31 @@ class _Rewrite(PyExprMutator):  # type: ignore[misc]
         if binding.var in self.drop:
             return
         if binding.var in self.replace:
-            value = self.builder_.normalize(self.visit_expr(self.replace[binding.var]))
-            self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
+            function, args, ty = self.replace[binding.var]
+            # An argument computed for the call (a transpose) gets a binding of its own.
+            args = [
+                self.builder_.emit(self.visit_expr(arg))
+                if isinstance(arg, relax.Call)
+                else self.visit_expr(arg)
+                for arg in args
+            ]
+            value = relax.call_dps_packed(function, relax.Tuple(args), ty)
+            self.builder_.emit_normalized(
+                relax.VarBinding(binding.var, self.builder_.normalize(value))
+            )
             return
         super().visit_var_binding_(binding)
 
 
-def offload_to_onednn(mod: Any, counts: dict[str, int], precision: str = "fp32") -> Any:
+def offload_to_onednn(
+    mod: Any, counts: dict[str, int], precision: str = "fp32", int8_kernels: bool = False
+) -> Any:
     """Return mod with main's heavy float32 convolutions and matmuls calling oneDNN, the large
-    dense ones on weights computing in precision; counts gets the calls made per kind ("conv2d", "matmul"),
-    the bias adds and activations folded in, and the calls in a reduced precision ("bf16")."""
+    dense ones on weights computing in precision, those on dequantized 8-bit tensors in int8
+    when int8_kernels; counts gets the calls made per kind ("conv2d", "matmul"), the bias adds
+    and activations folded in, and the calls in a reduced precision ("bf16", "int8")."""
     main = mod["main"]
-    replace, drop = _plan(main, weight_params(main), counts, precision)
+    replace, drop = _plan(main, weight_params(main), counts, precision, int8_kernels)
     if not replace:
         return mod
     rewrite = _Rewrite(mod, replace, drop)

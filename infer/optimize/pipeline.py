@@ -21,9 +21,9 @@ __all__ = [
 ]
 
 # Kept in step with infer.optimize.cpu_schedule.SCHEDULE_REVISION (which imports TVM).
-SCHEDULE_REVISION = 7
+SCHEDULE_REVISION = 8
 # Bumped when infer.optimize.offload changes what it hands to the library (part of cache keys).
-OFFLOAD_REVISION = 5
+OFFLOAD_REVISION = 6
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,13 @@ def run_pipeline(
     steps: list[tuple[str, Any]] = [("ClipTakeIndices", bounds)]
     steps += [(name, _pass(name)()) for name in pipeline.passes]
     layouts = {op: list(layout) for op, layout in pipeline.layouts}
+    if layouts or pipeline.offload:  # quantized models: for ConvertLayout and int8 kernels
+        from infer.optimize.canonicalize import spell_quantize
+
+        spell = tvm.transform.module_pass(
+            lambda m, _ctx: spell_quantize(m), opt_level=0, name="SpellQuantize"
+        )
+        steps.append(("SpellQuantize", spell))
     # Only where there is something to convert: ConvertLayout itself fails on some graphs
     # without convolutions (SIGFPE on a 0-d minimum, std::bad_alloc on silero-vad).
     if layouts and _calls_any(mod, set(layouts)):
@@ -167,10 +174,12 @@ def run_pipeline(
         steps.append(("LiftTransformParams", relax.transform.LiftTransformParams()))
     if pipeline.offload == "onednn" and _onednn_ready():
         from infer.optimize.offload import offload_to_onednn
+        from infer.optimize.precision import has_int8_dot_products
 
         counts = offloaded if offloaded is not None else {}
+        int8 = has_int8_dot_products(target)
         offload = tvm.transform.module_pass(
-            lambda m, _ctx: offload_to_onednn(m, counts, precision),
+            lambda m, _ctx: offload_to_onednn(m, counts, precision, int8),
             opt_level=0,
             name="OffloadToOnednn",
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import json
 import sys
 import threading
@@ -26,6 +27,7 @@ from infer.errors import ArtifactError, InferError
 
 __all__ = [
     "CONV2D",
+    "INT8",
     "LIBRARY",
     "MATMUL",
     "OnednnState",
@@ -36,6 +38,8 @@ __all__ = [
 ]
 
 LIBRARY = "onednn-cpu-gomp"
+# The config precision of calls on an 8-bit source (a quantized model's dequantize folded in).
+INT8 = "int8"
 # The global function names compiled graphs call; their last argument is a JSON config string.
 CONV2D = "infer.onednn.conv2d"
 MATMUL = "infer.onednn.matmul"
@@ -43,7 +47,7 @@ MATMUL = "infer.onednn.matmul"
 _SONAME = "libdnnl.so.3"
 # Values from oneDNN 3.2's dnnl_types.h / dnnl_common_types.h.
 _SUCCESS = 0
-_BF16, _F32 = 2, 3
+_BF16, _F32, _S32, _S8, _U8 = 2, 3, 4, 5, 6
 _FORMAT_ANY = 1
 _ENGINE_CPU = 1
 _STREAM_IN_ORDER = 1
@@ -52,6 +56,7 @@ _CONVOLUTION_DIRECT = 1
 _DECONVOLUTION_DIRECT = 10
 _QUERY_WEIGHTS_MD, _QUERY_SCRATCHPAD_MD = 131, 136
 _ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS, _ARG_SCRATCHPAD = 1, 17, 33, 41, 80
+_ARG_ATTR_SCALES, _ARG_ATTR_ZERO_POINTS = 4096, 8192
 # Each primitive gets its own scratchpad: the library's default one belongs to the thread that
 # made the primitive, and running it from another thread (a server's worker) crashed.
 _SCRATCHPAD_MODE_USER = 1
@@ -60,6 +65,34 @@ _MAX_NDIMS = 12
 _ALIGN = 64
 
 _Dims = ctypes.c_int64 * _MAX_NDIMS
+# int8 weights are symmetric per output channel: q = round(w / scale) with |q| <= 127, the
+# levels ONNX Runtime's quantizer gives them (symmetric: -128 has no positive counterpart).
+_WEIGHT_LEVELS = 127
+
+
+@dataclasses.dataclass(frozen=True)
+class _Quant:
+    """How an int8 kernel reads its 8-bit source: x = (source - zero) * scale, one scale and
+    zero point for the whole tensor; weight_mask is the oneDNN mask of its weights' per-channel
+    scales."""
+
+    source: int  # _U8 or _S8
+    scale: float
+    zero: int
+    weight_mask: int = 1
+
+
+def _quantize_weights(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (int8 values in w's layout, float32 scale per index of axis): w's values
+    symmetric per output channel. Weights a model quantized this way (ONNX Runtime's
+    per-channel int8) come back exactly."""
+    channels = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+    scales = (np.abs(channels).max(axis=1) / _WEIGHT_LEVELS).astype(np.float32)
+    scales[scales == 0] = 1.0
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    values = np.rint(w / scales.reshape(shape))
+    return np.clip(values, -_WEIGHT_LEVELS, _WEIGHT_LEVELS).astype(np.int8), scales
 
 
 class _ExecArg(ctypes.Structure):
@@ -130,6 +163,8 @@ class _Library:
             "dnnl_post_ops_destroy",
             "dnnl_memory_desc_clone",
             "dnnl_primitive_attr_set_scratchpad_mode",
+            "dnnl_primitive_attr_set_scales_mask",
+            "dnnl_primitive_attr_set_zero_points_mask",
         ):
             getattr(lib, name).restype = ctypes.c_int
         lib.dnnl_primitive_desc_query_md.restype = p
@@ -202,14 +237,25 @@ class _Library:
         )
         return memory
 
-    def attr(self, post_ops: Sequence[tuple[str, float, float]]) -> ctypes.c_void_p:
-        """Return primitive attributes: a scratchpad of the primitive's own, the post-ops."""
+    def attr(
+        self, post_ops: Sequence[tuple[str, float, float]], quant: _Quant | None = None
+    ) -> ctypes.c_void_p:
+        """Return primitive attributes: a scratchpad of the primitive's own, the post-ops, and
+        for int8 the masks of the scales and zero points passed at execution."""
         attr, ops = ctypes.c_void_p(), ctypes.c_void_p()
         self.check(self.lib.dnnl_primitive_attr_create(ctypes.byref(attr)), "attributes")
         self.check(
             self.lib.dnnl_primitive_attr_set_scratchpad_mode(attr, _SCRATCHPAD_MODE_USER),
             "scratchpad mode",
         )
+        if quant is not None:
+            for arg, mask in ((_ARG_SRC, 0), (_ARG_WEIGHTS, quant.weight_mask)):
+                self.check(self.lib.dnnl_primitive_attr_set_scales_mask(attr, arg, mask), "scales")
+            if quant.zero:
+                self.check(
+                    self.lib.dnnl_primitive_attr_set_zero_points_mask(attr, _ARG_SRC, 0),
+                    "zero points",
+                )
         if not post_ops:
             return attr
         self.check(self.lib.dnnl_post_ops_create(ctypes.byref(ops)), "post-ops")
@@ -278,15 +324,25 @@ class _Kernel:
         roles: Sequence[tuple[int, Any]],
         packed: tuple[Any, np.ndarray] | None,
         release: Sequence[Any] = (),
+        fixed: Sequence[tuple[int, int, np.ndarray]] = (),
     ) -> None:
         """pd is consumed; roles are (DNNL_ARG_*, memory descriptor) in execution order;
         release lists the descriptors this kernel's builder made, destroyed once the memory
-        objects (which copy them) exist."""
+        objects (which copy them) exist; fixed are (DNNL_ARG_*, data type, 1-d array) passed
+        to every execution (int8 scales and zero points)."""
         self.lib = lib
         self.primitive = ctypes.c_void_p()
         lib.check(lib.lib.dnnl_primitive_create(ctypes.byref(self.primitive), pd), "primitive")
         self.memories = [lib.memory(md) for _, md in roles]
         args = [_ExecArg(arg, m.value) for (arg, _), m in zip(roles, self.memories, strict=True)]
+        self.fixed = [array for _, _, array in fixed]  # the memory objects point into them
+        for arg, dtype, array in fixed:
+            md = lib.md([array.size], [1], dtype)
+            memory = lib.memory(md)
+            lib.lib.dnnl_memory_desc_destroy(md)
+            lib.lib.dnnl_memory_set_data_handle(memory, array.ctypes.data)
+            self.memories.append(memory)
+            args.append(_ExecArg(arg, memory.value))
         # The primitive's own scratchpad (a user-managed one; none when it needs none).
         scratchpad_md = ctypes.c_void_p(
             lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_SCRATCHPAD_MD, 0)
@@ -320,7 +376,7 @@ class _Kernel:
             reorder([handles[0], converted])
             handles = [converted, *handles[1:]]
         # The VM's memory plan gives an operator the same buffers run after run.
-        for i, (memory, handle) in enumerate(zip(self.memories, handles, strict=True)):
+        for i, (memory, handle) in enumerate(zip(self.memories, handles, strict=False)):
             if self.handles[i] != handle:
                 lib.dnnl_memory_set_data_handle(memory, handle)
                 self.handles[i] = handle
@@ -358,9 +414,12 @@ class OnednnState:
         self.kernels: dict[tuple[Any, ...], _Kernel] = {}
         self.packed: dict[int, list[tuple[Any, np.ndarray]]] = {}
 
-    def pack(self, lib: _Library, pd: Any, weight: Any, user_md: Any) -> tuple[Any, np.ndarray]:
+    def pack(
+        self, lib: _Library, pd: Any, weight: Any, user_md: Any, source: np.ndarray | None = None
+    ) -> tuple[Any, np.ndarray]:
         """Return (memory descriptor, buffer) of weight reordered to the layout pd wants, reusing
-        an earlier reorder of the same weight into the same layout."""
+        an earlier reorder of the same weight into the same layout; source holds the weight's
+        values in user_md's type when it is not weight's own (int8 weights)."""
         wanted = lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_WEIGHTS_MD, 0)
         address = weight.data_ptr()
         for md, buffer in self.packed.get(address, []):
@@ -369,7 +428,7 @@ class OnednnState:
         # The query result belongs to pd, which is destroyed once the primitive exists: keep a copy.
         md = _copy_md(lib, wanted)
         reorder, buffer = _reorder(lib, user_md, md, "weight reorder")
-        reorder([address, _aligned_address(buffer)])
+        reorder([address if source is None else source.ctypes.data, _aligned_address(buffer)])
         self.packed.setdefault(address, []).append((md, buffer))
         return md, buffer
 
@@ -438,9 +497,10 @@ def _conv2d_kernel(
     w: Any,
     has_bias: bool,
     out: Any,
+    quant: _Quant | None,
 ) -> _Kernel:
     return _convolution(
-        lib, state, config, tuple(x.shape), w, tuple(w.shape), tuple(out.shape), has_bias
+        lib, state, config, tuple(x.shape), w, tuple(w.shape), tuple(out.shape), has_bias, quant
     )
 
 
@@ -453,9 +513,11 @@ def _convolution(
     w_shape: tuple[int, ...],
     y_shape: tuple[int, ...],
     has_bias: bool,
+    quant: _Quant | None = None,
 ) -> _Kernel:
     """Return the convolution (or deconvolution) kernel of config on tensors of these shapes,
-    stored in config's layouts; w is the weight tensor, packed once into oneDNN's layout."""
+    stored in config's layouts; w is the weight tensor, packed once into oneDNN's layout. With
+    quant, the source is 8-bit and the weights are quantized to int8 as they are packed."""
     data_layout, kernel_layout = config["data_layout"], config["kernel_layout"]
     groups = config["groups"]
     strides, padding, dilation = config["strides"], config["padding"], config["dilation"]
@@ -466,24 +528,28 @@ def _convolution(
         strides, dilation, padding = [1, *strides], [1, *dilation], [0, padding[0], 0, padding[1]]
     src_dims = [x_shape[data_layout.index(c)] for c in "NCHW"]
     dst_dims = [y_shape[data_layout.index(c)] for c in "NCHW"]
-    dtype = _COMPUTE_TYPES[config.get("precision", "fp32")]
+    dtype = _S8 if quant else _COMPUTE_TYPES[config.get("precision", "fp32")]
     src_strides = _strides(data_layout, x_shape, "NCHW")
-    src, compute_src = lib.md(src_dims, src_strides), lib.md(src_dims, src_strides, dtype)
+    src = lib.md(src_dims, src_strides, quant.source if quant else _F32)
+    compute_src = src if quant else lib.md(src_dims, src_strides, dtype)
     dst = lib.md(dst_dims, _strides(data_layout, y_shape, "NCHW"))
     o, i, kh, kw = (w_shape[kernel_layout.index(c)] for c in "OIHW")
     o_stride, i_stride, h_stride, w_stride = _strides(kernel_layout, w_shape, "OIHW")
+    user_type = _S8 if quant else _F32
     if groups == 1:
-        user_w = lib.md([o, i, kh, kw], [o_stride, i_stride, h_stride, w_stride])
+        user_w = lib.md([o, i, kh, kw], [o_stride, i_stride, h_stride, w_stride], user_type)
         any_w = lib.md([o, i, kh, kw], dtype=dtype)
     else:
         og = o // groups
         dims = [groups, og, i, kh, kw]
-        user_w = lib.md(dims, [og * o_stride, o_stride, i_stride, h_stride, w_stride])
+        user_w = lib.md(dims, [og * o_stride, o_stride, i_stride, h_stride, w_stride], user_type)
         any_w = lib.md(dims, dtype=dtype)
+        if quant:  # per channel over (group, channel of the group)
+            quant = dataclasses.replace(quant, weight_mask=0b11)
     bias = lib.md([o], [1]) if has_bias else None
     top, left, bottom, right = padding
     dilation = [d - 1 for d in dilation]
-    attr = lib.attr([tuple(op) for op in config["post_ops"]])
+    attr = lib.attr([tuple(op) for op in config["post_ops"]], quant)
     pd = ctypes.c_void_p()
     # A transposed convolution is oneDNN's deconvolution: the same arguments, weights (O, I, ...)
     # with O its output channels (the second dim of ONNX's / Relax's IOHW).
@@ -512,7 +578,13 @@ def _convolution(
         f"{'de' if transposed else ''}convolution {list(src_dims)} * {[o, i, kh, kw]} "
         f"groups {groups}{_precision_note(config)}",
     )
-    return _finish(lib, state, pd, attr, (src, compute_src), dst, bias, w, user_w, any_w, pack=True)
+    # The output channels' axis of the weight tensor as stored, counted from its end (a
+    # matmul's (K, N) weights come here as HWIO).
+    out_axis = config["kernel_layout"].index("O") - len(config["kernel_layout"])
+    return _finish(
+        lib, state, pd, attr, (src, compute_src), dst, bias, w, user_w, any_w, pack=True,
+        quant=quant, out_axis=out_axis,
+    )  # fmt: skip
 
 
 def _matmul_kernel(
@@ -523,19 +595,24 @@ def _matmul_kernel(
     w: Any,
     has_bias: bool,
     out: Any,
+    quant: _Quant | None,
 ) -> _Kernel:
     x_shape, w_shape, y_shape = tuple(x.shape), tuple(w.shape), tuple(out.shape)
     on_weights = config["weights"]
     if on_weights and w_shape[0] <= w_shape[1]:
-        return _rows_times_weights(lib, state, config, x_shape, w, has_bias)
+        return _rows_times_weights(lib, state, config, x_shape, w, has_bias, quant)
     if on_weights:  # (..., M, K) @ (K, N): the rows of x flattened into one M
         k, n = w_shape
         m = int(np.prod(x_shape[:-1], dtype=np.int64))
-        dtype = _COMPUTE_TYPES[config.get("precision", "fp32")]
-        src, compute_src = lib.md([m, k], [k, 1]), lib.md([m, k], [k, 1], dtype)
+        dtype = _S8 if quant else _COMPUTE_TYPES[config.get("precision", "fp32")]
+        src = lib.md([m, k], [k, 1], quant.source if quant else _F32)
+        compute_src = src if quant else lib.md([m, k], [k, 1], dtype)
         dst = lib.md([m, n], [n, 1])
-        user_w, wanted_w = lib.md([k, n], [n, 1]), lib.md([k, n], dtype=dtype)
+        user_w = lib.md([k, n], [n, 1], _S8 if quant else _F32)
+        wanted_w = lib.md([k, n], dtype=dtype)
         bias = lib.md([1, n], [n, 1]) if has_bias else None
+        if quant:  # per column of the (K, N) weights
+            quant = dataclasses.replace(quant, weight_mask=0b10)
     else:  # batched: both operands are activations, batch dims broadcast (always f32)
         rank = len(y_shape)
         xs = (1,) * (rank - len(x_shape)) + x_shape
@@ -544,7 +621,7 @@ def _matmul_kernel(
         compute_src = src
         user_w = wanted_w = lib.md(ws, _dense_strides(ws))
         bias = None
-    attr = lib.attr([tuple(op) for op in config["post_ops"]])
+    attr = lib.attr([tuple(op) for op in config["post_ops"]], quant)
     pd = ctypes.c_void_p()
     lib.check(
         lib.lib.dnnl_matmul_primitive_desc_create(
@@ -553,8 +630,9 @@ def _matmul_kernel(
         f"matmul {list(x_shape)} @ {list(w_shape)}{_precision_note(config)}",
     )
     return _finish(
-        lib, state, pd, attr, (src, compute_src), dst, bias, w, user_w, wanted_w, pack=on_weights
-    )
+        lib, state, pd, attr, (src, compute_src), dst, bias, w, user_w, wanted_w,
+        pack=on_weights, quant=quant, out_axis=-1,
+    )  # fmt: skip
 
 
 def _rows_times_weights(
@@ -564,6 +642,7 @@ def _rows_times_weights(
     x_shape: tuple[int, ...],
     w: Any,
     has_bias: bool,
+    quant: _Quant | None = None,
 ) -> _Kernel:
     """(..., M, K) @ (K, N) as oneDNN's 1x1 convolution over M pixels of K channels (NHWC).
 
@@ -581,7 +660,7 @@ def _rows_times_weights(
         "precision": config.get("precision", "fp32"),
     }  # fmt: skip
     return _convolution(
-        lib, state, one_by_one, (1, 1, m, k), w, (1, 1, k, n), (1, 1, m, n), has_bias
+        lib, state, one_by_one, (1, 1, m, k), w, (1, 1, k, n), (1, 1, m, n), has_bias, quant
     )
 
 
@@ -598,15 +677,29 @@ def _finish(
     wanted_w: Any,
     *,
     pack: bool,
+    quant: _Quant | None = None,
+    out_axis: int = -1,
 ) -> _Kernel:
     """Return the kernel of primitive descriptor pd, its weights packed once (pack) or read in
     place; the attributes and descriptors made for it are released. sources are the f32 source
     the graph passes and the one pd computes on: when they differ (bf16), the kernel converts
-    the source with a reorder first."""
+    the source with a reorder first. With quant, the f32 weights are quantized per channel of
+    out_axis (their axis in w) before packing, and the scales and zero point go with every
+    execution."""
     if attr is not None:
         lib.lib.dnnl_primitive_attr_destroy(attr)
     src, compute_src = sources
-    packed = state.pack(lib, pd, w, user_w) if pack else None
+    fixed: list[tuple[int, int, np.ndarray]] = []
+    source = None
+    if quant is not None:
+        source, weight_scales = _quantize_weights(np.from_dlpack(w), out_axis)
+        fixed = [
+            (_ARG_ATTR_SCALES | _ARG_SRC, _F32, np.array([quant.scale], np.float32)),
+            (_ARG_ATTR_SCALES | _ARG_WEIGHTS, _F32, weight_scales),
+        ]
+        if quant.zero:
+            fixed.append((_ARG_ATTR_ZERO_POINTS | _ARG_SRC, _S32, np.array([quant.zero], np.int32)))
+    packed = state.pack(lib, pd, w, user_w, source) if pack else None
     roles = [
         (_ARG_SRC, compute_src),
         (_ARG_WEIGHTS, packed[0] if packed else user_w),
@@ -618,10 +711,22 @@ def _finish(
     if compute_src.value != src.value and not lib.lib.dnnl_memory_desc_equal(src, compute_src):
         convert = _reorder(lib, src, compute_src, "source conversion")
     kernel = _Kernel(
-        lib, pd, roles, packed, release=(src, compute_src, dst, bias, user_w, wanted_w)
+        lib, pd, roles, packed, release=(src, compute_src, dst, bias, user_w, wanted_w), fixed=fixed
     )
     kernel.convert = convert
     return kernel
+
+
+def _source_quant(x: Any, scale: Any, zero: Any) -> _Quant:
+    """Return how an int8 kernel reads x: its type, and the one scale and zero point (weights
+    of the model, read once when the kernel is made)."""
+    types = {"uint8": _U8, "int8": _S8}
+    dtype = str(x.dtype)
+    if dtype not in types:
+        raise InferError(f"oneDNN int8 kernel: the source is {dtype}, expected uint8 or int8")
+    scale_value = float(np.from_dlpack(scale).reshape(-1)[0])
+    zero_value = int(np.from_dlpack(zero).reshape(-1)[0])
+    return _Quant(types[dtype], scale_value, zero_value)
 
 
 _BUILDERS = {CONV2D: _conv2d_kernel, MATMUL: _matmul_kernel}
@@ -632,21 +737,32 @@ def _entry(name: str) -> Any:
     build, lib = _BUILDERS[name], _library()
 
     def call(*args: Any) -> None:
-        # (x, w, [bias], config, out): the config string is baked into the graph at compile time.
+        # (x, w, [bias], [scale, zero point], config, out): the config string is baked into
+        # the graph at compile time; int8 calls pass the scale and zero point of their 8-bit x.
         x, w, out, config_text = args[0], args[1], args[-1], args[-2]
-        bias = args[2] if len(args) == 5 else None
         state = _state()
         config = _CONFIGS.get(config_text)
         if config is None:
             config = _CONFIGS[config_text] = json.loads(config_text)
+        tensors = args[2:-2]
+        quantized = config.get("precision") == INT8
+        if quantized:
+            if len(tensors) < 2:
+                raise InferError(f"{name}: an int8 call needs its source's scale and zero point")
+            scale, zero, tensors = tensors[-2], tensors[-1], tensors[:-2]
+        bias = tensors[0] if tensors else None
         # A primitive is made for both operands' shapes (an attention's keys grow while its
-        # query stays one row); weights packed once are also told apart by their address.
+        # query stays one row); weights packed once are also told apart by their address, and
+        # int8 ones by their source's scale (a weight of the model, as the scale is).
         packed_weights = w.data_ptr() if name == CONV2D or config.get("weights") else 0
-        key = (name, config_text, tuple(x.shape), tuple(w.shape), packed_weights)
+        key: tuple[Any, ...] = (name, config_text, tuple(x.shape), tuple(w.shape), packed_weights)
+        if quantized:
+            key += (scale.data_ptr(), zero.data_ptr())
         kernel = state.kernels.get(key)
         if kernel is None:
             lib.set_threads(state.threads)  # packing the weights runs OpenMP regions too
-            kernel = build(lib, state, config, x, w, bias is not None, out)
+            quant = _source_quant(x, scale, zero) if quantized else None
+            kernel = build(lib, state, config, x, w, bias is not None, out, quant)
             kernel.threads = 1 if config.get("single_thread") else state.threads
             if len(state.kernels) >= MAX_KERNELS:
                 del state.kernels[next(iter(state.kernels))]

@@ -16,6 +16,7 @@ from infer.cli import cli
 from infer.optimize import offload
 from infer.runtime import onednn
 from tests import onnx_models
+from tests.conftest import requires_int8
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="oneDNN is not installed")
 
@@ -245,3 +246,49 @@ def test_a_query_row_against_keys_of_every_length(tmp_path: Path) -> None:
         for _ in range(3):
             (got,) = session.run(None, {"q": q, "k": k})
             np.testing.assert_allclose(got, q @ k.transpose(0, 1, 3, 2), rtol=1e-5, atol=1e-5)
+
+
+def quantized_by_onnxruntime(model: onnx.ModelProto, tmp_path: Path, x: np.ndarray) -> Path:
+    """Return the QDQ model ONNX Runtime's static quantizer makes of model, calibrated on x:
+    uint8 activations, int8 weights symmetric per channel."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Samples(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.samples = iter([{"x": sample[None]} for sample in x])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.samples, None)
+
+    source, quantized = tmp_path / "float.onnx", tmp_path / "qdq.onnx"
+    onnx.save(model, source)
+    quantize_static(
+        source, quantized, Samples(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    return quantized
+
+
+@requires_int8
+@pytest.mark.usefixtures("offload_everything")
+def test_a_quantized_model_computes_its_convolutions_and_matmuls_in_int8(tmp_path: Path) -> None:
+    # ONNX Runtime quantizes the network; its dequantized convolutions and Gemm read the 8-bit
+    # tensors in oneDNN's int8 kernels, and the output equals ONNX Runtime's on the QDQ model
+    # but for rounding at a quantization step's edge.
+    rng = np.random.default_rng(3)
+    images = rng.standard_normal((16, 3, 16, 16)).astype(np.float32)
+    path = quantized_by_onnxruntime(onnx_models.conv_net(batch=1), tmp_path, images[:8])
+    artifact = infer.compile(str(path), output=tmp_path / "model.infer")
+    assert artifact.manifest.pipeline["offload"]["int8"] == 3
+    session = infer.Session(artifact.path, threads=1)
+    reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = np.concatenate([session.run(None, {"x": i[None]})[0] for i in images[8:]])
+    want = np.concatenate([reference.run(None, {"x": i[None]})[0] for i in images[8:]])
+    step = float(np.diff(np.unique(want)).min())  # the output's quantization step
+    assert np.abs(got - want).max() <= 1.01 * step
+    assert np.mean(np.abs(got - want) < 1e-6) > 0.9

@@ -1,5 +1,6 @@
-"""bf16 builds: which operators compute in bf16 (against numpy on bf16-rounded operands), the
-parity bound that refuses a build losing its signal, and the targets that cannot build bf16."""
+"""bf16 and int8 builds: which operators compute in bf16 (against numpy on bf16-rounded operands),
+the parity bound that refuses a build losing its signal, int8 builds calibrated on the user's
+inputs (against ONNX Runtime on the quantized model), and the targets that cannot build them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
@@ -16,7 +18,7 @@ from infer.cli import cli
 from infer.errors import CompileError
 from infer.runtime import onednn
 from tests import onnx_models
-from tests.conftest import requires_bf16, save, to_bf16
+from tests.conftest import requires_bf16, requires_int8, save, to_bf16
 from tests.optimize.test_offload import attention_block, offload_everything  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="oneDNN is not installed")
@@ -96,9 +98,99 @@ def test_targets_and_pipelines_without_bf16_are_refused(tmp_path: Path) -> None:
         infer.compile(path, target="llvm -mcpu=znver3", precision="bf16")
     with pytest.raises(CompileError, match=r"pipeline does not call them"):
         infer.compile(path, pipeline="cpu-naive", precision="bf16")
-    with pytest.raises(CompileError, match=r"precision: expected one of fp32, bf16, got 'fp16'"):
+    with pytest.raises(
+        CompileError, match=r"precision: expected one of fp32, bf16, int8, got 'fp16'"
+    ):
         infer.compile(path, precision="fp16")
     result = CliRunner().invoke(
         cli, ["compile", str(path), "--precision", "bf16", "--target", "llvm -mcpu=znver3"]
     )
     assert result.exit_code == 2 and "error: precision bf16: target llvm" in result.output
+
+
+def calibration(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(count)]
+
+
+@requires_int8
+@pytest.mark.usefixtures("offload_everything")
+def test_an_int8_build_runs_the_quantized_model_and_is_checked_against_float32(
+    tmp_path: Path,
+) -> None:
+    from infer.graph.quantize import quantize_int8
+
+    model = onnx_models.conv_net()
+    samples = calibration(16)
+    artifact = infer.compile(model, output=tmp_path / "int8", precision="int8", calibration=samples)
+    manifest = artifact.manifest
+    assert manifest.precision == "int8" and manifest.pipeline["offload"]["int8"] == 3
+    assert manifest.pipeline["quantization"]["calibration_samples"] == 16
+    (output,) = manifest.parity["outputs"]
+    assert manifest.parity["status"] == "passed" and output["cosine"] > 0.99
+    assert output["size"] == 8 * 5  # the first 8 calibration samples, stacked
+    # ONNX Runtime on the QDQ model the quantizer wrote: the same dequantized values, computed
+    # in float32; int8 products accumulate exactly, so only rounding differs.
+    qdq = quantize_int8(model, samples, "convnet")
+    reference = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = infer.Session(artifact.path, threads=1)
+    for feed in calibration(4, seed=1):
+        (got,) = session.run(None, feed)
+        np.testing.assert_allclose(got, reference.run(None, feed)[0], rtol=1e-4, atol=1e-4)
+
+
+@requires_int8
+@pytest.mark.usefixtures("offload_everything")
+def test_int8_quantizes_the_matmuls_on_weights_and_leaves_attention_float32(
+    tmp_path: Path,
+) -> None:
+    from infer.graph.quantize import quantize_int8
+
+    model = attention_block()
+    rng = np.random.default_rng(4)
+    samples = [{"x": rng.standard_normal((2, 16, 32)).astype(np.float32)} for _ in range(8)]
+    artifact = infer.compile(model, output=tmp_path / "int8", precision="int8", calibration=samples)
+    offloaded = artifact.manifest.pipeline["offload"]
+    assert offloaded["matmul"] == 5 and offloaded["int8"] == 3  # the batched two stay f32
+    qdq = quantize_int8(model, samples, "attention")
+    assert sum(n.op_type == "QuantizeLinear" for n in qdq.graph.node) == 2  # x, the context
+    reference = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((3, 16, 32)).astype(np.float32)
+    (got,) = infer.Session(artifact.path, threads=1).run(None, {"x": x})
+    np.testing.assert_allclose(got, reference.run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+@requires_int8
+def test_int8_builds_are_cached_by_their_calibration(tmp_path: Path) -> None:
+    path = save(onnx_models.conv_net(), tmp_path)
+    first = infer.compile(path, precision="int8", calibration=calibration(4))
+    again = infer.compile(path, precision="int8", calibration=calibration(4))
+    other = infer.compile(path, precision="int8", calibration=calibration(4, seed=2))
+    assert again.cache_hit and again.path == first.path
+    assert other.path != first.path and infer.compile(path).path not in (first.path, other.path)
+
+
+@requires_int8
+def test_the_cli_takes_calibration_inputs_and_names_what_is_missing(tmp_path: Path) -> None:
+    path = save(onnx_models.conv_net(), tmp_path)
+    np.savez(tmp_path / "cal.npz", x=np.stack([s["x"] for s in calibration(6)]))
+    runner = CliRunner()
+    args = ["--quiet", "compile", str(path), "-o", str(tmp_path / "out")]
+    result = runner.invoke(
+        cli, [*args, "--precision", "int8", "--calibration", str(tmp_path / "cal.npz")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Please consider" not in result.output  # the quantizer's advice is not ours to give
+    shown = runner.invoke(cli, ["--quiet", "inspect", str(tmp_path / "out")])
+    assert "precision: int8" in shown.output, shown.output
+    assert "calibrated on 6 samples" in shown.output, shown.output
+    missing = runner.invoke(cli, [*args[:3], "--precision", "int8"])
+    assert missing.exit_code != 0 and "precision int8 needs calibration inputs" in missing.output
+    stray = runner.invoke(cli, [*args[:3], "--calibration", str(tmp_path / "cal.npz")])
+    assert stray.exit_code != 0 and "calibration inputs are for precision int8" in stray.output
+
+
+def test_targets_without_vnni_are_refused_int8(tmp_path: Path) -> None:
+    path = save(onnx_models.conv_net(), tmp_path)
+    with pytest.raises(CompileError, match=r"-mcpu=haswell has no 8-bit .*avx512_vnni"):
+        infer.compile(path, target="llvm -mcpu=haswell", precision="int8")

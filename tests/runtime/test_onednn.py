@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from infer.runtime import onednn
-from tests.conftest import requires_bf16, to_bf16
+from tests.conftest import requires_bf16, requires_int8, to_bf16
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="oneDNN is not installed")
 
@@ -250,3 +250,68 @@ def test_bf16_matmul_on_weights_computes_on_bf16_rounded_operands(k: int, n: int
 
     bf16_error, f32_error = _bf16_and_f32_errors(got, (x, w), reference)
     assert bf16_error < 1e-5 and f32_error > 1e-3, (bf16_error, f32_error)
+
+
+def per_channel_int8(w: np.ndarray, axis: int) -> np.ndarray:
+    """Return w quantized symmetric per channel of axis to 127 levels and back (the weights an
+    int8 kernel computes with), written from ONNX Runtime's symmetric int8 rule."""
+    other = tuple(a for a in range(w.ndim) if a != axis % w.ndim)
+    scale = np.abs(w).max(axis=other, keepdims=True) / 127
+    return (np.clip(np.rint(w / scale), -127, 127) * scale).astype(np.float32)
+
+
+def source_8bit(shape: tuple[int, ...], dtype: Any, seed: int) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return np.random.default_rng(seed).integers(info.min, info.max + 1, shape).astype(dtype)
+
+
+@requires_int8
+@pytest.mark.parametrize(("source", "zero"), [(np.uint8, 131), (np.int8, -7), (np.uint8, 0)])
+@pytest.mark.parametrize("groups", [1, 16])
+def test_int8_conv2d_reads_the_8bit_source_and_quantizes_the_weights(
+    source: Any, zero: int, groups: int
+) -> None:
+    # x = (q - zero) * scale as the model dequantizes it; the weights quantized per output
+    # channel; int32 accumulation is exact, so the result is ONNX Runtime's float convolution
+    # of exactly those values, far from that of the float32 weights.
+    rng = np.random.default_rng(7)
+    q = source_8bit((1, 16, 9, 11), source, seed=groups)
+    scale = np.float32(0.05)
+    x = ((q.astype(np.float32) - zero) * scale).astype(np.float32)
+    w = rng.standard_normal((32, 16 // groups, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(32, dtype=np.float32)
+    attrs = {"pads": [1, 1, 1, 1], "group": groups, "strides": [2, 1]}
+    config = {
+        "data_layout": "NHWC", "kernel_layout": "HWIO", "groups": groups, "strides": [2, 1],
+        "padding": [1, 1, 1, 1], "dilation": [1, 1], "post_ops": [["relu", 0.0, 0.0]],
+        "precision": "int8",
+    }  # fmt: skip
+    want = ort_conv(x, per_channel_int8(w, 0), b, True, **attrs)
+    got = call(
+        onednn.CONV2D, q.transpose(0, 2, 3, 1), w.transpose(2, 3, 1, 0), b,
+        np.array(scale), np.array(zero, np.int32),
+        config=config, out_shape=want.transpose(0, 2, 3, 1).shape,
+    ).transpose(0, 3, 1, 2)  # fmt: skip
+    top = float(np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * top)
+    assert np.abs(got - ort_conv(x, w, b, True, **attrs)).max() > 1e-4 * top
+
+
+@requires_int8
+@pytest.mark.parametrize(("k", "n"), [(96, 40), (40, 96)])  # a matmul; a 1x1 convolution
+def test_int8_matmul_on_weights_reads_the_8bit_source(k: int, n: int) -> None:
+    rng = np.random.default_rng(8)
+    q = source_8bit((3, 7, k), np.uint8, seed=k)
+    zero, scale = 128, np.float32(0.02)
+    w = rng.standard_normal((k, n), dtype=np.float32)
+    b = rng.standard_normal(n, dtype=np.float32)
+    config = {"weights": True, "post_ops": [], "precision": "int8"}
+    got = call(
+        onednn.MATMUL, q, w, b, np.array(scale), np.array(zero, np.int32),
+        config=config, out_shape=(3, 7, n),
+    )  # fmt: skip
+    x = (q.astype(np.float64) - zero) * scale
+    want = x @ per_channel_int8(w, 1).astype(np.float64) + b
+    top = float(np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * top)
+    assert np.abs(got - (x @ w.astype(np.float64) + b)).max() > 1e-4 * top
