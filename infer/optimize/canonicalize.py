@@ -179,15 +179,17 @@ def _static(expr: Any) -> bool:
     )
 
 
+def _rewrite_main(mod: Any, mutator_class: Any) -> Any:
+    main = mod["main"]
+    rewrite = mutator_class(mod, weight_params(main))
+    return replace_main(mod, rewrite, relax.analysis.remove_all_unused(rewrite.visit_expr(main)))
+
+
 def canonicalize_for_layout(mod: Any) -> Any:
     """Return mod with main's clamps as minimum/maximum and broadcast constants at full rank."""
-    main = mod["main"]
-    rewrite = _Canonicalize(mod, weight_params(main))
-    return replace_main(mod, rewrite, relax.analysis.remove_all_unused(rewrite.visit_expr(main)))
+    return _rewrite_main(mod, _Canonicalize)
 
 
 def spell_quantize(mod: Any) -> Any:
     """Return mod with main's per-tensor quantize and dequantize as elementwise operators."""
-    main = mod["main"]
-    rewrite = _SpellQuantize(mod, weight_params(main))
-    return replace_main(mod, rewrite, relax.analysis.remove_all_unused(rewrite.visit_expr(main)))
+    return _rewrite_main(mod, _SpellQuantize)

@@ -29,7 +29,7 @@ from infer.target import host_cpu_features, host_cpu_name
 __all__ = ["SCHEDULE_REVISION", "ParallelVectorize", "vector_bits"]
 
 # Bumped whenever the rule's output changes, so that compile caches do not serve older code.
-SCHEDULE_REVISION = 8
+SCHEDULE_REVISION = 9
 
 # Below this many iterations a parallel loop costs more in dispatch than it saves.
 MIN_PARALLEL_EXTENT = 2
@@ -162,10 +162,8 @@ class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
         ]
         if reduction:
             sch.reorder(*spatial, *reduction)
-        lanes, fewest = _lanes(sch, block, bits)
+        lanes, converts = _lanes(sch, block, bits)
         inner_extent = _static(sch.get(spatial[-1]).extent)
-        while inner_extent is not None and lanes > fewest and inner_extent % lanes:
-            lanes //= 2
         vector_loop = rows = None
         first_reduction = reduction[0] if reduction else None
         if (
@@ -191,10 +189,18 @@ class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
                     sch.reorder(*spatial, *middle, *inner_order)
                 else:
                     sch.reorder(*spatial, *reduction, *inner_order)
-        if vector_loop is None and inner_extent is None and not reduction and len(spatial) > 1:
+        if (
+            vector_loop is None
+            and (inner_extent is None or converts)
+            and not reduction
+            and len(spatial) > 1
+        ):
             # A symbolic innermost extent stays a loop of its own: fused with the others, every
             # element would recover its indices by divisions by symbolic extents (~40 cycles
             # each; an attention mask add over [batch, heads, seq, seq] ran at 3.5 ns/element).
+            # So does a conversion's that 32 lanes do not divide, for LLVM to vectorize: a
+            # quantize over 16 channels took 2.9 ms fused, 0.35 with 16 lanes, and TVM's own
+            # 16 lanes gather and store byte by byte elsewhere (1.3 ms against 0.13).
             spatial = spatial[:-1]
         fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
         extent = _static(sch.get(fused).extent)
@@ -250,14 +256,14 @@ class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
         return outer, [r_outer, *inner, *reduction[:-1], r_inner], r_outer
 
 
-def _lanes(sch: Any, block: Any, bits: int) -> tuple[int, int]:
-    """Return the vector lanes of a block, and the fewest worth taking where its inner extent
-    is not a multiple: a register of the type it writes, or two registers of the float type it
-    reads when that is wider (a conversion: f32 in, uint8 out), down to one. Timed on the
-    quantize kernels of int8 MobileNetV2 and PP-OCR det, AVX-512: 32 lanes 0.13, 0.44 and 1.4 ms;
-    16 lanes (one f32 register) 1.15, 0.67 and 3.3 ms; 64 (one uint8 register) 0.13 (not
-    vectorizable: LLVM's own loop), 4.1 and 8.9 ms; over 16 channels, 16 lanes 0.35 ms where
-    none (32 does not divide 16) took 2.9. The int64 indices of a gather do not count."""
+def _lanes(sch: Any, block: Any, bits: int) -> tuple[int, bool]:
+    """Return the vector lanes of a block, and whether it converts (reads a float type wider
+    than it writes: a quantize, f32 in and uint8 out). Lanes are a register of the type it
+    writes, or two registers of the wider type for a conversion. Timed on the quantize kernels
+    of int8 MobileNetV2 and PP-OCR det, AVX-512: 32 lanes 0.13, 0.44 and 1.4 ms; 16 lanes (one
+    f32 register) 1.15, 0.67 and 3.3 ms (TVM's vectors gather and store byte by byte there); 64
+    (one uint8 register) 0.13 (96 channels: LLVM vectorized the loop itself), 4.1 and 8.9 ms.
+    The int64 indices of a gather do not count."""
     stmt = sch.get(block)
     write_bits = max(int(w.source.dtype.bits) for w in stmt.writes) if stmt.writes else 32
     read_bits = [
@@ -267,9 +273,8 @@ def _lanes(sch: Any, block: Any, bits: int) -> tuple[int, int]:
     ]
     widest = max([*read_bits, write_bits])
     if widest > write_bits:
-        return max(1, 2 * bits // widest), max(1, bits // widest)
-    lanes = max(1, bits // max(write_bits, 8))
-    return lanes, lanes
+        return max(1, 2 * bits // widest), True
+    return max(1, bits // max(write_bits, 8)), False
 
 
 def _reuse_loop(sch: Any, info: Any) -> tuple[Any, int, list[Any]] | None:
