@@ -49,6 +49,11 @@ _COMMUTATIVE = frozenset(
 )
 
 
+def _fixed(expr: Any, weights: set[Any]) -> bool:
+    """Return whether expr is a constant or a weight: known before the model runs."""
+    return isinstance(expr, tvm.ir.GenericConst) or expr in weights
+
+
 def _rank(expr: Any) -> int | None:
     info = expr.ty
     if isinstance(info, relax.TensorType) and not info.is_missing() and info.ndim >= 0:
@@ -75,12 +80,9 @@ class _Canonicalize(PyExprMutator):  # type: ignore[misc]
         # ConvertLayout takes a binary operator's layout from its first operand: a constant
         # there has none, and the whole operator falls back to NCHW.
         a, b = call.args
-        if name in _COMMUTATIVE and self._fixed(a) and not self._fixed(b):
+        if name in _COMMUTATIVE and _fixed(a, self.weights) and not _fixed(b, self.weights):
             return relax.Call(call.op, [b, a], call.attrs)
         return call
-
-    def _fixed(self, expr: Any) -> bool:
-        return isinstance(expr, tvm.ir.GenericConst) or expr in self.weights
 
     def _clamp(self, call: Any) -> Any:
         condition, x, c = call.args
@@ -133,7 +135,7 @@ class _SpellQuantize(PyExprMutator):  # type: ignore[misc]
     def _scalar(self, expr: Any, rank: int, dtype: str) -> Any:
         """Return a one-element constant or weight as a tensor of rank dims of 1 in dtype (a
         weight's reshape and cast are lifted out of main with it), else None."""
-        if not ((isinstance(expr, tvm.ir.GenericConst) or expr in self.weights) and _static(expr)):
+        if not (_fixed(expr, self.weights) and _static(expr)):
             return None
         if any(int(d) != 1 for d in expr.ty.shape.values):
             return None

@@ -336,12 +336,13 @@ class _Kernel:
         self.memories = [lib.memory(md) for _, md in roles]
         args = [_ExecArg(arg, m.value) for (arg, _), m in zip(roles, self.memories, strict=True)]
         self.fixed = [array for _, _, array in fixed]  # the memory objects point into them
+        self.fixed_memories = []
         for arg, dtype, array in fixed:
             md = lib.md([array.size], [1], dtype)
             memory = lib.memory(md)
             lib.lib.dnnl_memory_desc_destroy(md)
             lib.lib.dnnl_memory_set_data_handle(memory, array.ctypes.data)
-            self.memories.append(memory)
+            self.fixed_memories.append(memory)
             args.append(_ExecArg(arg, memory.value))
         # The primitive's own scratchpad (a user-managed one; none when it needs none).
         scratchpad_md = ctypes.c_void_p(
@@ -376,7 +377,7 @@ class _Kernel:
             reorder([handles[0], converted])
             handles = [converted, *handles[1:]]
         # The VM's memory plan gives an operator the same buffers run after run.
-        for i, (memory, handle) in enumerate(zip(self.memories, handles, strict=False)):
+        for i, (memory, handle) in enumerate(zip(self.memories, handles, strict=True)):
             if self.handles[i] != handle:
                 lib.dnnl_memory_set_data_handle(memory, handle)
                 self.handles[i] = handle
@@ -390,7 +391,7 @@ class _Kernel:
         lib = getattr(self.lib, "lib", None)
         if lib is None:
             return
-        for memory in [*self.memories, self.scratchpad_memory]:
+        for memory in [*self.memories, *self.fixed_memories, self.scratchpad_memory]:
             if memory is not None:
                 lib.dnnl_memory_destroy(memory)
         lib.dnnl_primitive_destroy(self.primitive)
@@ -413,22 +414,31 @@ class OnednnState:
         self.threads = threads
         self.kernels: dict[tuple[Any, ...], _Kernel] = {}
         self.packed: dict[int, list[tuple[Any, np.ndarray]]] = {}
+        # Per-channel scales of the weights packed in int8, by (address, channel axis).
+        self.weight_scales: dict[tuple[int, int], np.ndarray] = {}
 
     def pack(
-        self, lib: _Library, pd: Any, weight: Any, user_md: Any, source: np.ndarray | None = None
+        self, lib: _Library, pd: Any, weight: Any, user_md: Any, int8_axis: int | None = None
     ) -> tuple[Any, np.ndarray]:
         """Return (memory descriptor, buffer) of weight reordered to the layout pd wants, reusing
-        an earlier reorder of the same weight into the same layout; source holds the weight's
-        values in user_md's type when it is not weight's own (int8 weights)."""
+        an earlier reorder of the same weight into the same layout. With int8_axis, user_md is
+        int8 and the weight is quantized per channel of that axis first, its scales kept in
+        weight_scales: once per session, not once per input shape."""
         wanted = lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_WEIGHTS_MD, 0)
         address = weight.data_ptr()
         for md, buffer in self.packed.get(address, []):
             if lib.lib.dnnl_memory_desc_equal(md, wanted):
                 return md, buffer
+        source = address
+        if int8_axis is not None:
+            values, self.weight_scales[address, int8_axis] = _quantize_weights(
+                np.from_dlpack(weight), int8_axis
+            )
+            source = values.ctypes.data
         # The query result belongs to pd, which is destroyed once the primitive exists: keep a copy.
         md = _copy_md(lib, wanted)
         reorder, buffer = _reorder(lib, user_md, md, "weight reorder")
-        reorder([address if source is None else source.ctypes.data, _aligned_address(buffer)])
+        reorder([source, _aligned_address(buffer)])
         self.packed.setdefault(address, []).append((md, buffer))
         return md, buffer
 
@@ -689,17 +699,16 @@ def _finish(
     if attr is not None:
         lib.lib.dnnl_primitive_attr_destroy(attr)
     src, compute_src = sources
+    int8_axis = out_axis if quant is not None else None
+    packed = state.pack(lib, pd, w, user_w, int8_axis) if pack else None
     fixed: list[tuple[int, int, np.ndarray]] = []
-    source = None
     if quant is not None:
-        source, weight_scales = _quantize_weights(np.from_dlpack(w), out_axis)
         fixed = [
             (_ARG_ATTR_SCALES | _ARG_SRC, _F32, np.array([quant.scale], np.float32)),
-            (_ARG_ATTR_SCALES | _ARG_WEIGHTS, _F32, weight_scales),
+            (_ARG_ATTR_SCALES | _ARG_WEIGHTS, _F32, state.weight_scales[w.data_ptr(), out_axis]),
         ]
         if quant.zero:
             fixed.append((_ARG_ATTR_ZERO_POINTS | _ARG_SRC, _S32, np.array([quant.zero], np.int32)))
-    packed = state.pack(lib, pd, w, user_w, source) if pack else None
     roles = [
         (_ARG_SRC, compute_src),
         (_ARG_WEIGHTS, packed[0] if packed else user_w),

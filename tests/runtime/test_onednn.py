@@ -315,3 +315,24 @@ def test_int8_matmul_on_weights_reads_the_8bit_source(k: int, n: int) -> None:
     top = float(np.abs(want).max())
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * top)
     assert np.abs(got - (x @ w.astype(np.float64) + b)).max() > 1e-4 * top
+
+
+@requires_int8
+def test_int8_weights_are_quantized_once_per_session_whatever_the_rows() -> None:
+    import tvm
+
+    onednn.register()
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((64, 16), dtype=np.float32)
+    weights, scale = tensor(w), tensor(np.array(0.02, np.float32))
+    state = onednn.OnednnState(threads=1)
+    function = tvm.get_global_func(onednn.MATMUL)
+    config = json.dumps({"weights": True, "post_ops": [], "precision": "int8"})
+    with onednn.active(state):
+        for rows in (3, 40):
+            q = source_8bit((rows, 64), np.uint8, seed=rows)
+            out = tensor(np.zeros((rows, 16), np.float32))
+            function(tensor(q), weights, scale, tensor(np.array(5, np.int32)), config, out)
+            want = ((q.astype(np.float64) - 5) * np.float32(0.02)) @ per_channel_int8(w, 1)
+            np.testing.assert_allclose(out.numpy(), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    assert len(state.kernels) == 2 and list(state.weight_scales) == [(weights.data_ptr(), -1)]
