@@ -49,7 +49,7 @@ from infer.parity import (
     random_feeds,
 )
 from infer.progress import Progress
-from infer.reference import ReferenceSession
+from infer.reference import ReferenceFailed, ReferenceSession, SpecReference
 from infer.runtime.session import Session
 from infer.sources import ModelSource, resolve_model
 from infer.target import parse_target
@@ -98,14 +98,13 @@ def _parity(
     """Return the artifact's parity against ONNX Runtime, and against the framework when given:
     on seeded random feeds, or on the samples given (each output's results stacked)."""
     session = Session(artifact_dir, threads=threads)
-    reference = ReferenceSession(proto, threads)
-    if samples:
-        got, want = _run_samples(session, reference, samples)
-        feeds: Mapping[str, Any] = samples[0]
-    else:
-        feeds = random_feeds(session.get_inputs(), seed=seed, dims=dims)
-        want = reference.run(feeds)
-        got = session.run(None, feeds)
+    reference: ReferenceSession | SpecReference
+    try:
+        reference = ReferenceSession(proto, threads)
+        feeds, got, want = _reference_run(session, reference, seed, dims, samples)
+    except ReferenceFailed as exc:
+        reference = SpecReference(proto, why=str(exc))
+        feeds, got, want = _reference_run(session, reference, seed, dims, samples)
     outputs = session.get_outputs()
     quantized = any(n.op_type in QUANTIZING_OPS for n in iter_nodes(proto.graph))
     precision = session.manifest.precision
@@ -117,8 +116,26 @@ def _parity(
     return report, compare_outputs(outputs, got, own, label, seed, precision=precision)
 
 
+def _reference_run(
+    session: Session,
+    reference: ReferenceSession | SpecReference,
+    seed: int,
+    dims: Mapping[str, int] | None,
+    samples: Sequence[Mapping[str, Any]],
+) -> tuple[Mapping[str, Any], list[Any], list[Any]]:
+    """Return (the feeds, ours, the reference's outputs): of the samples when given, stacked,
+    else of seeded random feeds."""
+    if samples:
+        got, want = _run_samples(session, reference, samples)
+        return samples[0], got, want
+    feeds = random_feeds(session.get_inputs(), seed=seed, dims=dims)
+    return feeds, session.run(None, feeds), reference.run(feeds)
+
+
 def _run_samples(
-    session: Session, reference: ReferenceSession, samples: Sequence[Mapping[str, Any]]
+    session: Session,
+    reference: ReferenceSession | SpecReference,
+    samples: Sequence[Mapping[str, Any]],
 ) -> tuple[list[Any], list[Any]]:
     """Return (ours, the reference's) outputs of every sample, stacked along their first axis
     (a batch of classes gives its top-1 agreement per sample)."""

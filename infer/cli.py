@@ -21,6 +21,7 @@ from infer.bench import MIN_SECONDS as BENCH_SECONDS
 from infer.errors import InferError, InputError, PipelineError
 from infer.optimize.precision import PRECISIONS
 from infer.optimize.tuning import DEFAULT_TRIALS as TUNE_TRIALS
+from infer.signature import CODED_DTYPES
 
 __all__ = ["main"]
 
@@ -326,7 +327,9 @@ def _output_table(title: str, names: Sequence[str], arrays: Sequence[np.ndarray]
     for column in ("output", "dtype", "shape", "min", "max", "mean"):
         numeric = column in ("min", "max", "mean")
         table.add_column(column, justify="right" if numeric else "left", overflow="fold")
-    for name, array in zip(names, arrays, strict=True):
+    for name, given in zip(names, arrays, strict=True):
+        # Narrow types (float8, int4, ...) summarised by their values.
+        array = given.astype(np.float32) if given.dtype.name in CODED_DTYPES else given
         if array.size and array.dtype.kind in "biuf":
             stats = [
                 f"{array.min():.6g}",
@@ -335,7 +338,7 @@ def _output_table(title: str, names: Sequence[str], arrays: Sequence[np.ndarray]
             ]
         else:
             stats = ["-", "-", "-"]
-        table.add_row(name, array.dtype.name, str(tuple(array.shape)), *stats)
+        table.add_row(name, given.dtype.name, str(tuple(array.shape)), *stats)
     return table
 
 

@@ -9,9 +9,21 @@ import numpy as np
 import onnx
 
 from infer.errors import CompileError
-from infer.signature import TensorSpec
+from infer.signature import TensorSpec, numpy_dtype
 
-__all__ = ["ReferenceSession", "SessionOnOnnxRuntime"]
+__all__ = ["ReferenceFailed", "ReferenceSession", "SessionOnOnnxRuntime", "SpecReference"]
+
+# ONNX Runtime's type names of the narrow types it hands back as uint8 codes.
+_ORT_CODED = {
+    "tensor(float8e4m3fn)": "float8_e4m3fn",
+    "tensor(float8e4m3fnuz)": "float8_e4m3fnuz",
+    "tensor(float8e5m2)": "float8_e5m2",
+    "tensor(float8e5m2fnuz)": "float8_e5m2fnuz",
+}
+
+
+class ReferenceFailed(CompileError):
+    """The reference runtime cannot load or run the model."""
 
 
 class ReferenceSession:
@@ -34,14 +46,46 @@ class ReferenceSession:
                 providers=["CPUExecutionProvider"],
             )
         except Exception as exc:
-            raise CompileError(f"ONNX Runtime cannot load the model for reference: {exc}") from None
+            raise ReferenceFailed(
+                f"ONNX Runtime cannot load the model for reference: {exc}"
+            ) from None
+        self._views = [
+            numpy_dtype(_ORT_CODED[o.type]) if o.type in _ORT_CODED else None
+            for o in self._session.get_outputs()
+        ]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Return every output for feeds, as numpy arrays in ONNX output order."""
         try:
             outputs: list[Any] = self._session.run(None, dict(feeds))
         except Exception as exc:
-            raise CompileError(f"ONNX Runtime failed on the reference run: {exc}") from None
+            raise ReferenceFailed(f"ONNX Runtime failed on the reference run: {exc}") from None
+        arrays = [np.asarray(o) for o in outputs]
+        return [a if v is None else a.view(v) for a, v in zip(arrays, self._views, strict=True)]
+
+
+class SpecReference:
+    """The ONNX reference evaluator (numpy written from the spec): the reference for models
+    ONNX Runtime cannot run (int4 outputs, float8 FNUZ arithmetic), named in the report."""
+
+    def __init__(self, model: onnx.ModelProto, why: str) -> None:
+        from onnx.reference import ReferenceEvaluator
+
+        self.version = f"the onnx {onnx.__version__} reference evaluator ({why})"
+        try:
+            self._evaluator = ReferenceEvaluator(model)
+        except Exception as exc:
+            raise ReferenceFailed(f"{why}; nor can onnx's reference evaluator: {exc}") from None
+        self._why = why
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Return every output for feeds, as numpy arrays in ONNX output order."""
+        try:
+            outputs = self._evaluator.run(None, dict(feeds))
+        except Exception as exc:
+            raise ReferenceFailed(
+                f"{self._why}; nor can onnx's reference evaluator: {type(exc).__name__}: {exc}"
+            ) from None
         return [np.asarray(o) for o in outputs]
 
 

@@ -6,10 +6,36 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Dim", "TensorSpec", "concrete_shape"]
+import numpy as np
+
+__all__ = ["CODED_DTYPES", "Dim", "TensorSpec", "concrete_shape", "numpy_dtype"]
 
 Dim = int | str
 """A dimension: a fixed size, or the name of a symbolic one ("batch")."""
+
+# The narrow types (ml_dtypes' names) a compiled model holds as one uint8 code per element
+# (infer/graph/narrow.py): the session views such feeds and outputs as uint8 and back.
+CODED_DTYPES = frozenset(
+    {
+        "float8_e4m3fn",
+        "float8_e4m3fnuz",
+        "float8_e5m2",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+        "float4_e2m1fn",
+        "int4",
+        "uint4",
+        "int2",
+        "uint2",
+    }
+)
+
+
+def numpy_dtype(name: str) -> np.dtype[Any]:
+    """Return the numpy dtype of a spec's dtype name, ml_dtypes' (bfloat16, float8, ...) too."""
+    if name in CODED_DTYPES or name == "bfloat16":
+        import ml_dtypes  # noqa: F401  (registers its types' names with numpy)
+    return np.dtype(name)
 
 
 @dataclass(frozen=True)

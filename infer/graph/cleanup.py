@@ -428,13 +428,16 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     from infer.graph.constants import fold_constants
     from infer.graph.legalize import legalize
     from infer.graph.legalize_quant import float_matmul_integer
+    from infer.graph.narrow import narrow_as_bytes
     from infer.graph.symbolic import rebuild_shape_inputs
 
     # Folding first gives legalization static shapes; again after, for what it adds (zeros).
     # Shape inputs still computed at run time are rebuilt before legalization (which rewrites
     # some shape arithmetic into forms the symbolic inference does not follow) and after it
     # (for what function bodies add); folding drops the arithmetic they leave dead.
-    folded = fold_constants(float_matmul_integer(constant_initializers(model)))
+    # Narrow types first: folding and legalization then see uint8 codes and float arithmetic.
+    narrowed = narrow_as_bytes(constant_initializers(model))
+    folded = fold_constants(float_matmul_integer(narrowed))
     cleaned = fold_constants(legalize(rebuild_shape_inputs(folded)))
     rebuilt = rebuild_shape_inputs(cleaned)
     if rebuilt is not cleaned:

@@ -36,7 +36,7 @@ __all__ = [
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # Ops TVM imports that are still rewritten here (for speed); left silently when not possible.
-_TVM_HAS = frozenset({"Cast", "CastLike", "Clip", "Gather", "Reshape"})
+_TVM_HAS = frozenset({"Clip", "DequantizeLinear", "Gather", "QuantizeLinear", "Reshape"})
 # The doc_string of the nodes a legalization emits.
 LEGALIZED = "infer: legalized"
 # Initializers up to this size are offered to legalizations as constants.
@@ -441,56 +441,6 @@ def _clip_bound(g: Emitter, name: str, value: str | float) -> float | None:
     return float(array.reshape(()))
 
 
-# Float8 types: (largest finite value, the value from which rounding overflows, has infinity).
-# The FNUZ variants are left out: TVM 0.27 encodes them with the wrong exponent bias (values
-# come out halved), so partitioning sends those casts to ONNX Runtime.
-_FLOAT8: dict[int, tuple[float, float, bool]] = {
-    int(onnx.TensorProto.FLOAT8E4M3FN): (448.0, 464.0, False),
-    int(onnx.TensorProto.FLOAT8E5M2): (57344.0, 61440.0, True),
-}
-_FLOAT8_SOURCES = frozenset(
-    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
-)
-
-
-def Cast(g: Emitter, input: str, *, to: int, saturate: int = 1) -> list[str]:
-    """Return [input cast to float8] with the spec's saturation, NaN and infinity rules.
-
-    TVM's cast to float8 truncates bits: out-of-range values, infinities and NaN come out as
-    unrelated numbers. In-range values round correctly, so only those three are fixed here.
-    """
-    if to not in _FLOAT8:
-        raise NotLegalizable("not a cast to float8")
-    source = g.types.get(input)
-    if source not in _FLOAT8_SOURCES:
-        raise NotLegalizable("a float8 cast from a type other than float16/32/64")
-    largest, overflow, has_inf = _FLOAT8[to]
-    src = helper.tensor_dtype_to_np_dtype(source)
-    dst = helper.tensor_dtype_to_np_dtype(to)
-    nan = g.const(np.array(np.nan, dtype=np.float32).astype(dst), dst)
-    is_nan = g.op("IsNaN", input)
-    if saturate:
-        clipped = g.op("Clip", input, g.const(-largest, src), g.const(largest, src))
-        return [str(g.op("Where", is_nan, nan, g.op("Cast", clipped, to=to)))]
-    cast = g.op("Cast", input, to=to)
-    too_big = g.op("Greater", g.op("Abs", input), g.const(overflow, src))
-    if has_inf:
-        inf = g.const(np.array(np.inf, dtype=np.float32).astype(dst), dst)
-        minus_inf = g.const(np.array(-np.inf, dtype=np.float32).astype(dst), dst)
-        negative = g.op("Less", input, g.const(0, src))
-        infinite = g.op("Where", negative, minus_inf, inf)
-        return [str(g.op("Where", is_nan, nan, g.op("Where", too_big, infinite, cast)))]
-    return [str(g.op("Where", g.op("Or", is_nan, too_big), nan, cast))]
-
-
-def CastLike(g: Emitter, input: str, target_type: str, *, saturate: int = 1) -> list[str]:
-    """Return [input cast to target_type's type], float8 targets as in Cast."""
-    to = g.types.get(target_type)
-    if to is None:
-        raise NotLegalizable("the target type is unknown")
-    return Cast(g, input, to=to, saturate=saturate)
-
-
 def Reshape(g: Emitter, data: str, shape: str, *, allowzero: int = 0) -> list[str]:
     """Return [data as a 1-element vector] for a scalar reshaped to [1] or [-1]: as Unsqueeze,
     which TVM's importer takes for the scalars of shape arithmetic (its Reshape refuses them:
@@ -504,8 +454,6 @@ def Reshape(g: Emitter, data: str, shape: str, *, allowzero: int = 0) -> list[st
 
 LEGALIZATIONS: dict[str, Callable[..., list[str]]] = {
     "Reshape": Reshape,
-    "Cast": Cast,
-    "CastLike": CastLike,
     "LSTM": LSTM,
     "GRU": GRU,
     "RNN": RNN,

@@ -19,12 +19,18 @@ from onnx import numpy_helper
 
 from infer.graph.legalize import Emitter, NotLegalizable
 
-__all__ = ["QUANT_LEGALIZATIONS", "float_matmul_integer"]
+__all__ = ["QUANT_LEGALIZATIONS", "float_matmul_integer", "quant_param"]
 
 ROUND_OPSET = 11  # Round, and Clip's bounds as inputs
 _INT_RANGES: dict[int, tuple[int, int]] = {
     onnx.TensorProto.UINT8: (0, 255),
     onnx.TensorProto.INT8: (-128, 127),
+}
+# Blocked quantization's integer types, and their ranges.
+_BLOCKED_RANGES: dict[int, tuple[int, int]] = {
+    **_INT_RANGES,
+    onnx.TensorProto.UINT16: (0, 65535),
+    onnx.TensorProto.INT16: (-32768, 32767),
 }
 _FLOAT = onnx.TensorProto.FLOAT
 _DOUBLE = onnx.TensorProto.DOUBLE
@@ -40,6 +46,93 @@ def _per_axis(g: Emitter, value: str, rank: int, axis: int) -> str:
     shape = [1] * rank
     shape[axis] = -1
     return str(g.op("Reshape", value, g.const(shape)))
+
+
+def quant_param(
+    g: Emitter, value: str, x_shape: tuple[int | None, ...], axis: int, block_size: int
+) -> str:
+    """Return a scale or zero point shaped to broadcast against x: per tensor, per axis, or
+    per block of block_size along axis (repeated, then cut to x's length)."""
+    rank = len(x_shape)
+    axis = axis % rank if rank else 0
+    value_shape = g.shapes.get(value)
+    if value_shape is None or len(value_shape) == 0:
+        return value
+    if block_size:
+        length = x_shape[axis]
+        if length is None or any(d is None for d in value_shape):
+            raise NotLegalizable("a blocked scale of unknown size")
+        repeated = g.op("Unsqueeze", value, g.const([axis + 1]))
+        tiles = [1] * (rank + 1)
+        tiles[axis + 1] = block_size
+        tiled = g.op("Tile", repeated, g.const(tiles))
+        merged_shape = [int(d or 0) for d in value_shape]
+        merged_shape[axis] *= block_size
+        merged = g.op("Reshape", tiled, g.const(merged_shape))
+        return str(g.op("Slice", merged, g.const([0]), g.const([length]), g.const([axis])))
+    if len(value_shape) == 1 and rank > 1:
+        return _per_axis(g, value, rank, axis)
+    return value
+
+
+def DequantizeLinear(
+    g: Emitter,
+    x: str,
+    x_scale: str,
+    x_zero_point: str = "",
+    *,
+    axis: int = 1,
+    block_size: int = 0,
+    output_dtype: int = 0,
+) -> list[str]:
+    """Return [(x - zero point) * scale] for a blocked scale (TVM's converter refuses blocks)."""
+    shape = g.shapes.get(x)
+    if not block_size or shape is None or g.types.get(x) not in _BLOCKED_RANGES:
+        raise NotLegalizable("TVM's converter takes it")
+    value = g.op("Cast", x, to=onnx.TensorProto.INT32)
+    if x_zero_point:
+        zero = g.op("Cast", x_zero_point, to=onnx.TensorProto.INT32)
+        g.shapes[zero] = g.shapes.get(x_zero_point, ())
+        value = g.op("Sub", value, quant_param(g, zero, shape, axis, block_size))
+    scale32 = _cast(g, x_scale, _FLOAT)
+    g.shapes[scale32] = g.shapes.get(x_scale, ())
+    scaled = g.op(
+        "Mul", g.op("Cast", value, to=_FLOAT), quant_param(g, scale32, shape, axis, block_size)
+    )
+    to = output_dtype or g.types.get(x_scale, _FLOAT)
+    return [scaled if to == _FLOAT else str(g.op("Cast", scaled, to=to))]
+
+
+def QuantizeLinear(
+    g: Emitter,
+    x: str,
+    y_scale: str,
+    y_zero_point: str = "",
+    *,
+    axis: int = 1,
+    block_size: int = 0,
+    saturate: int = 1,
+    output_dtype: int = 0,
+    precision: int = 0,
+) -> list[str]:
+    """Return [x / scale rounded half to even, plus zero point, saturated] for a blocked scale."""
+    del saturate, precision  # saturate is for float8; precision only says how to divide
+    to = output_dtype or (g.types.get(y_zero_point) if y_zero_point else onnx.TensorProto.UINT8)
+    shape = g.shapes.get(x)
+    if not block_size or shape is None or to not in _BLOCKED_RANGES:
+        raise NotLegalizable("TVM's converter takes it")
+    scale32 = _cast(g, y_scale, _FLOAT)
+    g.shapes[scale32] = g.shapes.get(y_scale, ())
+    scaled = g.op(
+        "Round", g.op("Div", _cast(g, x, _FLOAT), quant_param(g, scale32, shape, axis, block_size))
+    )
+    if y_zero_point:
+        zero = _cast(g, y_zero_point, _FLOAT)
+        g.shapes[zero] = g.shapes.get(y_zero_point, ())
+        scaled = g.op("Add", scaled, quant_param(g, zero, shape, axis, block_size))
+    low, high = _BLOCKED_RANGES[to]
+    clipped = g.op("Clip", scaled, g.const(low, np.float32), g.const(high, np.float32))
+    return [str(g.op("Cast", clipped, to=to))]
 
 
 def _dequantize(
@@ -214,6 +307,8 @@ def _float_matmul(
 
 
 QUANT_LEGALIZATIONS: dict[str, Callable[..., list[str]]] = {
+    "DequantizeLinear": DequantizeLinear,
+    "QuantizeLinear": QuantizeLinear,
     "ConvInteger": ConvInteger,
     "QLinearConv": QLinearConv,
     "QLinearMatMul": QLinearMatMul,

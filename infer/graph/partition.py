@@ -21,6 +21,7 @@ from onnx import helper
 
 from infer.errors import UnsupportedOp
 from infer.graph.legalize import NOT_LEGALIZED
+from infer.graph.narrow import NARROW_TYPES
 from infer.graph.shapes import dims_of, inferred_types
 from infer.graph.support import TVM_CONTRIB_OPS, iter_nodes, supported_op_types
 
@@ -139,23 +140,12 @@ def _attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return helper.get_attribute_value(found) if found is not None else default
 
 
-_SUB_BYTE = frozenset(
-    {
-        onnx.TensorProto.INT4,
-        onnx.TensorProto.UINT4,
-        onnx.TensorProto.FLOAT4E2M1,
-        *(getattr(onnx.TensorProto, n) for n in ("INT2", "UINT2") if hasattr(onnx.TensorProto, n)),
-    }
-)
-
-
 def _elem_type(type_proto: onnx.TypeProto | None) -> int:
     if type_proto is None or not type_proto.HasField("tensor_type"):
         return 0
     return int(type_proto.tensor_type.elem_type)
 
 
-_FNUZ_TYPES = frozenset({onnx.TensorProto.FLOAT8E4M3FNUZ, onnx.TensorProto.FLOAT8E5M2FNUZ})
 # Cases TVM 0.27's converters take but compute wrongly (measured by tools/conformance.py).
 _TVM_WRONG: dict[str, tuple[Callable[[onnx.NodeProto], bool], str]] = {
     "LayerNormalization": (
@@ -163,10 +153,6 @@ _TVM_WRONG: dict[str, tuple[Callable[[onnx.NodeProto], bool], str]] = {
         "TVM's LayerNormalization does not compute the Mean/InvStdDev outputs",
     ),
     "NonMaxSuppression": (lambda n: True, "TVM's NonMaxSuppression returns no boxes"),
-    "Cast": (
-        lambda n: _attribute(n, "to") in _FNUZ_TYPES,
-        "TVM encodes float8 FNUZ types with the wrong exponent bias",
-    ),
     "BatchNormalization": (
         lambda n: bool(_attribute(n, "training_mode", 0)),
         "TVM's BatchNormalization ignores training_mode=1",
@@ -259,9 +245,11 @@ def partition(model: onnx.ModelProto, forced: Mapping[str, str] | None = None) -
         key = node_key(node)
         reason = forced[key] if key in forced else _tvm_rejects(node, supported)
         if reason is None and any(
-            _elem_type(types.get(name)) in _SUB_BYTE for name in [*reads[key], *node.output]
+            _elem_type(types.get(name)) in NARROW_TYPES for name in [*reads[key], *node.output]
         ):
-            reason = "TVM 0.27 reads sub-byte tensors (int4, int2, float4) past their buffers"
+            # What narrow.py could not turn into codes: TVM 0.27 reads sub-byte tensors past
+            # their buffers, and gets float8's NaN, saturation and FNUZ bias wrong.
+            reason = "a float8, float4, int4 or int2 value on an op infer does not spell on codes"
         if reason is None:
             unranked = [
                 name

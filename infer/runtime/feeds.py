@@ -10,7 +10,7 @@ import numpy as np
 
 from infer.config import Limits, limit_variable
 from infer.errors import InputError
-from infer.signature import TensorSpec, format_bytes, format_shape
+from infer.signature import TensorSpec, format_bytes, format_shape, numpy_dtype
 
 __all__ = ["check_feeds", "check_indices"]
 
@@ -32,7 +32,7 @@ def _as_array(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
 
 @functools.cache
 def _dtype(name: str) -> np.dtype[Any]:
-    return np.dtype(name)
+    return numpy_dtype(name)
 
 
 def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> list[np.ndarray]:

@@ -30,7 +30,7 @@ from infer.errors import ArtifactError, InferError, InputError
 from infer.native_stderr import drop_tvm_log_noise
 from infer.runtime.compat import check_compatible
 from infer.runtime.feeds import check_feeds, check_indices
-from infer.signature import TensorSpec
+from infer.signature import CODED_DTYPES, TensorSpec, numpy_dtype
 
 __all__ = ["Session"]
 
@@ -68,6 +68,11 @@ def _safetensors_dtype(name: str) -> np.dtype[Any]:
     if numpy_name is None:
         raise ValueError(f"dtype {name!r} is not one infer reads")
     return np.dtype(getattr(ml_dtypes, numpy_name, numpy_name))
+
+
+def _storage(dtype: str) -> str:
+    """Return the dtype a compiled model holds values of dtype in (codes for narrow types)."""
+    return "uint8" if dtype in CODED_DTYPES else dtype
 
 
 class Session:
@@ -111,9 +116,18 @@ class Session:
             onednn.register()
             self._onednn = onednn.OnednnState(self.threads)
             self._library_state = functools.partial(onednn.active, self._onednn)
+        # Narrow types (float8, int4, ...) run as uint8 codes: feeds and outputs are views.
+        self._coded_inputs = {
+            i for i, spec in enumerate(self.manifest.inputs) if spec.dtype in CODED_DTYPES
+        }
+        self._coded_outputs = {
+            i: numpy_dtype(spec.dtype)
+            for i, spec in enumerate(self.manifest.outputs)
+            if spec.dtype in CODED_DTYPES
+        }
         self._steps: list[_Step] = []
         if not self.manifest.segments:
-            dtypes = [s.dtype for s in self.manifest.outputs]
+            dtypes = [_storage(s.dtype) for s in self.manifest.outputs]
             self._steps.append(self._tvm_step(self.path, self.manifest.params, [], [], dtypes))
         for segment in self.manifest.segments:
             if segment["kind"] == TVM_SEGMENT:
@@ -165,7 +179,7 @@ class Session:
         if self._device.dlpack_device_type() == _DLPACK_CPU:
             self._param_addresses |= {self._address(p) for p in params}
         main = vm["main"]
-        wanted = [np.dtype(d) if d else None for d in dtypes]
+        wanted = [numpy_dtype(d) if d else None for d in dtypes]
         to_device = self._input_buffers() if self._cpu else self._to_device
 
         def run(args: list[np.ndarray]) -> list[np.ndarray]:
@@ -257,6 +271,10 @@ class Session:
         """Return the outputs named (all when None) as numpy arrays, in the order asked."""
         arrays = check_feeds(self.manifest.inputs, feeds)
         check_indices(self.manifest.index_checks, self.manifest.inputs, arrays)
+        if self._coded_inputs:
+            arrays = [
+                a.view(np.uint8) if i in self._coded_inputs else a for i, a in enumerate(arrays)
+            ]
         all_names = [s.name for s in self.manifest.outputs]
         if output_names is None:
             indices = list(range(len(all_names)))
@@ -285,7 +303,12 @@ class Session:
                     f"{self.path}: the library returned {len(outputs)} outputs, the manifest lists "
                     f"{len(all_names)}"
                 )
-            return [outputs[i] for i in indices]
+            return [self._as_declared(i, outputs[i]) for i in indices]
+
+    def _as_declared(self, index: int, array: np.ndarray) -> np.ndarray:
+        """Return an output in its declared dtype: narrow types come back from codes."""
+        dtype = self._coded_outputs.get(index)
+        return array if dtype is None else array.view(dtype)
 
     def _run_step(self, step: _Step, args: list[np.ndarray]) -> list[np.ndarray]:
         try:
