@@ -426,6 +426,7 @@ def _reader_counts(graph: onnx.GraphProto) -> dict[str, int]:
 def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return the model with every clean-up above applied; value names are kept."""
     from infer.graph.constants import fold_constants
+    from infer.graph.half import half_ops_in_float
     from infer.graph.legalize import legalize
     from infer.graph.legalize_quant import float_matmul_integer
     from infer.graph.narrow import narrow_as_bytes
@@ -438,7 +439,7 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     # Narrow types first: folding and legalization then see uint8 codes and float arithmetic.
     narrowed = narrow_as_bytes(constant_initializers(model))
     folded = fold_constants(float_matmul_integer(narrowed))
-    cleaned = fold_constants(legalize(rebuild_shape_inputs(folded)))
+    cleaned = fold_constants(half_ops_in_float(legalize(rebuild_shape_inputs(folded))))
     rebuilt = rebuild_shape_inputs(cleaned)
     if rebuilt is not cleaned:
         cleaned = fold_constants(rebuilt)

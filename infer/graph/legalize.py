@@ -35,8 +35,6 @@ __all__ = [
 ]
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
-# Ops TVM imports that are still rewritten here (for speed); left silently when not possible.
-_TVM_HAS = frozenset({"Clip", "DequantizeLinear", "Gather", "QuantizeLinear", "Reshape"})
 # The doc_string of the nodes a legalization emits.
 LEGALIZED = "infer: legalized"
 # Initializers up to this size are offered to legalizations as constants.
@@ -62,8 +60,10 @@ class Emitter:
         shapes: dict[str, tuple[int | None, ...]],
         constants: dict[str, np.ndarray] | None = None,
         types: dict[str, int] | None = None,
+        inputs: frozenset[str] = frozenset(),
     ):
         self.prefix = prefix
+        self.inputs = inputs  # the graph's inputs: values known only at run time
         self.opset = opset
         self.shapes = shapes
         self.constants = constants or {}
@@ -545,9 +545,16 @@ def _tables() -> dict[str, dict[str, Callable[..., list[str]]]]:
     from infer.graph.legalize_loops import LOOP_LEGALIZATIONS
     from infer.graph.legalize_ml import ML_DOMAIN, ML_LEGALIZATIONS
     from infer.graph.legalize_quant import QUANT_LEGALIZATIONS
+    from infer.graph.legalize_semantics import SEMANTIC_LEGALIZATIONS
     from infer.graph.legalize_signal import SIGNAL_LEGALIZATIONS
 
-    default = {**LEGALIZATIONS, **QUANT_LEGALIZATIONS, **LOOP_LEGALIZATIONS, **SIGNAL_LEGALIZATIONS}
+    default = {
+        **LEGALIZATIONS,
+        **QUANT_LEGALIZATIONS,
+        **LOOP_LEGALIZATIONS,
+        **SIGNAL_LEGALIZATIONS,
+        **SEMANTIC_LEGALIZATIONS,
+    }
     return {**dict.fromkeys(_DEFAULT_DOMAINS, default), ML_DOMAIN: ML_LEGALIZATIONS}
 
 
@@ -592,6 +599,7 @@ def _legalize_graph(graph: onnx.GraphProto, known: _Known, scope: str) -> int:
     for tensor in graph.initializer:
         if math.prod(tensor.dims) <= MAX_CONSTANT_ELEMENTS and tensor.name not in constants:
             constants[tensor.name] = numpy_helper.to_array(tensor)
+    inputs = frozenset(i.name for i in graph.input)
     for index, node in enumerate(graph.node):
         for attr in node.attribute:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
@@ -609,7 +617,9 @@ def _legalize_graph(graph: onnx.GraphProto, known: _Known, scope: str) -> int:
             nodes.extend(expanded if expanded is not None else [node])
             expansions += expanded is not None
             continue
-        g = Emitter(f"{scope}{node.op_type.lower()}{index}", opset, shapes, constants, types)
+        g = Emitter(
+            f"{scope}{node.op_type.lower()}{index}", opset, shapes, constants, types, inputs
+        )
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
         parameters = inspect.signature(function).parameters.values()
@@ -627,7 +637,7 @@ def _legalize_graph(graph: onnx.GraphProto, known: _Known, scope: str) -> int:
                 raise NotLegalizable("only float32 is legalized")
             outputs = function(g, *node.input, **attrs)
         except NotLegalizable as exc:
-            if node.op_type in _TVM_HAS:  # a rewrite for speed, not needed for coverage
+            if node.op_type in known.supported:  # TVM's converter takes the node as it is
                 nodes.append(node)
                 continue
             kept = onnx.NodeProto()

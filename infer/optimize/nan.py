@@ -117,10 +117,60 @@ def _broadcast(greater: bool) -> Any:
     return legalize
 
 
+def _reduction(greater: bool) -> Any:
+    """max (greater) or min over axes, from -inf (+inf) and keeping NaN. TVM's own starts
+    from the largest finite value: a row of -inf (an attention row fully masked) came out as
+    -3.4e38, so that a test for -inf failed and the row's NaN went on."""
+
+    def legalize(bb: Any, call: Any) -> Any:
+        x = call.args[0]
+        dtype = str(x.ty.dtype)
+        axis, keepdims = call.attrs.axis, bool(call.attrs.keepdims)
+        if not _float(dtype) or x.ty.ndim < 0:
+            reduce = topi.max if greater else topi.min
+            axes = None if axis is None else [int(a) for a in axis]
+            return bb.call_te(reduce, x, axes, keepdims)
+        ndim = x.ty.ndim
+        axes = sorted({int(a) % ndim for a in axis} if axis is not None else range(ndim))
+
+        def combine(a: Any, b: Any) -> Any:
+            wins = a > b if greater else a < b
+            # a NaN: a; b NaN: b. isnan, not a != a: the simplifier folds that to false.
+            return tirx.Select(tirx.Or(wins, tirx.isnan(a)), a, b)
+
+        def identity(t: Any) -> Any:
+            return tirx.const(float("-inf") if greater else float("inf"), t)
+
+        reducer = te.comm_reducer(combine, identity, name="max" if greater else "min")
+
+        def compute(data: Any) -> Any:
+            over = [te.reduce_axis((0, data.shape[a]), name=f"k{a}") for a in axes]
+            kept = [a for a in range(ndim) if a not in axes]
+            shape = (
+                [1 if a in axes else data.shape[a] for a in range(ndim)]
+                if keepdims
+                else [data.shape[a] for a in kept]
+            )
+
+            def at(*index: Any) -> Any:
+                position = dict(zip(axes, over, strict=True))
+                outer = iter(index if not keepdims else [index[a] for a in kept])
+                full = [position[a] if a in position else next(outer) for a in range(ndim)]
+                return reducer(data(*full), axis=over)
+
+            return te.compute(shape, at, "max" if greater else "min")
+
+        return bb.call_te(compute, x, primfunc_name_hint="max" if greater else "min")
+
+    return legalize
+
+
 # Passed to LegalizeOps as its customize_legalize_map.
 NAN_PRESERVING = {
     "relax.nn.relu": _relu,
     "relax.clip": _clip,
     "relax.maximum": _broadcast(greater=True),
     "relax.minimum": _broadcast(greater=False),
+    "relax.max": _reduction(greater=True),
+    "relax.min": _reduction(greater=False),
 }

@@ -31,3 +31,33 @@ def test_nan_stays_nan_as_in_onnxruntime(tmp_path: Path, op: str, attrs: dict[st
     (got,) = session.run(None, {"x": X})
     (want,) = ort.InferenceSession(model.SerializeToString()).run(None, {"x": X})
     np.testing.assert_array_equal(got, want)  # NaN where ONNX Runtime has NaN, nowhere else
+
+
+def test_max_and_min_reductions_start_from_infinity_and_keep_nan(tmp_path: Path) -> None:
+    # TVM's reductions started from the largest finite float: a row of -inf (an attention row
+    # fully masked) came out as -3.4e38, and a test for -inf downstream failed.
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["high"], axes=[1], keepdims=0),
+        helper.make_node("ReduceMin", ["x"], ["low"], axes=[0], keepdims=1),
+        helper.make_node("ReduceMax", ["x"], ["top"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "reduce",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [
+            helper.make_tensor_value_info("high", TensorProto.FLOAT, [3]),
+            helper.make_tensor_value_info("low", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("top", TensorProto.FLOAT, []),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = infer.compile(save(model, tmp_path), output=tmp_path / "a.infer", check=False).load()
+    x = np.array(
+        [[-np.inf] * 4, [np.inf, np.inf, 2.0, np.inf], [1.0, np.nan, -3.0, 0.5]], np.float32
+    )
+    high, low, top = session.run(None, {"x": x})
+    # numpy as the spec's reference (ONNX Runtime drops NaN in reductions)
+    np.testing.assert_array_equal(high, np.max(x, axis=1))
+    np.testing.assert_array_equal(low, np.min(x, axis=0, keepdims=True))
+    np.testing.assert_array_equal(top, np.max(x))
