@@ -328,6 +328,11 @@ def _output_table(title: str, names: Sequence[str], arrays: Sequence[np.ndarray]
         numeric = column in ("min", "max", "mean")
         table.add_column(column, justify="right" if numeric else "left", overflow="fold")
     for name, given in zip(names, arrays, strict=True):
+        if not isinstance(given, np.ndarray):  # a sequence, map or absent optional
+            kind = type(given).__name__
+            size = f"({len(given)} items)" if hasattr(given, "__len__") else "-"
+            table.add_row(name, kind, size, "-", "-", "-")
+            continue
         # Narrow types (float8, int4, ...) summarised by their values.
         array = given.astype(np.float32) if given.dtype.name in CODED_DTYPES else given
         if array.size and array.dtype.kind in "biuf":

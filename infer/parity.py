@@ -89,6 +89,8 @@ DEFAULT_INNER_SYMBOLIC_DIM = 32
 # Integer inputs are drawn from [0, RANDOM_INT_HIGH): they are often indices (Gather), and must
 # stay in bounds even of a dim of size 2.
 RANDOM_INT_HIGH = 2
+# Sequence inputs get this many random tensors.
+RANDOM_SEQUENCE_LENGTH = 2
 
 
 def random_feeds(
@@ -113,6 +115,9 @@ def random_feeds(
                 if isinstance(d, str) and d not in sizes:
                     sizes[d] = default_dim if d in leading else DEFAULT_INNER_SYMBOLIC_DIM
     for spec in specs:
+        if not spec.is_tensor:
+            feeds[spec.name] = _random_contained(spec, spec.container, sizes, default_dim, rng)
+            continue
         shape = concrete_shape(spec, sizes, default=default_dim)
         if shape is None:
             symbolic = [d for d in spec.shape if isinstance(d, str) and d not in (dims or {})]
@@ -142,6 +147,59 @@ def random_feeds(
                 f"input {spec.name!r}: cannot make random values of dtype {spec.dtype}"
             )
     return feeds
+
+
+def _random_contained(
+    spec: TensorSpec,
+    container: str,
+    sizes: Mapping[str, int],
+    default_dim: int | None,
+    rng: np.random.Generator,
+) -> Any:
+    """Return a random sequence (RANDOM_SEQUENCE_LENGTH tensors) or optional (present) feed."""
+    head, _, rest = container.partition("(")
+    inner = rest[:-1] if rest else ""
+    if head == "sequence":
+        return [
+            _random_contained(spec, inner, sizes, default_dim, rng)
+            for _ in range(RANDOM_SEQUENCE_LENGTH)
+        ]
+    if head == "optional":
+        return _random_contained(spec, inner, sizes, default_dim, rng)
+    shape = concrete_shape(spec, sizes, default=default_dim)
+    if head == "map" or not spec.dtype or shape is None or not spec.shape:
+        raise InputError(
+            f"input {spec.name!r} ({spec.container}): cannot make random values of it; "
+            "give the inputs"
+        )
+    dtype = numpy_dtype(spec.dtype)
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind in "iu":
+        return rng.integers(0, RANDOM_INT_HIGH, size=shape).astype(dtype)
+    return rng.random(shape) < 0.5
+
+
+def _leaves(value: Any) -> list[np.ndarray]:
+    """Return the tensors of an output, a sequence's, optional's or map's in order."""
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [leaf for v in value for leaf in _leaves(v)]
+    if isinstance(value, Mapping):
+        return [np.asarray([value[k] for k in sorted(value)])]
+    return [np.asarray(value)]
+
+
+def _flattened(got: Any, want: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return a container output's tensors and the reference's, each raveled into one array;
+    None when their structure differs (count, shapes or dtypes)."""
+    ours, theirs = _leaves(got), _leaves(want)
+    if [(a.shape, a.dtype) for a in ours] != [(a.shape, a.dtype) for a in theirs]:
+        return None
+    if not ours:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate([a.ravel() for a in ours]), np.concatenate([a.ravel() for a in theirs])
 
 
 @dataclass(frozen=True)
@@ -337,8 +395,14 @@ def compare_outputs(
     """Return the parity report of got (ours) against want (the reference), output by output;
     quantized widens the float tolerance (see QUANTIZING_OPS), a reduced precision applies its
     PRECISION_BOUNDS."""
-    compared = [
-        _compare(s.name, g, w, quantized, precision)
-        for s, g, w in zip(specs, got, want, strict=True)
-    ]
+    compared = []
+    for s, g, w in zip(specs, got, want, strict=True):
+        if not s.is_tensor:
+            pair = _flattened(g, w)
+            if pair is None:  # a different count or shape of tensors: nothing compares
+                inf = float("inf")
+                compared.append(OutputParity(s.name, s.container, inf, inf, 0.0, 0.0, 1, 1))
+                continue
+            g, w = pair
+        compared.append(_compare(s.name, g, w, quantized, precision))
     return ParityReport(reference, seed, compared, quantized, precision)

@@ -54,14 +54,13 @@ class ReferenceSession:
             for o in self._session.get_outputs()
         ]
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Return every output for feeds, as numpy arrays in ONNX output order."""
+    def run(self, feeds: Mapping[str, Any]) -> list[Any]:
+        """Return every output for feeds in ONNX output order (tensors as numpy arrays)."""
         try:
             outputs: list[Any] = self._session.run(None, dict(feeds))
         except Exception as exc:
             raise ReferenceFailed(f"ONNX Runtime failed on the reference run: {exc}") from None
-        arrays = [np.asarray(o) for o in outputs]
-        return [a if v is None else a.view(v) for a, v in zip(arrays, self._views, strict=True)]
+        return [_output(o, v) for o, v in zip(outputs, self._views, strict=True)]
 
 
 class SpecReference:
@@ -78,15 +77,24 @@ class SpecReference:
             raise ReferenceFailed(f"{why}; nor can onnx's reference evaluator: {exc}") from None
         self._why = why
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Return every output for feeds, as numpy arrays in ONNX output order."""
+    def run(self, feeds: Mapping[str, Any]) -> list[Any]:
+        """Return every output for feeds in ONNX output order (tensors as numpy arrays)."""
         try:
             outputs = self._evaluator.run(None, dict(feeds))
         except Exception as exc:
             raise ReferenceFailed(
                 f"{self._why}; nor can onnx's reference evaluator: {type(exc).__name__}: {exc}"
             ) from None
-        return [np.asarray(o) for o in outputs]
+        return [_output(o) for o in outputs]
+
+
+def _output(value: Any, view: np.dtype[Any] | None = None) -> Any:
+    """Return an output with tensors as arrays (narrow types viewed as such); sequences, maps
+    and absent optionals as they come (lists, dicts, None)."""
+    if isinstance(value, list | dict) or value is None:
+        return value
+    array = np.asarray(value)
+    return array if view is None else array.view(view)
 
 
 class SessionOnOnnxRuntime:

@@ -40,30 +40,48 @@ def numpy_dtype(name: str) -> np.dtype[Any]:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, numpy dtype name and shape of one model input or output."""
+    """Name, numpy dtype name and shape of one model input or output.
+
+    A sequence, optional or map value (run on ONNX Runtime) says so in container, from the
+    outside in ("sequence", "optional(sequence)", "sequence(map(int64))"); dtype and shape are
+    then its tensors' (dtype "" when ONNX leaves it open, shape () when the rank is unknown).
+    """
 
     name: str
     dtype: str
     shape: tuple[Dim, ...]
+    container: str = ""
 
     @property
     def is_static(self) -> bool:
         """Return True when every dim is a fixed size."""
         return all(isinstance(d, int) for d in self.shape)
 
+    @property
+    def is_tensor(self) -> bool:
+        """Return True for a plain tensor (not a sequence, optional or map)."""
+        return not self.container
+
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form stored in the manifest."""
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        data = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        return {**data, "container": self.container} if self.container else data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
         """Return the spec read back from its manifest JSON form."""
         shape = tuple(d if isinstance(d, str) else int(d) for d in data["shape"])
-        return cls(name=str(data["name"]), dtype=str(data["dtype"]), shape=shape)
+        container = str(data.get("container", ""))
+        return cls(str(data["name"]), str(data["dtype"]), shape, container)
 
     def __str__(self) -> str:
         dims = ", ".join(str(d) for d in self.shape)
-        return f"{self.name}: {self.dtype}[{dims}]"
+        tensor = f"{self.dtype}[{dims}]"
+        return (
+            f"{self.name}: {self.container}<{tensor}>"
+            if self.container
+            else f"{self.name}: {tensor}"
+        )
 
 
 def concrete_shape(

@@ -6,13 +6,21 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper
 
 import infer
 from infer.cli import cli
-from infer.errors import ArtifactError, CompileError, FallbackWarning, UnsupportedOpError
+from infer.errors import (
+    ArtifactError,
+    CompileError,
+    FallbackWarning,
+    InputError,
+    UnsupportedOpError,
+)
 from tests import onnx_models
 from tests.conftest import save
 
@@ -150,3 +158,54 @@ def test_an_op_tvm_gets_wrong_runs_on_onnxruntime_or_is_refused(tmp_path: Path) 
     feeds = {"boxes": boxes, "scores": np.array([[[0.9, 0.8, 0.7, 0.1]]], np.float32)}
     (got,) = art.load(threads=1).run(None, feeds)
     np.testing.assert_array_equal(got, [[0, 0, 0], [0, 0, 2], [0, 0, 3]])
+
+
+def sequence_model() -> onnx.ModelProto:
+    """A model with a sequence input and a sequence output, and tensor work between."""
+    seq = helper.make_tensor_sequence_value_info
+    nodes = [
+        helper.make_node("SequenceAt", ["parts", "first"], ["head"]),
+        helper.make_node("Relu", ["head"], ["r"]),
+        helper.make_node("Add", ["r", "x"], ["y"]),
+        helper.make_node("SplitToSequence", ["y"], ["pieces"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "sequences",
+        [
+            seq("parts", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]),
+            seq("pieces", TensorProto.FLOAT, None),
+        ],
+        [helper.make_tensor(name="first", data_type=TensorProto.INT64, dims=[], vals=[1])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_sequence_inputs_and_outputs_run_on_onnx_runtime_said_out_loud(tmp_path: Path) -> None:
+    model = sequence_model()
+    with pytest.warns(FallbackWarning, match=r"\(SequenceAt x1, SplitToSequence x1\)"):
+        art = infer.compile(model, output=tmp_path / "seq.infer")  # parity on random sequences
+    assert art.manifest.parity is not None and art.manifest.parity["status"] == "passed"
+    spec = art.manifest.inputs[0]
+    assert (spec.container, spec.dtype, spec.shape) == ("sequence", "float32", (2, 3))
+    assert art.manifest.outputs[1].container == "sequence"
+    session = art.load(threads=1)
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal((2, 3)).astype(np.float32) for _ in range(3)]
+    feeds = {"parts": parts, "x": rng.standard_normal((2, 3)).astype(np.float32)}
+    y, pieces = session.run(None, feeds)
+    want_y, want_pieces = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    np.testing.assert_allclose(y, want_y, rtol=1e-6)
+    assert len(pieces) == len(want_pieces) == 2
+    for got, want in zip(pieces, want_pieces, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(InputError, match=r"input 'parts': expected a list \(an ONNX sequence\)"):
+        session.run(None, {"parts": parts[0], "x": feeds["x"]})
+    with pytest.raises(InputError, match=r"input 'parts\[1\]': expected float32, got float64"):
+        session.run(None, {"parts": [parts[0], parts[1].astype(np.float64)], "x": feeds["x"]})
+    with pytest.raises(UnsupportedOpError):
+        infer.compile(model, output=tmp_path / "native.infer", fallback=False)

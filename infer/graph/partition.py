@@ -241,9 +241,15 @@ def partition(model: onnx.ModelProto, forced: Mapping[str, str] | None = None) -
     reads = {node_key(n): _reads(n) for n in body}  # subgraph scans, once per node
     kinds: dict[str, str] = {}
     producer_kind: dict[str, str] = {}
+    # Sequences, maps and optionals at the model's edge: TVM's segments take tensors only.
+    containers = {
+        v.name for v in [*graph.input, *graph.output] if not v.type.HasField("tensor_type")
+    }
     for node in body:
         key = node_key(node)
         reason = forced[key] if key in forced else _tvm_rejects(node, supported)
+        if reason is None and containers.intersection([*reads[key], *node.output]):
+            reason = "a sequence, map or optional input or output of the model"
         if reason is None and any(
             _elem_type(types.get(name)) in NARROW_TYPES for name in [*reads[key], *node.output]
         ):
@@ -319,7 +325,23 @@ def partition(model: onnx.ModelProto, forced: Mapping[str, str] | None = None) -
                 flops=sum(node_flops(n, types) for n in nodes),
             )
         )
+    # A TVM segment takes and gives tensors only: its nodes on a sequence, map or optional it
+    # would pass to or take from ONNX Runtime move there too, and the model is split again.
+    crossing: dict[str, str] = {}
+    for index, segment in enumerate(segments):
+        edge = [n for n in [*segment.inputs, *segment.outputs] if not _is_tensor(types.get(n))]
+        if segment.kind != TVM or not edge:
+            continue
+        for node in groups[order[index]]:
+            if set(edge).intersection([*reads[node_key(node)], *node.output]):
+                crossing[node_key(node)] = "a sequence, map or optional value between runtimes"
+    if crossing:
+        return partition(model, {**forced, **crossing})
     return Partition(segments, reasons)
+
+
+def _is_tensor(type_proto: onnx.TypeProto | None) -> bool:
+    return type_proto is None or type_proto.HasField("tensor_type")
 
 
 def _value_info(name: str, types: dict[str, onnx.TypeProto]) -> onnx.ValueInfoProto:

@@ -50,10 +50,39 @@ def _dtype_name(elem_type: int, what: str) -> str:
         raise ModelError(f"{what}: element type {name} has no numpy dtype") from None
 
 
+def _container(type_proto: onnx.TypeProto, what: str) -> tuple[str, onnx.TypeProto]:
+    """Return (the containers around a value's tensors, outside in, the tensors' type)."""
+    kind = type_proto.WhichOneof("value")
+    if kind == "sequence_type":
+        inner, tensor = _container(type_proto.sequence_type.elem_type, what)
+        return ("sequence" + (f"({inner})" if inner else "")), tensor
+    if kind == "optional_type":
+        inner, tensor = _container(type_proto.optional_type.elem_type, what)
+        return ("optional" + (f"({inner})" if inner else "")), tensor
+    if kind == "map_type":
+        key = _dtype_name(type_proto.map_type.key_type, what)
+        inner, tensor = _container(type_proto.map_type.value_type, what)
+        return (f"map({key}" + (f", {inner}" if inner else "") + ")"), tensor
+    if kind != "tensor_type":
+        raise ModelError(f"{what}: type {kind or 'missing'} is not one infer reads")
+    return "", type_proto
+
+
+def _container_spec(value: onnx.ValueInfoProto, what: str) -> TensorSpec:
+    container, tensor = _container(value.type, f"{what} {value.name!r}")
+    elem = tensor.tensor_type.elem_type
+    dtype = _dtype_name(elem, f"{what} {value.name!r}") if elem else ""
+    dims: list[Dim] = []
+    if tensor.tensor_type.HasField("shape"):
+        for i, dim in enumerate(tensor.tensor_type.shape.dim):
+            known = dim.HasField("dim_value") and dim.dim_value >= 0
+            dims.append(int(dim.dim_value) if known else dim.dim_param or f"{value.name}_dim{i}")
+    return TensorSpec(value.name, dtype, tuple(dims), container)
+
+
 def _spec(value: onnx.ValueInfoProto, what: str) -> TensorSpec:
     if not value.type.HasField("tensor_type"):
-        kind = value.type.WhichOneof("value") or "no type"
-        raise ModelError(f"{what} {value.name!r}: only tensors are supported, got {kind}")
+        return _container_spec(value, what)
     tensor_type = value.type.tensor_type
     dtype = _dtype_name(tensor_type.elem_type, f"{what} {value.name!r}")
     if not tensor_type.HasField("shape"):

@@ -35,8 +35,9 @@ def _dtype(name: str) -> np.dtype[Any]:
     return numpy_dtype(name)
 
 
-def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> list[np.ndarray]:
-    """Return the feeds as C-contiguous arrays in signature order; InputError naming what is wrong."""
+def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> list[Any]:
+    """Return the feeds as C-contiguous arrays in signature order (sequences as lists of them);
+    InputError naming what is wrong."""
     if not isinstance(feeds, Mapping):
         raise InputError(f"feeds must be a dict of input name to array, got {type(feeds).__name__}")
     valid = [s.name for s in specs]
@@ -49,9 +50,12 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> list[n
     missing = [n for n in valid if n not in feeds]
     if missing:
         raise InputError(f"missing input(s): {', '.join(repr(n) for n in missing)}")
-    arrays: list[np.ndarray] = []
+    arrays: list[Any] = []
     bound: dict[str, tuple[int, str]] = {}
     for spec in specs:
+        if not spec.is_tensor:
+            arrays.append(_contained(spec, feeds[spec.name], spec.container, spec.name))
+            continue
         array = _as_array(spec.name, feeds[spec.name], spec)
         if array.dtype != _dtype(spec.dtype):
             raise InputError(f"input {spec.name!r}: expected {spec.dtype}, got {array.dtype.name}")
@@ -93,6 +97,29 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> list[n
     return arrays
 
 
+def _contained(spec: TensorSpec, value: Any, container: str, where: str) -> Any:
+    """Return a sequence, optional or map feed as ONNX Runtime takes it (lists of arrays);
+    InputError naming the element that does not fit."""
+    head, _, rest = container.partition("(")
+    inner = rest[:-1] if rest else ""
+    if head == "optional":
+        return None if value is None else _contained(spec, value, inner, where)
+    if head == "map":
+        if not isinstance(value, Mapping):
+            raise InputError(f"input {where!r}: expected a dict, got {type(value).__name__}")
+        return dict(value)
+    if head == "sequence":
+        if not isinstance(value, list | tuple):
+            raise InputError(
+                f"input {where!r}: expected a list (an ONNX sequence), got {type(value).__name__}"
+            )
+        return [_contained(spec, v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    array = _as_array(where, value, spec)
+    if spec.dtype and array.dtype != _dtype(spec.dtype):
+        raise InputError(f"input {where!r}: expected {spec.dtype}, got {array.dtype.name}")
+    return np.ascontiguousarray(array)
+
+
 def check_indices(
     checks: Sequence[Mapping[str, Any]], specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]
 ) -> None:
@@ -106,6 +133,7 @@ def check_indices(
     symbols = {
         dim: size
         for spec, array in by_name.values()
+        if spec.is_tensor
         for dim, size in zip(spec.shape, array.shape, strict=True)
         if isinstance(dim, str)
     }

@@ -118,12 +118,14 @@ class Session:
             self._library_state = functools.partial(onednn.active, self._onednn)
         # Narrow types (float8, int4, ...) run as uint8 codes: feeds and outputs are views.
         self._coded_inputs = {
-            i for i, spec in enumerate(self.manifest.inputs) if spec.dtype in CODED_DTYPES
+            i
+            for i, spec in enumerate(self.manifest.inputs)
+            if spec.is_tensor and spec.dtype in CODED_DTYPES
         }
         self._coded_outputs = {
             i: numpy_dtype(spec.dtype)
             for i, spec in enumerate(self.manifest.outputs)
-            if spec.dtype in CODED_DTYPES
+            if spec.is_tensor and spec.dtype in CODED_DTYPES
         }
         self._steps: list[_Step] = []
         if not self.manifest.segments:
