@@ -49,13 +49,19 @@ def _per_axis(g: Emitter, value: str, rank: int, axis: int) -> str:
 
 
 def quant_param(
-    g: Emitter, value: str, x_shape: tuple[int | None, ...], axis: int, block_size: int
+    g: Emitter,
+    value: str,
+    source: str,
+    x_shape: tuple[int | None, ...],
+    axis: int,
+    block_size: int,
 ) -> str:
-    """Return a scale or zero point shaped to broadcast against x: per tensor, per axis, or
-    per block of block_size along axis (repeated, then cut to x's length)."""
+    """Return a scale or zero point (value, of the shape of the graph's source) shaped to
+    broadcast against x: per tensor, per axis, or per block of block_size along axis (repeated,
+    then cut to x's length)."""
     rank = len(x_shape)
     axis = axis % rank if rank else 0
-    value_shape = g.shapes.get(value)
+    value_shape = g.shapes.get(source, ())
     if value_shape is None or len(value_shape) == 0:
         return value
     if block_size:
@@ -92,12 +98,12 @@ def DequantizeLinear(
     value = g.op("Cast", x, to=onnx.TensorProto.INT32)
     if x_zero_point:
         zero = g.op("Cast", x_zero_point, to=onnx.TensorProto.INT32)
-        g.shapes[zero] = g.shapes.get(x_zero_point, ())
-        value = g.op("Sub", value, quant_param(g, zero, shape, axis, block_size))
+        value = g.op("Sub", value, quant_param(g, zero, x_zero_point, shape, axis, block_size))
     scale32 = _cast(g, x_scale, _FLOAT)
-    g.shapes[scale32] = g.shapes.get(x_scale, ())
     scaled = g.op(
-        "Mul", g.op("Cast", value, to=_FLOAT), quant_param(g, scale32, shape, axis, block_size)
+        "Mul",
+        g.op("Cast", value, to=_FLOAT),
+        quant_param(g, scale32, x_scale, shape, axis, block_size),
     )
     to = output_dtype or g.types.get(x_scale, _FLOAT)
     return [scaled if to == _FLOAT else str(g.op("Cast", scaled, to=to))]
@@ -122,14 +128,13 @@ def QuantizeLinear(
     if not block_size or shape is None or to not in _BLOCKED_RANGES:
         raise NotLegalizable("TVM's converter takes it")
     scale32 = _cast(g, y_scale, _FLOAT)
-    g.shapes[scale32] = g.shapes.get(y_scale, ())
     scaled = g.op(
-        "Round", g.op("Div", _cast(g, x, _FLOAT), quant_param(g, scale32, shape, axis, block_size))
+        "Round",
+        g.op("Div", _cast(g, x, _FLOAT), quant_param(g, scale32, y_scale, shape, axis, block_size)),
     )
     if y_zero_point:
         zero = _cast(g, y_zero_point, _FLOAT)
-        g.shapes[zero] = g.shapes.get(y_zero_point, ())
-        scaled = g.op("Add", scaled, quant_param(g, zero, shape, axis, block_size))
+        scaled = g.op("Add", scaled, quant_param(g, zero, y_zero_point, shape, axis, block_size))
     low, high = _BLOCKED_RANGES[to]
     clipped = g.op("Clip", scaled, g.const(low, np.float32), g.const(high, np.float32))
     return [str(g.op("Cast", clipped, to=to))]

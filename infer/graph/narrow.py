@@ -269,11 +269,9 @@ def _dequantize(
     value = _decode(g, x, source)
     if zero:
         zero_value = _decode(g, zero, source) if types.get(zero) in NARROW_TYPES else zero
-        g.shapes[zero_value] = g.shapes.get(zero, ())
-        value = g.op("Sub", value, quant_param(g, zero_value, shape, axis, block))
+        value = g.op("Sub", value, quant_param(g, zero_value, zero, shape, axis, block))
     scale32 = g.op("Cast", scale, to=_T.FLOAT)
-    g.shapes[scale32] = g.shapes.get(scale, ())
-    value = g.op("Mul", value, quant_param(g, scale32, shape, axis, block))
+    value = g.op("Mul", value, quant_param(g, scale32, scale, shape, axis, block))
     to = int(attrs.get("output_dtype", 0)) or types.get(scale, _T.FLOAT)
     return [value if to == _T.FLOAT else str(g.op("Cast", value, to=to))]
 
@@ -289,13 +287,11 @@ def _quantize(
     axis, block = int(attrs.get("axis", 1)), int(attrs.get("block_size", 0))
     x32 = g.op("Cast", x, to=_T.FLOAT)
     scale32 = g.op("Cast", scale, to=_T.FLOAT)
-    g.shapes[scale32] = g.shapes.get(scale, ())
-    scaled = g.op("Div", x32, quant_param(g, scale32, shape, axis, block))
+    scaled = g.op("Div", x32, quant_param(g, scale32, scale, shape, axis, block))
     zero_value = None
     if zero:
         zero_value = _decode(g, zero, to)
-        g.shapes[zero_value] = g.shapes.get(zero, ())
-        zero_value = quant_param(g, zero_value, shape, axis, block)
+        zero_value = quant_param(g, zero_value, zero, shape, axis, block)
     if to in _INTEGER_RANGES:
         low, high = _INTEGER_RANGES[to]
         rounded = g.op("Round", scaled)
