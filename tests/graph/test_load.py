@@ -178,3 +178,21 @@ def test_sha256_is_stable_and_content_based(tmp_path: Path) -> None:
     assert load_model(tmp_path / "m.onnx").sha256 == a
     other = onnx_models.mlp(hidden=8)
     assert load_model(other).sha256 != a
+
+
+def test_a_model_only_strict_shape_inference_objects_to_loads(tmp_path: Path) -> None:
+    # onnx's own function body of MeanVarianceNormalization-13 fails strict inference;
+    # ONNX Runtime runs the model, and so does infer.
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MeanVarianceNormalization", ["x"], ["y"])],
+        "mvn",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 2, 2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 2, 2])],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    with pytest.raises(onnx.shape_inference.InferenceError):
+        onnx.checker.check_model(model, full_check=True)
+    assert (
+        load_model(model.SerializeToString()).proto.graph.node[0].op_type
+        == "MeanVarianceNormalization"
+    )
