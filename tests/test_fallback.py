@@ -209,3 +209,26 @@ def test_sequence_inputs_and_outputs_run_on_onnx_runtime_said_out_loud(tmp_path:
         session.run(None, {"parts": [parts[0], parts[1].astype(np.float64)], "x": feeds["x"]})
     with pytest.raises(UnsupportedOpError):
         infer.compile(model, output=tmp_path / "native.infer", fallback=False)
+
+
+def test_a_classifier_with_zipmap_outputs_runs_its_zipmap_on_onnx_runtime(tmp_path: Path) -> None:
+    # skl2onnx's default classifier output is a sequence of maps (ZipMap): a common real model.
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+    model = to_onnx(LogisticRegression().fit(x, (x[:, 0] > 0).astype(int)), x[:1])
+    with pytest.warns(FallbackWarning, match=r"1 of 8 nodes run on ONNX Runtime \(ZipMap x1\)"):
+        art = infer.compile(model, output=tmp_path / "zipmap.infer")
+    assert art.manifest.parity is not None and art.manifest.parity["status"] == "passed"
+    assert art.manifest.outputs[1].container == "sequence(map(int64))"
+    labels, probabilities = art.load(threads=1).run(None, {"X": x[:3]})
+    want_labels, want_probabilities = ort.InferenceSession(model.SerializeToString()).run(
+        None, {"X": x[:3]}
+    )
+    np.testing.assert_array_equal(labels, want_labels)
+    assert [sorted(p) for p in probabilities] == [sorted(p) for p in want_probabilities]
+    for got, want in zip(probabilities, want_probabilities, strict=True):
+        np.testing.assert_allclose(
+            [got[k] for k in sorted(got)], [want[k] for k in sorted(want)], rtol=1e-5
+        )
