@@ -11,7 +11,14 @@ import numpy as np
 
 from infer.config import Limits, limit_variable
 from infer.errors import CompileError, InputError
-from infer.signature import CODED_DTYPES, TensorSpec, concrete_shape, format_bytes, numpy_dtype
+from infer.signature import (
+    CODED_DTYPES,
+    TensorSpec,
+    concrete_shape,
+    format_bytes,
+    numpy_dtype,
+    split_container,
+)
 
 __all__ = [
     "DEFAULT_SEED",
@@ -105,7 +112,6 @@ def random_feeds(
     batch) and DEFAULT_INNER_SYMBOLIC_DIM otherwise; with default_dim None, InputError.
     """
     rng = np.random.default_rng(seed)
-    cap = Limits.current().max_tensor_bytes
     feeds: dict[str, np.ndarray] = {}
     sizes = dict(dims or {})
     if default_dim is not None:
@@ -125,28 +131,31 @@ def random_feeds(
                 f"input {spec.name!r} has symbolic dim(s) {', '.join(map(repr, symbolic))}; "
                 f"give sizes with --shape {spec.name}=d0,d1,... or --dim NAME=SIZE"
             )
-        dtype = numpy_dtype(spec.dtype)
-        nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes > cap:
-            raise InputError(
-                f"input {spec.name!r}: a random {list(shape)} {dtype.name} input would be "
-                f"{format_bytes(nbytes)}, over the limit of {format_bytes(cap)} per tensor "
-                f"(give smaller sizes with --dim NAME=SIZE, or raise "
-                f"{limit_variable('tensor_bytes')})"
-            )
-        if dtype.kind == "f":
-            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind in "iu":
-            feeds[spec.name] = rng.integers(0, RANDOM_INT_HIGH, size=shape).astype(dtype)
-        elif dtype.kind == "b":
-            feeds[spec.name] = rng.random(shape) < 0.5
-        elif spec.dtype in CODED_DTYPES:  # float8, int4, ...: N(0, 1) rounded to the type
-            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            raise InputError(
-                f"input {spec.name!r}: cannot make random values of dtype {spec.dtype}"
-            )
+        feeds[spec.name] = _random_tensor(spec, shape, rng)
     return feeds
+
+
+def _random_tensor(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) -> Any:
+    """Return one random tensor of spec's dtype and shape; InputError past the size cap."""
+    dtype = numpy_dtype(spec.dtype)
+    cap = Limits.current().max_tensor_bytes
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > cap:
+        raise InputError(
+            f"input {spec.name!r}: a random {list(shape)} {dtype.name} input would be "
+            f"{format_bytes(nbytes)}, over the limit of {format_bytes(cap)} per tensor "
+            f"(give smaller sizes with --dim NAME=SIZE, or raise "
+            f"{limit_variable('tensor_bytes')})"
+        )
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind in "iu":
+        return rng.integers(0, RANDOM_INT_HIGH, size=shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    if spec.dtype in CODED_DTYPES:  # float8, int4, ...: N(0, 1) rounded to the type
+        return rng.standard_normal(shape).astype(dtype)
+    raise InputError(f"input {spec.name!r}: cannot make random values of dtype {spec.dtype}")
 
 
 def _random_contained(
@@ -157,8 +166,7 @@ def _random_contained(
     rng: np.random.Generator,
 ) -> Any:
     """Return a random sequence (RANDOM_SEQUENCE_LENGTH tensors) or optional (present) feed."""
-    head, _, rest = container.partition("(")
-    inner = rest[:-1] if rest else ""
+    head, inner = split_container(container)
     if head == "sequence":
         return [
             _random_contained(spec, inner, sizes, default_dim, rng)
@@ -172,12 +180,7 @@ def _random_contained(
             f"input {spec.name!r} ({spec.container}): cannot make random values of it; "
             "give the inputs"
         )
-    dtype = numpy_dtype(spec.dtype)
-    if dtype.kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
-    if dtype.kind in "iu":
-        return rng.integers(0, RANDOM_INT_HIGH, size=shape).astype(dtype)
-    return rng.random(shape) < 0.5
+    return _random_tensor(spec, shape, rng)
 
 
 def _leaves(value: Any) -> list[np.ndarray]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CODED_DTYPES", "Dim", "TensorSpec", "concrete_shape", "numpy_dtype"]
+__all__ = ["CODED_DTYPES", "Dim", "TensorSpec", "concrete_shape", "numpy_dtype", "split_container"]
 
 Dim = int | str
 """A dimension: a fixed size, or the name of a symbolic one ("batch")."""
@@ -82,6 +82,13 @@ class TensorSpec:
             if self.container
             else f"{self.name}: {tensor}"
         )
+
+
+def split_container(container: str) -> tuple[str, str]:
+    """Return a container's outermost kind and what it holds: "optional(sequence)" gives
+    ("optional", "sequence"), "map(int64, sequence)" ("map", "int64, sequence"), a tensor ("", "")."""
+    head, _, rest = container.partition("(")
+    return head, rest[:-1] if rest else ""
 
 
 def concrete_shape(

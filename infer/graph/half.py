@@ -13,7 +13,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from infer.graph.shapes import inferred_types
+from infer.graph.shapes import element_types, inferred_types
 
 __all__ = ["ACCUMULATING_OPS", "half_ops_in_float"]
 
@@ -60,11 +60,7 @@ def half_ops_in_float(model: onnx.ModelProto) -> onnx.ModelProto:
     ]
     if not candidates:
         return model
-    types = {
-        k: v.tensor_type.elem_type
-        for k, v in inferred_types(model).items()
-        if v.HasField("tensor_type")
-    }
+    types = element_types(inferred_types(model))
     for tensor in graph.initializer:
         types[tensor.name] = tensor.data_type
     nodes: list[onnx.NodeProto] = []

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from infer.graph.shapes import dims_of, inferred_types
+from infer.graph.shapes import element_types, inferred_types, known_dims
 from infer.graph.support import default_opset, iter_nodes, supported_op_types
 
 __all__ = [
@@ -44,6 +44,12 @@ NOT_LEGALIZED = "infer: not legalized: "
 # Unrolled recurrences beyond this many steps are left to ONNX Runtime (graph size).
 MAX_UNROLLED_STEPS = 512
 MAX_EXPANSION_ROUNDS = 4
+
+
+def node_attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    """Return node's attributes by name, strings decoded."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
 
 
 class NotLegalizable(Exception):
@@ -93,6 +99,22 @@ class Emitter:
             )
         )
         return name
+
+    def named(self, declared: Sequence[str], produced: Sequence[str]) -> list[onnx.NodeProto]:
+        """Return the nodes emitted, giving the op's declared output names to the values
+        produced: renamed where they are made, else through an Identity."""
+        nodes = list(self.nodes)
+        read = {name for n in nodes for name in n.input}
+        made = {name: n for n in nodes for name in n.output}
+        for name, value in zip(declared, produced, strict=False):
+            if not name:
+                continue
+            if value in made and value not in read:  # name the value where it is made
+                maker = made[value]
+                maker.output[list(maker.output).index(value)] = name
+            else:
+                nodes.append(helper.make_node("Identity", [value], [name]))
+        return nodes
 
     def dim(self, name: str, axis: int) -> int | None:
         """Return the static size of name's dim axis, None when unknown."""
@@ -576,13 +598,9 @@ class _Known:
     @classmethod
     def of(cls, model: onnx.ModelProto, opset: int, supported: frozenset[str]) -> _Known:
         type_protos = inferred_types(model)
-        shapes = {
-            k: d for k, d in ((k, dims_of(v)) for k, v in type_protos.items()) if d is not None
-        }
-        types = {
-            k: v.tensor_type.elem_type for k, v in type_protos.items() if v.HasField("tensor_type")
-        }
-        return cls(opset, supported, type_protos, shapes, types)
+        return cls(
+            opset, supported, type_protos, known_dims(type_protos), element_types(type_protos)
+        )
 
 
 def _legalize_graph(graph: onnx.GraphProto, known: _Known, scope: str) -> int:
@@ -620,8 +638,7 @@ def _legalize_graph(graph: onnx.GraphProto, known: _Known, scope: str) -> int:
         g = Emitter(
             f"{scope}{node.op_type.lower()}{index}", opset, shapes, constants, types, inputs
         )
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+        attrs = node_attributes(node)
         parameters = inspect.signature(function).parameters.values()
         open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
         accepted = {p.name for p in parameters}
@@ -645,19 +662,9 @@ def _legalize_graph(graph: onnx.GraphProto, known: _Known, scope: str) -> int:
             kept.doc_string = f"{NOT_LEGALIZED}{exc}"  # partitioning gives this as the reason
             nodes.append(kept)
             continue
-        nodes.extend(g.nodes)
         # Inlined loop bodies bring nodes of their own: another round types and legalizes them.
         expansions += any(n.doc_string != LEGALIZED for n in g.nodes)
-        read = {name for n in g.nodes for name in n.input}
-        made = {name: n for n in g.nodes for name in n.output}
-        for declared, produced in zip(node.output, outputs, strict=False):
-            if not declared:
-                continue
-            if produced in made and produced not in read:  # name the value where it is made
-                maker = made[produced]
-                maker.output[list(maker.output).index(produced)] = declared
-            else:
-                nodes.append(helper.make_node("Identity", [produced], [declared]))
+        nodes.extend(g.named(node.output, outputs))
     del graph.node[:]
     graph.node.extend(nodes)
     return expansions

@@ -30,9 +30,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from infer.graph.legalize import Emitter, NotLegalizable
+from infer.graph.legalize import Emitter, NotLegalizable, node_attributes
 from infer.graph.legalize_quant import quant_param
-from infer.graph.shapes import dims_of, inferred_types
+from infer.graph.shapes import element_types, inferred_types, known_dims
 from infer.graph.support import default_opset
 
 __all__ = ["NARROW_TYPES", "narrow_as_bytes"]
@@ -308,8 +308,7 @@ def _quantize(
 
 def _rewrite(g: Emitter, node: onnx.NodeProto, types: dict[str, int]) -> list[str] | None:
     """Return the outputs of node spelt on codes, None when node stays (it moves codes)."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+    attrs = node_attributes(node)
     if node.op_type in ("Cast", "CastLike"):
         to = attrs["to"] if node.op_type == "Cast" else types.get(node.input[1], 0)
         source = types.get(node.input[0], 0)
@@ -350,9 +349,7 @@ def narrow_as_bytes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return the model with its narrow-typed values as uint8 codes (see the module's doc);
     the model itself when it has none, or when one meets an op not spelt here."""
     type_protos = inferred_types(model)
-    types = {
-        k: v.tensor_type.elem_type for k, v in type_protos.items() if v.HasField("tensor_type")
-    }
+    types = element_types(type_protos)
     for tensor in model.graph.initializer:
         types[tensor.name] = tensor.data_type
     graph = model.graph
@@ -367,7 +364,7 @@ def narrow_as_bytes(model: onnx.ModelProto) -> onnx.ModelProto:
         for n in graph.node
     ):
         return model  # narrow values inside subgraphs: left to partitioning
-    shapes = {k: d for k, d in ((k, dims_of(v)) for k, v in type_protos.items()) if d is not None}
+    shapes = known_dims(type_protos)
     for tensor in graph.initializer:
         shapes[tensor.name] = tuple(tensor.dims)
     opset = default_opset(model, missing=1)
@@ -382,10 +379,7 @@ def narrow_as_bytes(model: onnx.ModelProto) -> onnx.ModelProto:
             if outputs is None:
                 nodes.append(node)
                 continue
-            nodes.extend(g.nodes)
-            for declared, produced in zip(node.output, outputs, strict=False):
-                if declared:
-                    nodes.append(helper.make_node("Identity", [produced], [declared]))
+            nodes.extend(g.named(node.output, outputs))
     except NotLegalizable:
         return model
     out = onnx.ModelProto()

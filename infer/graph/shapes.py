@@ -195,6 +195,16 @@ def _anonymous(dim: onnx.TensorShapeProto.Dimension) -> bool:
     return dim.dim_param.strip() in _ANONYMOUS_DIM_NAMES
 
 
+def element_types(type_protos: dict[str, onnx.TypeProto]) -> dict[str, int]:
+    """Return the element type of each tensor among type_protos (sequences and maps left out)."""
+    return {k: v.tensor_type.elem_type for k, v in type_protos.items() if v.HasField("tensor_type")}
+
+
+def known_dims(type_protos: dict[str, onnx.TypeProto]) -> dict[str, tuple[int | None, ...]]:
+    """Return the dims (None where unknown) of each value of known rank among type_protos."""
+    return {k: d for k, d in ((k, dims_of(v)) for k, v in type_protos.items()) if d is not None}
+
+
 def inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     """Return the type ONNX shape inference gives every value, subgraphs included.
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from infer.config import Limits, limit_variable
 from infer.errors import InputError
-from infer.signature import TensorSpec, format_bytes, format_shape, numpy_dtype
+from infer.signature import TensorSpec, format_bytes, format_shape, numpy_dtype, split_container
 
 __all__ = ["check_feeds", "check_indices"]
 
@@ -100,8 +100,7 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> list[A
 def _contained(spec: TensorSpec, value: Any, container: str, where: str) -> Any:
     """Return a sequence, optional or map feed as ONNX Runtime takes it (lists of arrays);
     InputError naming the element that does not fit."""
-    head, _, rest = container.partition("(")
-    inner = rest[:-1] if rest else ""
+    head, inner = split_container(container)
     if head == "optional":
         return None if value is None else _contained(spec, value, inner, where)
     if head == "map":
