@@ -208,10 +208,10 @@ class _Library:
         return stream
 
     def set_threads(self, threads: int) -> None:
-        # OpenMP's thread count is per calling thread; set it where oneDNN runs.
-        if self.gomp is not None and getattr(self._streams, "threads", None) != threads:
+        # OpenMP's thread count is per calling thread; set it where oneDNN runs (every time:
+        # the compiled dispatch sets it too).
+        if self.gomp is not None:
             self.gomp.omp_set_num_threads(ctypes.c_int(threads))
-            self._streams.threads = threads
 
     def md(
         self, dims: Sequence[int], strides: Sequence[int] | None = None, dtype: int = _F32
@@ -283,6 +283,11 @@ def _library() -> _Library:
         if _LIBRARY is None:
             _LIBRARY = _Library()
         return _LIBRARY
+
+
+def compiled_dispatch() -> bool:
+    """Return whether calls run through the compiled dispatch (after register())."""
+    return _FAST is not None
 
 
 def available() -> bool:
@@ -359,7 +364,6 @@ class _Kernel:
             args.append(_ExecArg(_ARG_SCRATCHPAD, self.scratchpad_memory.value))
         self.args = (_ExecArg * len(args))(*args)
         self.nargs = len(args)
-        self.handles: list[int | None] = [-1] * len(roles)
         self.threads = 1  # OpenMP threads to run on, set by whoever builds the kernel
         self.packed = packed  # (its memory descriptor, the buffer holding the packed weights)
         self.packed_handle = None if packed is None else _aligned_address(packed[1])
@@ -376,11 +380,9 @@ class _Kernel:
             converted = _aligned_address(buffer)
             reorder([handles[0], converted])
             handles = [converted, *handles[1:]]
-        # The VM's memory plan gives an operator the same buffers run after run.
-        for i, (memory, handle) in enumerate(zip(self.memories, handles, strict=True)):
-            if self.handles[i] != handle:
-                lib.dnnl_memory_set_data_handle(memory, handle)
-                self.handles[i] = handle
+        # Set every time: the compiled dispatch sets them too, behind Python's back.
+        for memory, handle in zip(self.memories, handles, strict=True):
+            lib.dnnl_memory_set_data_handle(memory, handle)
         stream = self.lib.stream()
         self.lib.check(
             lib.dnnl_primitive_execute(self.primitive, stream, self.nargs, self.args), "execute"
@@ -416,6 +418,24 @@ class OnednnState:
         self.packed: dict[int, list[tuple[Any, np.ndarray]]] = {}
         # Per-channel scales of the weights packed in int8, by (address, channel axis).
         self.weight_scales: dict[tuple[int, int], np.ndarray] = {}
+        # Calls that went through Python: kernel builds, and every call without the compiled
+        # dispatch.
+        self.python_calls = 0
+        # The compiled dispatch's table of these kernels (None: calls go through Python).
+        self.table = None if _FAST is None else _FAST.lib.infer_dispatch_table_new()
+
+    def keep(self, key: tuple[Any, ...], kernel: _Kernel) -> None:
+        """Keep kernel under key, dropping the oldest past MAX_KERNELS."""
+        if len(self.kernels) >= MAX_KERNELS:
+            del self.kernels[next(iter(self.kernels))]
+            if self.table is not None and _FAST is not None:  # it may point at the one dropped
+                _FAST.lib.infer_dispatch_table_clear(self.table)
+        self.kernels[key] = kernel
+
+    def __del__(self) -> None:
+        if getattr(self, "table", None) is not None and _FAST is not None:
+            _FAST.lib.infer_dispatch_table_free(self.table)
+            self.table = None
 
     def pack(
         self, lib: _Library, pd: Any, weight: Any, user_md: Any, int8_axis: int | None = None
@@ -470,10 +490,14 @@ def active(state: OnednnState) -> Iterator[None]:
     """Run the block with state as the calling thread's oneDNN state."""
     previous = getattr(_ACTIVE, "state", None)
     _ACTIVE.state = state
+    fast = _FAST if state.table is not None else None
+    previous_table = None if fast is None else fast.lib.infer_dispatch_activate(state.table)
     try:
         yield
     finally:
         _ACTIVE.state = previous
+        if fast is not None:
+            fast.lib.infer_dispatch_activate(previous_table)
 
 
 def _state() -> OnednnState:
@@ -750,6 +774,7 @@ def _entry(name: str) -> Any:
         # the graph at compile time; int8 calls pass the scale and zero point of their 8-bit x.
         x, w, out, config_text = args[0], args[1], args[-1], args[-2]
         state = _state()
+        state.python_calls += 1
         config = _CONFIGS.get(config_text)
         if config is None:
             config = _CONFIGS[config_text] = json.loads(config_text)
@@ -773,20 +798,47 @@ def _entry(name: str) -> Any:
             quant = _source_quant(x, scale, zero) if quantized else None
             kernel = build(lib, state, config, x, w, bias is not None, out, quant)
             kernel.threads = 1 if config.get("single_thread") else state.threads
-            if len(state.kernels) >= MAX_KERNELS:
-                del state.kernels[next(iter(state.kernels))]
-            state.kernels[key] = kernel
+            state.keep(key, kernel)
         lib.set_threads(kernel.threads)
         weight = kernel.packed_handle if kernel.packed_handle is not None else w.data_ptr()
         if bias is None:
             kernel([x.data_ptr(), weight, out.data_ptr()])
         else:
             kernel([x.data_ptr(), weight, bias.data_ptr(), out.data_ptr()])
+        if _FAST is not None and state.table is not None:
+            # Addresses the kernel was made for: packed weights, an int8 source's scale and
+            # zero point (the arguments before the config).
+            required = (0b10 if packed_weights else 0) | (
+                0b11 << (len(args) - 4) if quantized else 0
+            )
+            _remember(_FAST, kernel, required, 2 if bias is not None else -1)
 
     return call
 
 
+def _remember(fast: Any, kernel: _Kernel, required: int, bias: int) -> None:
+    """Record kernel in the active table for the call the compiled dispatch handed here (a
+    no-op for a call that did not come through it)."""
+    memories = (ctypes.c_void_p * len(kernel.memories))(*(m.value for m in kernel.memories))
+    convert: tuple[Any, ...] = (None, 0, None, None, None)
+    if kernel.convert is not None:
+        reorder, buffer = kernel.convert
+        convert = (
+            reorder.primitive, reorder.nargs, ctypes.addressof(reorder.args),
+            (ctypes.c_void_p * 2)(*(m.value for m in reorder.memories)), _aligned_address(buffer),
+        )  # fmt: skip
+    status = fast.lib.infer_dispatch_remember(
+        required, bias, kernel.threads, kernel.primitive, kernel.nargs,
+        ctypes.addressof(kernel.args), len(kernel.memories), memories, kernel.packed_handle,
+        *convert,
+    )  # fmt: skip
+    if status < 0:
+        raise InferError(f"oneDNN dispatch: recording a kernel failed ({status})")
+
+
 _REGISTERED = False
+# The compiled dispatch (infer/runtime/dispatch.py), once register() has loaded it.
+_FAST: Any = None
 
 
 def register() -> None:
@@ -796,6 +848,25 @@ def register() -> None:
         return
     import tvm
 
+    from infer.runtime import dispatch
+
+    global _FAST
+    lib = _library()
+    _FAST = dispatch.load()
+    if _FAST is not None:
+        dnnl = lib.lib
+        _FAST.init(
+            [
+                dnnl.dnnl_primitive_execute, dnnl.dnnl_stream_wait,
+                dnnl.dnnl_memory_set_data_handle, dnnl.dnnl_stream_create,
+                None if lib.gomp is None else lib.gomp.omp_set_num_threads,
+            ],
+            lib.engine,
+        )  # fmt: skip
     for name in _BUILDERS:
-        tvm.register_global_func(name, _entry(name), override=True)
+        if _FAST is None:
+            tvm.register_global_func(name, _entry(name), override=True)
+        else:  # the Python entry point behind the compiled one
+            tvm.register_global_func(name + dispatch.FALLBACK_SUFFIX, _entry(name), override=True)
+            _FAST.register(name)
     _REGISTERED = True

@@ -336,3 +336,112 @@ def test_int8_weights_are_quantized_once_per_session_whatever_the_rows() -> None
             want = ((q.astype(np.float64) - 5) * np.float32(0.02)) @ per_channel_int8(w, 1)
             np.testing.assert_allclose(out.numpy(), want, rtol=0, atol=1e-5 * np.abs(want).max())
     assert len(state.kernels) == 2 and list(state.weight_scales) == [(weights.data_ptr(), -1)]
+
+
+def _conv_config(**changes: Any) -> str:
+    config = {
+        "data_layout": "NHWC", "kernel_layout": "HWIO", "groups": 1, "strides": [1, 1],
+        "padding": [1, 1, 1, 1], "dilation": [1, 1], "post_ops": [["relu", 0.0, 0.0]],
+    }  # fmt: skip
+    return json.dumps({**config, **changes})
+
+
+def test_the_compiled_dispatch_runs_the_kernels_python_made() -> None:
+    # Two layers with the same config and shapes and different weights (ResNet's repeated
+    # blocks) must not share a kernel; after each layer's first call, Python is not called.
+    import tvm
+
+    onednn.register()
+    assert onednn.compiled_dispatch()  # a C++ compiler is part of the build environment
+    rng = np.random.default_rng(10)
+    weights = [rng.standard_normal((16, 16, 3, 3), dtype=np.float32) for _ in range(2)]
+    b = rng.standard_normal(16, dtype=np.float32)
+    as_hwio = [tensor(w.transpose(2, 3, 1, 0)) for w in weights]
+    bias = tensor(b)
+    function, config = tvm.get_global_func(onednn.CONV2D), _conv_config()
+    state = onednn.OnednnState(threads=1)
+    out = tensor(np.zeros((1, 8, 8, 16), np.float32))
+    with onednn.active(state):
+        for step in range(6):
+            x = rng.standard_normal((1, 16, 8, 8), dtype=np.float32)
+            layer = step % 2
+            function(tensor(x.transpose(0, 2, 3, 1)), as_hwio[layer], bias, config, out)
+            want = ort_conv(x, weights[layer], b, True, pads=[1, 1, 1, 1])
+            got = out.numpy().transpose(0, 3, 1, 2)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert state.python_calls == 2 and len(state.kernels) == 2
+
+
+def test_the_compiled_dispatch_forgets_the_kernels_python_drops(monkeypatch: Any) -> None:
+    import tvm
+
+    onednn.register()
+    monkeypatch.setattr(onednn, "MAX_KERNELS", 1)
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((8, 4, 3, 3), dtype=np.float32)
+    b = np.zeros(8, np.float32)
+    weights, bias = tensor(w.transpose(2, 3, 1, 0)), tensor(b)
+    function, config = tvm.get_global_func(onednn.CONV2D), _conv_config()
+    state = onednn.OnednnState(threads=1)
+    with onednn.active(state):
+        for size in (5, 7, 5, 7):  # each shape drops the other's kernel
+            x = rng.standard_normal((1, 4, size, size), dtype=np.float32)
+            out = tensor(np.zeros((1, size, size, 8), np.float32))
+            function(tensor(x.transpose(0, 2, 3, 1)), weights, bias, config, out)
+            want = ort_conv(x, w, b, True, pads=[1, 1, 1, 1])
+            np.testing.assert_allclose(
+                out.numpy().transpose(0, 3, 1, 2), want, rtol=1e-4, atol=1e-4
+            )
+    assert state.python_calls == 4 and len(state.kernels) == 1
+
+
+@requires_int8
+def test_the_compiled_dispatch_tells_int8_sources_apart_by_their_scale() -> None:
+    import tvm
+
+    onednn.register()
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((32, 16), dtype=np.float32)
+    weights, zero = tensor(w), tensor(np.array(3, np.int32))
+    scales = [tensor(np.array(s, np.float32)) for s in (0.02, 0.5)]
+    state = onednn.OnednnState(threads=1)
+    function = tvm.get_global_func(onednn.MATMUL)
+    config = json.dumps({"weights": True, "post_ops": [], "precision": "int8"})
+    out = tensor(np.zeros((4, 16), np.float32))
+    with onednn.active(state):
+        for step in range(6):
+            q = source_8bit((4, 32), np.uint8, seed=step)
+            scale = scales[step % 2]
+            function(tensor(q), weights, scale, zero, config, out)
+            x = (q.astype(np.float64) - 3) * scale.numpy()
+            want = x @ per_channel_int8(w, 1)
+            np.testing.assert_allclose(out.numpy(), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    assert state.python_calls == 2
+
+
+@requires_bf16
+def test_the_compiled_dispatch_converts_a_bf16_kernels_source() -> None:
+    # The first call runs in Python, the others in the compiled dispatch: same kernel, same
+    # source conversion, so the same bits.
+    import tvm
+
+    onednn.register()
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((1, 16, 8, 8), dtype=np.float32)
+    w = rng.standard_normal((32, 16, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(32, dtype=np.float32)
+    function = tvm.get_global_func(onednn.CONV2D)
+    config = _conv_config(precision="bf16")
+    args = (tensor(x.transpose(0, 2, 3, 1)), tensor(w.transpose(2, 3, 1, 0)), tensor(b))
+    state = onednn.OnednnState(threads=1)
+    results = []
+    with onednn.active(state):
+        for _ in range(3):
+            out = tensor(np.zeros((1, 8, 8, 32), np.float32))
+            function(*args, config, out)
+            results.append(out.numpy().transpose(0, 3, 1, 2))
+    assert state.python_calls == 1
+    want = ort_conv(to_bf16(x), to_bf16(w), b, True, pads=[1, 1, 1, 1])
+    for got in results:
+        np.testing.assert_array_equal(got, results[0])
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
