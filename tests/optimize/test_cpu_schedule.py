@@ -121,3 +121,49 @@ def test_an_epilogue_after_a_matmul_over_one_element_is_added_once(tmp_path: Pat
     }
     (got,) = art.load(threads=1).run(None, feeds)
     np.testing.assert_allclose(got, feeds["state"] + feeds["k"] @ feeds["v"], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("perm", "shape"),
+    [([0, 2, 3, 1], (3, 224, 224)), ([0, 3, 1, 2], (56, 56, 24)), ([0, 2, 1, 3], (12, 16, 32))],
+)
+def test_transposes_keep_their_inner_loops_and_values(
+    perm: list[int], shape: tuple[int, ...], tmp_path: Path
+) -> None:
+    # An NCHW image turned NHWC (a minor dim of 3: not vectorised) ran as one fused loop over
+    # every element, each index recovered by divisions; the outer loops alone are fused now.
+    import tvm
+    from tvm import te, topi
+
+    from infer.optimize.cpu_schedule import ParallelVectorize
+
+    batch = tvm.tirx.Var("batch", "int64")
+    x = te.placeholder((batch, *shape), name="x")
+    func = te.create_prim_func([x, topi.transpose(x, perm)])
+    target = parse_target("llvm", num_cores=2).tvm_target()
+    with target:
+        scheduled = ParallelVectorize().apply(func, target, False).mod["main"].script()
+    assert scheduled.count("T.parallel(") == 1
+    assert scheduled.count("for ") >= 2  # the parallel loop and a loop or vector inside
+
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["y"], perm=perm)],
+        "transpose",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *shape])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    dims = ["batch", *shape]
+    graph.output[0].CopyFrom(
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, [dims[p] for p in perm])
+    )
+    path = tmp_path / "t.onnx"
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    session = infer.load(path, threads=2)
+    for batch_size in (1, 3):
+        value = np.random.default_rng(batch_size).standard_normal((batch_size, *shape))
+        (got,) = session.run(None, {"x": value.astype(np.float32)})
+        np.testing.assert_array_equal(got, value.astype(np.float32).transpose(perm))
