@@ -28,6 +28,7 @@ from infer.errors import (
     ModelError,
 )
 from infer.frontends import Converted, DynamicAxes, convert, framework_of
+from infer.graph.cleanup import GRAPH_REVISION
 from infer.graph.load import LoadedModel, load_model
 from infer.graph.quantize import (
     CHECK_SAMPLES,
@@ -428,6 +429,7 @@ def _compile_loaded(
             "shape_overrides": {k: list(v) for k, v in sorted(options.shape_overrides.items())},
             "target": spec.to_json(),
             "pipeline": options.pipeline.to_json(),
+            "graph_revision": GRAPH_REVISION,
             "tuning_database": tuning_digest,
             "precision": options.precision,
             "quantization": options.quantization,

@@ -393,6 +393,58 @@ def gelu_from_erf(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+# Bumped whenever the clean-ups, legalizations or foldings change the graph they hand to TVM
+# (part of compile cache keys, so that caches do not serve artifacts of older rewrites).
+GRAPH_REVISION = 2
+
+_FLOAT_TYPES = (
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16
+)  # fmt: skip
+
+
+def square_pow(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy where each float Pow by a constant 2 is a Mul of its input by itself, in
+    subgraphs too.
+
+    TVM lowers Pow to one powf call per element: Silero VAD's spectrum magnitude (re^2 + im^2,
+    its exponent an initializer) spent 7% of a window there. x * x is the correctly rounded
+    square powf returns, NaN and infinities alike.
+    """
+    constants = _constant_tensors(model.graph)
+    for node in iter_nodes(model.graph):
+        if node.op_type == "Constant" and len(node.output) == 1:
+            value = next(
+                (a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None
+            )
+            if value is not None:
+                constants.setdefault(node.output[0], value)
+
+    def is_two(name: str) -> bool:
+        tensor = constants.get(name)
+        if tensor is None or tensor.data_type not in _FLOAT_TYPES:
+            return False
+        value = numpy_helper.to_array(tensor)
+        return bool(value.size == 1 and float(value.reshape(-1)[0]) == 2.0)
+
+    candidates = {
+        i: n.input[0] for i, n in enumerate(iter_nodes(model.graph))
+        if n.op_type == "Pow" and n.domain in ("", "ai.onnx") and len(n.input) == 2 and is_two(n.input[1])
+    }  # fmt: skip
+    if not candidates:
+        return model
+    from infer.graph.shapes import element_types, inferred_types
+
+    types = element_types(inferred_types(model))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for index, node in enumerate(iter_nodes(out.graph)):
+        if index in candidates and types.get(candidates[index]) in _FLOAT_TYPES:
+            node.CopyFrom(
+                onnx.helper.make_node("Mul", [node.input[0]] * 2, list(node.output), name=node.name)
+            )
+    return out
+
+
 def _constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     """Return the graph's initializers and Constant-node values by name (exporters store small
     parameters, such as PaddlePaddle's BN statistics, as Constant nodes)."""
@@ -445,4 +497,5 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
         cleaned = fold_constants(rebuilt)
     cleaned = constants_to_initializers(cleaned)
     cleaned = conv_end_slice_to_padding(cleaned)
-    return gelu_from_erf(fold_conv_affine(dropout_to_identity(sum_to_add(cleaned))))
+    cleaned = square_pow(sum_to_add(cleaned))
+    return gelu_from_erf(fold_conv_affine(dropout_to_identity(cleaned)))

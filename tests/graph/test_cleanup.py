@@ -13,6 +13,7 @@ from infer.graph.cleanup import (
     conv_end_slice_to_padding,
     fold_conv_affine,
     gelu_from_erf,
+    square_pow,
     sum_to_add,
 )
 
@@ -265,3 +266,58 @@ def test_a_slice_dropping_a_convs_last_frames_becomes_end_padding() -> None:
     # Strided, or more dropped than padded: left as written.
     for model in (_conv_then_slice(-1, strides=2), _conv_then_slice(-9)):
         assert [n.op_type for n in conv_end_slice_to_padding(model).graph.node] == ["Conv", "Slice"]
+
+
+def test_a_float_pow_by_two_becomes_a_product_in_subgraphs_too() -> None:
+    # Silero VAD's exponent is an initializer of the main graph read in an If branch; a Constant
+    # node is what other exporters write. An integer Pow and a cube stay.
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    branch = helper.make_graph(
+        [helper.make_node("Pow", ["x", "two"], ["sq_then"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("sq_then", TensorProto.FLOAT, [2, 3])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Pow", ["x", "three"], ["cube"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("cube", TensorProto.FLOAT, [2, 3])],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["two_node"], value=two),
+            helper.make_node("Pow", ["x", "two_node"], ["sq"]),
+            helper.make_node("Pow", ["n", "two_node"], ["n_sq"]),
+            helper.make_node("If", ["flag"], ["branch"], then_branch=branch, else_branch=other),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("n", TensorProto.INT64, [2, 3]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info(name, elem, [2, 3])
+            for name, elem in (
+                ("sq", TensorProto.FLOAT),
+                ("n_sq", TensorProto.INT64),
+                ("branch", TensorProto.FLOAT),
+            )
+        ],
+        [two, helper.make_tensor("three", TensorProto.FLOAT, [], [3.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out = square_pow(model)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops == ["Constant", "Mul", "Pow", "If"]
+    branches = {a.name: [n.op_type for n in a.g.node] for a in out.graph.node[3].attribute}
+    assert branches == {"then_branch": ["Mul"], "else_branch": ["Pow"]}
+    x = np.array([[np.nan, np.inf, -np.inf], [-3.5, 1e20, 1.7]], np.float32)
+    feeds = {"x": x, "n": np.arange(6, dtype=np.int64).reshape(2, 3) - 3}
+    for flag in (True, False):
+        feeds["flag"] = np.array(flag)
+        want = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+        got = ort.InferenceSession(out.SerializeToString()).run(None, feeds)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
