@@ -405,13 +405,14 @@ class Session:
             return -1
 
     def _to_numpy(self, tensor: Any) -> np.ndarray:
-        if self._device.dlpack_device_type() == _DLPACK_CPU:
+        if self._cpu:
             try:
                 # Zero-copy: the array keeps the VM's output buffer alive.
                 array: np.ndarray = np.from_dlpack(tensor)
+                # (the tensor's address is the array's, and cheaper to read than array.ctypes)
+                address = tensor.data_ptr()
                 if array.size and (
-                    array.ctypes.data in self._param_addresses
-                    or array.ctypes.data in self._input_addresses
+                    address in self._param_addresses or address in self._input_addresses
                 ):
                     return array.copy()
                 return array
