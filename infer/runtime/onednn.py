@@ -1,6 +1,7 @@
 """oneDNN kernels for the convolutions and matmuls that compiled graphs hand off (see
-infer/optimize/offload.py): called through ctypes from `R.call_dps_packed`, weights reordered
-once per session into the layout oneDNN picks for this CPU.
+infer/optimize/offload.py): built here through ctypes on a call's first use, weights reordered
+once per session into the layout oneDNN picks for this CPU; later calls from `R.call_dps_packed`
+run in the compiled dispatch (infer/runtime/dispatch.py) without entering Python.
 
 The library is the `onednn-cpu-gomp` wheel (oneDNN 3.2 on GNU OpenMP), whose brgemm kernels run
 fp32 Conv and MatMul at ONNX Runtime's speed on this CPU (TVM_NOTES.md); TVM compiles the rest.
