@@ -83,6 +83,9 @@ def sum_to_add(model: onnx.ModelProto) -> onnx.ModelProto:
 # Constant nodes at least this large hold weights; smaller ones (shapes, axes, scales) stay
 # constants, which TVM's importer needs to see as such.
 MIN_WEIGHT_ELEMENTS = 16
+_FLOAT_TYPES = (
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16
+)  # fmt: skip
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -96,15 +99,13 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = out.graph
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
-        value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None:
+        value = _constant_value(node)
+        if value is not None:
             count = 1
             for d in value.dims:
                 count *= d
-            floating = value.data_type in (
-                onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16
-            )  # fmt: skip
-            if floating and count >= MIN_WEIGHT_ELEMENTS and len(node.output) == 1:
+            floating = value.data_type in _FLOAT_TYPES
+            if floating and count >= MIN_WEIGHT_ELEMENTS:
                 tensor = onnx.TensorProto()
                 tensor.CopyFrom(value)
                 tensor.name = node.output[0]
@@ -397,10 +398,6 @@ def gelu_from_erf(model: onnx.ModelProto) -> onnx.ModelProto:
 # (part of compile cache keys, so that caches do not serve artifacts of older rewrites).
 GRAPH_REVISION = 2
 
-_FLOAT_TYPES = (
-    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16
-)  # fmt: skip
-
 
 def square_pow(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a copy where each float Pow by a constant 2 is a Mul of its input by itself, in
@@ -410,14 +407,7 @@ def square_pow(model: onnx.ModelProto) -> onnx.ModelProto:
     its exponent an initializer) spent 7% of a window there. x * x is the correctly rounded
     square powf returns, NaN and infinities alike.
     """
-    constants = _constant_tensors(model.graph)
-    for node in iter_nodes(model.graph):
-        if node.op_type == "Constant" and len(node.output) == 1:
-            value = next(
-                (a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None
-            )
-            if value is not None:
-                constants.setdefault(node.output[0], value)
+    constants = _constant_tensors(model.graph, subgraphs=True)
 
     def is_two(name: str) -> bool:
         tensor = constants.get(name)
@@ -445,17 +435,24 @@ def square_pow(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """Return the tensor a Constant node with a `value` attribute outputs, else None."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return None
+    return next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+
+
+def _constant_tensors(
+    graph: onnx.GraphProto, subgraphs: bool = False
+) -> dict[str, onnx.TensorProto]:
     """Return the graph's initializers and Constant-node values by name (exporters store small
-    parameters, such as PaddlePaddle's BN statistics, as Constant nodes)."""
+    parameters, such as PaddlePaddle's BN statistics, as Constant nodes), with subgraphs'
+    Constant nodes too if asked (names are unique across a model's graphs)."""
     values = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
-            value = next(
-                (a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None
-            )
-            if value is not None:
-                values.setdefault(node.output[0], value)
+    for node in iter_nodes(graph) if subgraphs else graph.node:
+        value = _constant_value(node)
+        if value is not None:
+            values.setdefault(node.output[0], value)
     return values
 
 

@@ -71,16 +71,6 @@ thread_local const TVMFFIAny* pending_args = nullptr;
 thread_local int32_t pending_count = 0;
 thread_local const std::string* pending_key = nullptr;
 
-void* DataOf(const TVMFFIAny& value) {
-  const DLTensor* t = nullptr;
-  if (value.type_index == kTVMFFITensor) {
-    t = reinterpret_cast<const DLTensor*>(static_cast<char*>(value.v_ptr) + sizeof(TVMFFIObject));
-  } else if (value.type_index == kTVMFFIDLTensorPtr) {
-    t = static_cast<const DLTensor*>(value.v_ptr);
-  }
-  return t == nullptr ? nullptr : static_cast<char*>(t->data) + t->byte_offset;
-}
-
 const DLTensor* TensorOf(const TVMFFIAny& value) {
   if (value.type_index == kTVMFFITensor) {
     return reinterpret_cast<const DLTensor*>(static_cast<char*>(value.v_ptr) +
@@ -88,6 +78,11 @@ const DLTensor* TensorOf(const TVMFFIAny& value) {
   }
   if (value.type_index == kTVMFFIDLTensorPtr) return static_cast<const DLTensor*>(value.v_ptr);
   return nullptr;
+}
+
+void* DataOf(const TVMFFIAny& value) {
+  const DLTensor* t = TensorOf(value);
+  return t == nullptr ? nullptr : static_cast<char*>(t->data) + t->byte_offset;
 }
 
 void AppendShape(std::string* key, const DLTensor* t) {

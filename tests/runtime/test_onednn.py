@@ -48,6 +48,15 @@ def ort_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, relu: bool, **attrs: A
     return result
 
 
+def _conv_config(**changes: Any) -> str:
+    """A 3x3 convolution's config (NHWC, padded, ReLU) with changes."""
+    config = {
+        "data_layout": "NHWC", "kernel_layout": "HWIO", "groups": 1, "strides": [1, 1],
+        "padding": [1, 1, 1, 1], "dilation": [1, 1], "post_ops": [["relu", 0.0, 0.0]],
+    }  # fmt: skip
+    return json.dumps({**config, **changes})
+
+
 @pytest.mark.parametrize(
     ("groups", "channels", "out_channels", "strides", "pads", "dilation"),
     [
@@ -173,10 +182,7 @@ def test_a_kernel_made_in_one_thread_runs_in_another() -> None:
     w = rng.standard_normal((32, 16, 3, 3), dtype=np.float32)
     b = rng.standard_normal(32, dtype=np.float32)
     want = ort_conv(x, w, b, relu=False, pads=[1, 1, 1, 1])
-    config = json.dumps({
-        "data_layout": "NCHW", "kernel_layout": "OIHW", "groups": 1, "strides": [1, 1],
-        "padding": [1, 1, 1, 1], "dilation": [1, 1], "post_ops": [],
-    })  # fmt: skip
+    config = _conv_config(data_layout="NCHW", kernel_layout="OIHW", post_ops=[])
     state = onednn.OnednnState(threads=1)
     function = tvm.get_global_func(onednn.CONV2D)
     weights, bias = tensor(w), tensor(b)
@@ -336,14 +342,6 @@ def test_int8_weights_are_quantized_once_per_session_whatever_the_rows() -> None
             want = ((q.astype(np.float64) - 5) * np.float32(0.02)) @ per_channel_int8(w, 1)
             np.testing.assert_allclose(out.numpy(), want, rtol=0, atol=1e-5 * np.abs(want).max())
     assert len(state.kernels) == 2 and list(state.weight_scales) == [(weights.data_ptr(), -1)]
-
-
-def _conv_config(**changes: Any) -> str:
-    config = {
-        "data_layout": "NHWC", "kernel_layout": "HWIO", "groups": 1, "strides": [1, 1],
-        "padding": [1, 1, 1, 1], "dilation": [1, 1], "post_ops": [["relu", 0.0, 0.0]],
-    }  # fmt: skip
-    return json.dumps({**config, **changes})
 
 
 def test_the_compiled_dispatch_runs_the_kernels_python_made() -> None:
