@@ -12,7 +12,7 @@ from infer.config import Limits, limit_variable
 from infer.errors import InputError
 from infer.signature import TensorSpec, format_bytes, format_shape, numpy_dtype, split_container
 
-__all__ = ["check_feeds", "check_indices"]
+__all__ = ["FeedChecker", "check_feeds", "check_indices"]
 
 
 def _as_array(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
@@ -95,6 +95,35 @@ def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, Any]) -> list[A
         # np.ascontiguousarray would turn a 0-d array into 1-d
         arrays.append(array.copy(order="C"))
     return arrays
+
+
+class FeedChecker:
+    """check_feeds for one signature, remembering the dtypes and shapes it last accepted: feeds
+    laid out as the previous run's (the same names, C-contiguous arrays of the same dtypes and
+    shapes) pass without the checks, which cost ~3 µs of a small model's run."""
+
+    def __init__(self, specs: Sequence[TensorSpec]) -> None:
+        self.specs = list(specs)
+        self._names = [s.name for s in self.specs]
+        self._tensors_only = all(s.is_tensor for s in self.specs)
+        self._accepted: list[tuple[np.dtype[Any], tuple[int, ...]]] | None = None
+
+    def __call__(self, feeds: Mapping[str, Any]) -> list[Any]:
+        accepted = self._accepted
+        if accepted is not None and type(feeds) is dict and len(feeds) == len(self._names):
+            arrays = [feeds.get(n) for n in self._names]
+            if all(
+                type(a) is np.ndarray
+                and a.dtype == dtype
+                and a.shape == shape
+                and a.flags.c_contiguous
+                for a, (dtype, shape) in zip(arrays, accepted, strict=True)
+            ):
+                return arrays
+        arrays = check_feeds(self.specs, feeds)
+        if self._tensors_only and all(type(a) is np.ndarray for a in arrays):
+            self._accepted = [(a.dtype, a.shape) for a in arrays]
+        return arrays
 
 
 def _contained(spec: TensorSpec, value: Any, container: str, where: str) -> Any:

@@ -17,8 +17,7 @@ import dataclasses
 import json
 import sys
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -486,19 +485,26 @@ def _copy_md(lib: _Library, md: Any) -> ctypes.c_void_p:
 _ACTIVE = threading.local()
 
 
-@contextmanager
-def active(state: OnednnState) -> Iterator[None]:
-    """Run the block with state as the calling thread's oneDNN state."""
-    previous = getattr(_ACTIVE, "state", None)
-    _ACTIVE.state = state
-    fast = _FAST if state.table is not None else None
-    previous_table = None if fast is None else fast.lib.infer_dispatch_activate(state.table)
-    try:
-        yield
-    finally:
+class active:  # named as the context manager it is: `with active(state):`
+    """Run the block with state as the calling thread's oneDNN state. One instance may be
+    entered again and again, not concurrently: a Session enters its own under its lock."""
+
+    def __init__(self, state: OnednnState) -> None:
+        self.state = state
+        self._saved: list[tuple[OnednnState | None, Any, Any]] = []
+
+    def __enter__(self) -> None:
+        previous = getattr(_ACTIVE, "state", None)
+        _ACTIVE.state = self.state
+        fast = _FAST if self.state.table is not None else None
+        table = None if fast is None else fast.lib.infer_dispatch_activate(self.state.table)
+        self._saved.append((previous, fast, table))
+
+    def __exit__(self, *_exc: object) -> None:
+        previous, fast, table = self._saved.pop()
         _ACTIVE.state = previous
         if fast is not None:
-            fast.lib.infer_dispatch_activate(previous_table)
+            fast.lib.infer_dispatch_activate(table)
 
 
 def _state() -> OnednnState:

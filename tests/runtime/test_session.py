@@ -98,6 +98,30 @@ def test_not_an_array(multi_io_artifact: Path) -> None:
         sess.run(None, [np.ones(1)])  # type: ignore[arg-type]
 
 
+def test_feeds_are_checked_after_a_run_that_passed(multi_io_artifact: Path) -> None:
+    """A run's feeds laid out as the last accepted ones skip the checks: all else is checked."""
+    sess = infer.load(multi_io_artifact)
+    expected = sess.run(None, feeds())
+    bad = {
+        "a": np.ones((4, 5), np.float32),  # same dtype, another shape
+        "idx": np.array([0, 4], np.int64),  # same layout, an index out of range
+        "mask": np.ones((4, 4), np.uint8),  # same shape, another dtype
+    }
+    for name, value in bad.items():
+        with pytest.raises(InputError, match=rf"input '{name}'"):
+            sess.run(None, {**feeds(), name: value})
+    with pytest.raises(InputError, match=r"unknown input name\(s\) 'extra'"):
+        sess.run(None, {"a": feeds()["a"], "idx": feeds()["idx"], "extra": 1})
+    with pytest.raises(InputError, match=r"missing input\(s\): 'mask'"):
+        sess.run(None, {"a": feeds()["a"], "idx": feeds()["idx"]})
+    # A strided view and an array subclass of the accepted shape run as their contiguous values.
+    strided = {**feeds(), "a": np.ones((4, 8), np.float32)[:, ::2]}
+    subclass = {**feeds(), "a": np.ones((4, 4), np.float32).view(np.matrix)}
+    for f in (strided, subclass):
+        for got, want in zip(sess.run(None, f), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_run_from_many_threads_matches_serial(tmp_path: Path) -> None:
     path = save(onnx_models.conv_net(batch=1), tmp_path)
     sess = infer.compile(path, output=tmp_path / "c.infer").load(threads=2)
