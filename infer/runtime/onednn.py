@@ -421,8 +421,17 @@ class OnednnState:
         # Calls that went through Python: kernel builds, and every call without the compiled
         # dispatch.
         self.python_calls = 0
+        # Compiled libraries whose parallel loops run on OpenMP's threads (adopt).
+        self.openmp_libraries = 0
         # The compiled dispatch's table of these kernels (None: calls go through Python).
-        self.table = None if _FAST is None else _FAST.lib.infer_dispatch_table_new()
+        self.table = None if _FAST is None else _FAST.lib.infer_dispatch_table_new(threads)
+
+    def adopt(self, library: Path) -> bool:
+        """Run the parallel loops of the compiled library TVM loaded from library on OpenMP's
+        threads (oneDNN's) while this state is active; False when they stay on TVM's pool."""
+        adopted = self.table is not None and _FAST is not None and _FAST.adopt(library)
+        self.openmp_libraries += adopted
+        return adopted
 
     def keep(self, key: tuple[Any, ...], kernel: _Kernel) -> None:
         """Keep kernel under key, dropping the oldest past MAX_KERNELS."""
@@ -870,6 +879,8 @@ def register() -> None:
             ],
             lib.engine,
         )  # fmt: skip
+        if lib.gomp is not None:
+            _FAST.init_parallel(lib.gomp)
     for name in _BUILDERS:
         if _FAST is None:
             tvm.register_global_func(name, _entry(name), override=True)

@@ -7,9 +7,17 @@
 // before) and, when the call came from here, records it in the table with `remember`. Python
 // owns every oneDNN object; a table only points at them, and is cleared whenever Python drops a
 // kernel. Built and loaded by infer/runtime/dispatch.py with only tvm-ffi's C ABI.
+//
+// It also runs the parallel loops of TVM's kernels on OpenMP's threads, the ones oneDNN runs
+// on: a compiled library's TVMBackendParallelLaunch is pointed at `infer_parallel_launch`, so
+// that one pool serves the whole graph. With two pools, TVM's sleeping workers had to be woken
+// for every kernel, on a core where OpenMP's idle threads were still spinning.
 
 #include <tvm/ffi/c_api.h>
 
+#include <dlfcn.h>
+
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -28,6 +36,16 @@ using StreamWait = int (*)(void*);
 using SetHandle = int (*)(void*, void*);
 using StreamCreate = int (*)(void**, void*, unsigned);
 using OmpSetThreads = void (*)(int);
+using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+using OmpQuery = int (*)();
+
+// TVM's parallel lambda and its group (tvm/runtime/c_backend_api.h).
+struct ParallelGroupEnv {
+  void* sync_handle;
+  int32_t num_task;
+};
+using ParallelLambda = int (*)(int, ParallelGroupEnv*, void*);
+using ParallelLaunch = int (*)(ParallelLambda, void*, int);
 
 struct Api {
   Execute execute = nullptr;
@@ -36,6 +54,10 @@ struct Api {
   StreamCreate stream_create = nullptr;
   OmpSetThreads omp_set_threads = nullptr;
   void* engine = nullptr;
+  GompParallel gomp_parallel = nullptr;
+  OmpQuery omp_thread_num = nullptr;
+  OmpQuery omp_num_threads = nullptr;
+  ParallelLaunch tvm_launch = nullptr;  // TVM's own, for calls outside a session
 } api;
 
 constexpr unsigned kStreamInOrder = 1;
@@ -62,6 +84,7 @@ struct Entry {
 
 struct Table {
   std::unordered_map<std::string, std::vector<Entry>> entries;
+  int threads = 1;  // the session's: TVM's parallel loops run on this many OpenMP threads
 };
 
 thread_local Table* active_table = nullptr;
@@ -181,9 +204,72 @@ int Call(void* self, const TVMFFIAny* args, int32_t n, TVMFFIAny* result) {
   return status;
 }
 
+struct Launch {
+  ParallelLambda lambda;
+  void* data;
+  int num_task;
+  std::atomic<int> status{0};
+};
+
+// One OpenMP thread's share of a launch: its task, or more when OpenMP gave fewer threads.
+void RunTasks(void* data) {
+  Launch* launch = static_cast<Launch*>(data);
+  ParallelGroupEnv env{nullptr, launch->num_task};
+  int team = api.omp_num_threads();
+  for (int task = api.omp_thread_num(); task < launch->num_task; task += team) {
+    int status = launch->lambda(task, &env, launch->data);
+    if (status != 0) launch->status.store(status);
+  }
+}
+
 }  // namespace
 
 extern "C" {
+
+// TVMBackendParallelLaunch of the libraries pointed here: the loop's tasks on the active
+// session's OpenMP threads, one task each (TVM's lambdas split their loop by num_task).
+int infer_parallel_launch(ParallelLambda lambda, void* data, int num_task) {
+  Table* table = active_table;
+  if (table == nullptr || api.gomp_parallel == nullptr) {
+    return api.tvm_launch(lambda, data, num_task);
+  }
+  int threads = table->threads;
+  if (num_task > 0 && num_task < threads) threads = num_task;
+  if (threads <= 1) {
+    ParallelGroupEnv env{nullptr, 1};
+    return lambda(0, &env, data);
+  }
+  Launch launch{lambda, data, threads};
+  api.gomp_parallel(RunTasks, &launch, static_cast<unsigned>(threads), 0);
+  return launch.status.load();
+}
+
+// OpenMP's GOMP_parallel, omp_get_thread_num and omp_get_num_threads.
+void infer_parallel_init(void* gomp_parallel, void* omp_thread_num, void* omp_num_threads) {
+  api.gomp_parallel = reinterpret_cast<GompParallel>(gomp_parallel);
+  api.omp_thread_num = reinterpret_cast<OmpQuery>(omp_thread_num);
+  api.omp_num_threads = reinterpret_cast<OmpQuery>(omp_num_threads);
+}
+
+// Point the parallel launch of the compiled library loaded from path (by TVM) here. Returns 1
+// when done, 0 when the library has no parallel loops or synchronises inside them (TVM's
+// barrier needs TVM's pool), -1 when it is not loaded.
+int infer_parallel_adopt(const char* path) {
+  void* handle = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+  if (handle == nullptr) return -1;
+  auto* slot = static_cast<ParallelLaunch*>(dlsym(handle, "__TVMBackendParallelLaunch"));
+  int adopted = 0;
+  if (slot != nullptr && dlsym(handle, "__TVMBackendParallelBarrier") == nullptr &&
+      api.gomp_parallel != nullptr) {
+    if (*slot != infer_parallel_launch) {
+      api.tvm_launch = *slot;  // TVM's, set by TVM as it loaded the library
+      *slot = infer_parallel_launch;
+    }
+    adopted = 1;
+  }
+  dlclose(handle);
+  return adopted;
+}
 
 // The oneDNN and OpenMP entry points, as loaded by the Python side (omp may be null).
 void infer_dispatch_init(void* execute, void* wait, void* set_handle, void* stream_create,
@@ -210,7 +296,11 @@ int infer_dispatch_register(const char* name, const char* fallback) {
   return status;
 }
 
-void* infer_dispatch_table_new() { return new Table(); }
+void* infer_dispatch_table_new(int threads) {
+  Table* table = new Table();
+  table->threads = threads;
+  return table;
+}
 
 void infer_dispatch_table_free(void* table) { delete static_cast<Table*>(table); }
 

@@ -184,6 +184,8 @@ class Session:
                 with drop_tvm_log_noise():
                     library = tvm.runtime.load_module(str(copy))
                     vm = VirtualMachine(library, self._device)
+                if self._onednn is not None:  # one pool (OpenMP's) for TVM's loops and oneDNN's
+                    self._onednn.adopt(copy)
             except Exception as exc:
                 raise ArtifactError(f"{library_path}: cannot be loaded: {exc}") from None
         params = self._read_params(params_path, param_names)

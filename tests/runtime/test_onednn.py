@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from infer.runtime import onednn
-from tests.conftest import requires_bf16, requires_int8, to_bf16
+from tests.conftest import requires_bf16, requires_int8, save, to_bf16
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="oneDNN is not installed")
 
@@ -443,3 +444,37 @@ def test_the_compiled_dispatch_converts_a_bf16_kernels_source() -> None:
     for got in results:
         np.testing.assert_array_equal(got, results[0])
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tvm_kernels_of_an_offloaded_build_run_on_openmps_threads(
+    tmp_path: Path, threads: int
+) -> None:
+    # A convolution (oneDNN) between TVM kernels big enough to be parallel loops: the layout
+    # transposes and sigmoid(conv) * x. Each loop's tasks must all run on OpenMP's team.
+    import infer
+
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((32, 32, 3, 3), dtype=np.float32) * 0.1
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c"], ["s"]),
+        helper.make_node("Mul", ["s", "x"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_gate",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32, 64, 64])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = save(model, tmp_path)
+    session = infer.load(infer.compile(path, output=tmp_path / "m.infer").path, threads=threads)
+    assert session._onednn.openmp_libraries == 1
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 32, 64, 64), dtype=np.float32)
+        (want,) = reference.run(None, {"x": x})
+        (got,) = session.run(None, {"x": x})
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
