@@ -197,15 +197,24 @@ class Session:
         to_device = self._input_buffers() if self._cpu else self._to_device
         to_numpy = self._to_numpy
 
+        # TVM computes some integer results (Shape arithmetic) in other types than ONNX says;
+        # which outputs those are is fixed by the build: found on the first run.
+        casts: list[int] | None = None
+
         def run(args: list[np.ndarray]) -> list[np.ndarray]:
+            nonlocal casts
             result = main(*map(to_device, args, range(len(args))), *params)
             arrays = [
                 t if isinstance(t, np.ndarray) else to_numpy(t) for t in self._flatten(result)
             ]
-            # TVM computes some integer results (Shape arithmetic) in other types than ONNX says.
-            for i, (array, dtype) in enumerate(zip(arrays, wanted, strict=False)):
-                if dtype is not None and array.dtype != dtype:
-                    arrays[i] = array.astype(dtype)
+            if casts is None:
+                casts = [
+                    i
+                    for i, (array, dtype) in enumerate(zip(arrays, wanted, strict=False))
+                    if dtype is not None and array.dtype != dtype
+                ]
+            for i in casts:
+                arrays[i] = arrays[i].astype(wanted[i])
             return arrays
 
         return _Step(TVM_SEGMENT, inputs, outputs, run)
@@ -408,7 +417,7 @@ class Session:
                 slot = slots[index] = (view, tensor)
                 if slot[0].size:
                     self._input_addresses.add(slot[0].ctypes.data)
-            np.copyto(slot[0], array, casting="no")
+            slot[0][...] = array  # the same dtype and shape: a plain copy
             return slot[1]
 
         return to_device
@@ -440,10 +449,12 @@ class Session:
     def _flatten(self, result: Any) -> list[Any]:
         """Return the VM's result as a flat list: tensors, shapes and scalars (as int64 arrays)."""
         if type(result) is self._array_type:  # a tuple; read by index, 2x faster than iterating
-            items = [self._array_item(result, i) for i in range(self._array_size(result))]
-            if all(type(t) is self._tensor_type for t in items):
-                return items
-            return [leaf for item in items for leaf in self._flatten(item)]
+            get, tensor = self._array_item, self._tensor_type
+            items = [get(result, i) for i in range(self._array_size(result))]
+            for item in items:
+                if type(item) is not tensor:
+                    return [leaf for item in items for leaf in self._flatten(item)]
+            return items
         if hasattr(result, "numpy"):
             return [result]
         if isinstance(result, self._shape_type):  # a Shape output of the ONNX graph
