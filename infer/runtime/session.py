@@ -151,7 +151,6 @@ class Session:
         self._release_after = self._plan_releases()
         # The one step of a model compiled whole (no segments): run without the bookkeeping.
         self._whole = self._steps[0] if not self.manifest.segments else None
-        self._index_checks = self.manifest.index_checks
         self._output_names = [s.name for s in self.manifest.outputs]
         self._all_outputs = list(range(len(self._output_names)))
         self._lock = threading.Lock()
@@ -294,8 +293,7 @@ class Session:
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, Any]) -> list[np.ndarray]:
         """Return the outputs named (all when None) as numpy arrays, in the order asked."""
         arrays = self._check_feeds(feeds)
-        if self._index_checks:
-            check_indices(self._index_checks, self.manifest.inputs, arrays)
+        check_indices(self.manifest.index_checks, self.manifest.inputs, arrays)
         if self._coded_inputs:
             arrays = [
                 a.view(np.uint8) if i in self._coded_inputs else a for i, a in enumerate(arrays)
