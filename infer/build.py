@@ -200,6 +200,8 @@ class _Compiled:
     offloaded: dict[str, int]
     # Kernels whose schedule came from the tuning database.
     tuned_kernels: int = 0
+    # 1 when main also got a batch-1 variant (see optimize/specialize.py).
+    batch_one: int = 0
 
 
 def _optimize(
@@ -228,12 +230,14 @@ def _compile_tvm(
 ) -> _Compiled:
     mod, params, offloaded = _optimize(proto, name, options, stage)
     target = options.target.tvm_target()
-    tuned: dict[str, int] = {}
-    lowering = lowering_pipeline(options.pipeline, target, options.tuning_database, tuned)
+    counts: dict[str, int] = {}
+    lowering = lowering_pipeline(options.pipeline, target, options.tuning_database, counts)
     quiet = drop_tvm_log_noise() if options.tuning_database else contextlib.nullcontext()
     with stage(f"compile ({options.target})"), quiet:
         ex = _compile(mod, target, options.target, name, lowering)
-    return _Compiled(mod, params, ex, offloaded, tuned.get("kernels", 0))
+    return _Compiled(
+        mod, params, ex, offloaded, counts.get("tuned_kernels", 0), counts.get("batch_one", 0)
+    )
 
 
 def _checked_and_legalized(
@@ -423,6 +427,7 @@ def build_artifact(
             "precision": options.precision,
             **({"quantization": options.quantization} if options.quantization else {}),
             "tuned_kernels": sum(c.tuned_kernels for c in compiled if c is not None),
+            "batch_one_variants": sum(c.batch_one for c in compiled if c is not None),
         },
         params=root_params,
         segments=segments,

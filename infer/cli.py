@@ -1229,6 +1229,12 @@ def inspect_command(model: str, as_json: bool) -> None:
                 f"tuning database {manifest.tuning_database[:12]}",
                 markup=False,
             )
+        if manifest.pipeline.get("batch_one_variants"):
+            console.print(
+                "batch 1: a variant of its own, with a static memory plan; other batches run "
+                "the general one",
+                markup=False,
+            )
         if manifest.precision != "fp32":
             console.print(
                 f"precision: {manifest.precision} (dense convolutions and matmuls on weights)",
@@ -1242,7 +1248,12 @@ def inspect_command(model: str, as_json: bool) -> None:
                 f"(sha256 {quantization['calibration_sha256'][:12]})",
                 markup=False,
             )
-        console.print(f"parity: {(manifest.parity or {}).get('status', 'none')}")
+        parity = manifest.parity or {}
+        other = parity.get("other_batch")
+        console.print(
+            f"parity: {parity.get('status', 'none')}"
+            + (f"; at batch {other['batch']}: {other['status']}" if other else "")
+        )
         return
     from infer.api import load_onnx
     from infer.graph.inspect import summarize

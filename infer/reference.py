@@ -37,7 +37,7 @@ class ReferenceSession:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # its errors come back as exceptions, which we report
         self.version = f"onnxruntime {ort.__version__}"
         try:
             self._session = ort.InferenceSession(

@@ -50,6 +50,9 @@ class Pipeline:
     # exp, erf, tanh, sigmoid, softmax and GELU left to TVM as vectorizable polynomials
     # (infer.optimize.fast_math) instead of scalar calls to libm.
     fast_math: bool = False
+    # A model with a symbolic batch also gets main compiled for batch 1, with a static memory
+    # plan, chosen per call (infer.optimize.specialize).
+    batch_one: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form stored in manifests and cache keys."""
@@ -64,6 +67,7 @@ class Pipeline:
             "offload_revision": OFFLOAD_REVISION if self.offload else 0,
             "take_mode": "clip",  # infer.optimize.bounds
             "fast_math": self.fast_math,
+            "batch_one": self.batch_one,
         }
 
 
@@ -101,6 +105,7 @@ PIPELINES: dict[str, Pipeline] = {
         fallback="cpu-nchw",
         offload="onednn",
         fast_math=True,
+        batch_one=True,
     ),
     # The same schedule on the model's own layouts, for graphs ConvertLayout cannot rewrite.
     "cpu-nchw": Pipeline(
@@ -112,6 +117,7 @@ PIPELINES: dict[str, Pipeline] = {
         fallback="cpu-naive",
         offload="onednn",
         fast_math=True,
+        batch_one=True,
     ),
     # TVM's own CPU lowering, which schedules nothing: for comparison and as a fallback.
     "cpu-naive": Pipeline("cpu-naive", "llvm", _PRE_PASSES, "tvm-default"),
@@ -282,11 +288,12 @@ def lowering_pipeline(
     pipeline: Pipeline,
     target: Any,
     database: Path | None = None,
-    tuned: dict[str, int] | None = None,
+    counts: dict[str, int] | None = None,
 ) -> Any:
     """Return the relax_pipeline for tvm.compile: TVM's CPU lowering with our schedule rule
     inserted; kernels found in the tuning database (a folder, see tuning.py) take its schedule
-    instead, and their count goes into tuned["kernels"]."""
+    instead. Into counts go "tuned_kernels" (those scheduled from the database) and "batch_one"
+    (1 when main got a batch-1 variant)."""
     if pipeline.schedule == "tvm-default":
         return "default"
     import tvm
@@ -294,16 +301,22 @@ def lowering_pipeline(
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from tvm.s_tir import dlight
 
+    counted = counts if counts is not None else {}
+
     def count_tuned(mod: Any, _ctx: Any) -> Any:
-        if tuned is not None:
-            tuned["kernels"] = tuned.get("kernels", 0) + sum(
-                1
-                for func in mod.functions.values()
-                if isinstance(func, tvm.tirx.PrimFunc)
-                and func.attrs is not None
-                and func.attrs.get("tirx.is_scheduled", False)
-            )
+        counted["tuned_kernels"] = counted.get("tuned_kernels", 0) + sum(
+            1
+            for func in mod.functions.values()
+            if isinstance(func, tvm.tirx.PrimFunc)
+            and func.attrs is not None
+            and func.attrs.get("tirx.is_scheduled", False)
+        )
         return mod
+
+    def batch_one(mod: Any, _ctx: Any) -> Any:
+        from infer.optimize.specialize import specialize_batch_one
+
+        return specialize_batch_one(mod, counted)
 
     @tvm.transform.module_pass(opt_level=0)  # type: ignore[untyped-decorator]
     def lower(mod: Any, _ctx: Any) -> Any:
@@ -314,8 +327,10 @@ def lowering_pipeline(
                     relax.transform.MetaScheduleApplyDatabase(str(database)),
                     tvm.transform.module_pass(count_tuned, opt_level=0, name="CountTuned"),
                 ]
+            passes.append(dlight.ApplyDefaultSchedule(*schedule_rules()))
+            if pipeline.batch_one:  # after fusion: both functions call the same kernels
+                passes.append(tvm.transform.module_pass(batch_one, opt_level=0, name="BatchOne"))
             passes += [
-                dlight.ApplyDefaultSchedule(*schedule_rules()),
                 *cpu_generic.dataflow_lower_passes(target),
                 *cpu_generic.finalize_passes(target),
             ]
