@@ -810,10 +810,13 @@ def _entry(name: str) -> Any:
             key += (scale.data_ptr(), zero.data_ptr())
         kernel = state.kernels.get(key)
         if kernel is None:
-            lib.set_threads(state.threads)  # packing the weights runs OpenMP regions too
+            # Set while the primitive is made: oneDNN splits the work for the threads there
+            # are then (brgconv's nthr) and opens that many on every call, whatever is set later.
+            threads = 1 if config.get("single_thread") else state.threads
+            lib.set_threads(threads)
             quant = _source_quant(x, scale, zero) if quantized else None
             kernel = build(lib, state, config, x, w, bias is not None, out, quant)
-            kernel.threads = 1 if config.get("single_thread") else state.threads
+            kernel.threads = threads
             state.keep(key, kernel)
         lib.set_threads(kernel.threads)
         weight = kernel.packed_handle if kernel.packed_handle is not None else w.data_ptr()

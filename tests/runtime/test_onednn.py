@@ -478,3 +478,56 @@ def test_tvm_kernels_of_an_offloaded_build_run_on_openmps_threads(
         (want,) = reference.run(None, {"x": x})
         (got,) = session.run(None, {"x": x})
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+_THREAD_CPU = """
+import os, sys
+import infer
+from infer.parity import random_feeds
+
+
+def cpu_ticks():
+    ticks = {}
+    for tid in os.listdir("/proc/self/task"):
+        fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+        ticks[int(tid)] = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks
+
+
+session = infer.load(sys.argv[1], threads=2)
+feeds = random_feeds(session.get_inputs())
+for _ in range(5):
+    session.run(None, feeds)
+before = cpu_ticks()
+for _ in range(20000):
+    session.run(None, feeds)
+after = cpu_ticks()
+main = os.getpid()
+others = sum(after[t] - before.get(t, 0) for t in after if t != main)
+print(after[main] - before[main], others)
+"""
+
+
+def test_small_convolutions_of_a_two_thread_session_open_no_openmp_team(tmp_path: Path) -> None:
+    # Operators under MIN_PARALLEL_MACS run on one thread. oneDNN fixes a primitive's team when
+    # it is made: made while two threads were set, each call woke a second thread, which then
+    # spun beside the caller for as long as the session ran (Silero VAD: 44 or 66 µs a window,
+    # by the run). In a fresh process, the other threads' CPU time is measured over the runs.
+    import subprocess
+    import sys
+
+    import infer
+    from tests import onnx_models
+
+    path = save(onnx_models.conv_net(batch=1), tmp_path)
+    artifact = infer.compile(path, output=tmp_path / "m.infer").path
+    result = subprocess.run(
+        [sys.executable, "-c", _THREAD_CPU, str(artifact)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    main, others = map(int, result.stdout.split())
+    assert main > 0
+    assert others <= main // 10, result.stdout
