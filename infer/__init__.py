@@ -7,6 +7,7 @@ clf = infer.pipeline("image-classification")     # the task's default model, com
 clf("photo.jpg")                                  # [{"label": ..., "score": ...}, ...]
 """
 
+from infer import _torch_shield  # noqa: F401 - first: installs its finder before TVM is imported
 from infer._version import __version__
 from infer.api import Artifact, Tuned, check, compile, load, tune
 from infer.errors import (
