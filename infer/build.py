@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import io
 import re
@@ -23,7 +24,7 @@ from infer.artifact.manifest import (
     ArtifactManifest,
 )
 from infer.config import Limits, apply_tvm_thread_environment
-from infer.errors import CompileError, UnsupportedOpError
+from infer.errors import CompileError, FallbackWarning, UnsupportedOpError
 from infer.graph.cleanup import clean
 from infer.graph.indices import index_checks
 from infer.graph.limits import check_node_count, check_tensor_sizes
@@ -234,7 +235,21 @@ def _compile_tvm(
     lowering = lowering_pipeline(options.pipeline, target, options.tuning_database, counts)
     quiet = drop_tvm_log_noise() if options.tuning_database else contextlib.nullcontext()
     with stage(f"compile ({options.target})"), quiet:
-        ex = _compile(mod, target, options.target, name, lowering)
+        try:
+            ex = _compile(mod, target, options.target, name, lowering)
+        except CompileError as exc:
+            if not counts.get("batch_one"):
+                raise
+            # The model compiles without the batch-1 variant (optimize/specialize.py): say so.
+            warnings.warn(
+                f"{name}: compiled without its batch-1 variant, which failed: {exc}",
+                FallbackWarning,
+                stacklevel=2,
+            )
+            counts.clear()
+            plain = dataclasses.replace(options.pipeline, batch_one=False)
+            lowering = lowering_pipeline(plain, target, options.tuning_database, counts)
+            ex = _compile(mod, target, options.target, name, lowering)
     return _Compiled(
         mod, params, ex, offloaded, counts.get("tuned_kernels", 0), counts.get("batch_one", 0)
     )

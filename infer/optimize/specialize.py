@@ -56,7 +56,8 @@ def batch_dim(function: Any) -> Any | None:
 def specialize_batch_one(mod: Any, counts: dict[str, int] | None = None) -> Any:
     """Return mod with main split in two when its inputs share a symbolic batch: BATCH_ONE (the
     batch bound to 1) and ANY_BATCH (main as it was), and main calling the first when the batch
-    is 1, else the second; counts["batch_one"] is incremented. Otherwise mod as it was."""
+    is 1, else the second; counts["batch_one"] is incremented (before the split is made, so
+    that a compile failing after it knows to retry without). Otherwise mod as it was."""
     main_gv = next((gv for gv in mod.get_global_vars() if gv.name_hint == "main"), None)
     if main_gv is None or not isinstance(mod[main_gv], relax.Function):
         return mod
@@ -64,6 +65,8 @@ def specialize_batch_one(mod: Any, counts: dict[str, int] | None = None) -> Any:
     batch = batch_dim(main)
     if batch is None:
         return mod
+    if counts is not None:  # counted first: a compile failing from here is retried without
+        counts["batch_one"] = counts.get("batch_one", 0) + 1
     builder = relax.BlockBuilder(mod)
     one = copy_with_new_vars(main).with_attr("global_symbol", BATCH_ONE)
     one = relax.transform.BindSymbolicVars({batch_dim(one): 1})(tvm.IRModule({BATCH_ONE: one}))
@@ -80,6 +83,4 @@ def specialize_batch_one(mod: Any, counts: dict[str, int] | None = None) -> Any:
     body = relax.SeqExpr([], choose)
     dispatch = relax.Function(params, body, main.ret_ty, main.is_pure, main.attrs)
     builder.update_func(main_gv, builder.normalize(dispatch))
-    if counts is not None:
-        counts["batch_one"] = counts.get("batch_one", 0) + 1
     return builder.get()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -110,3 +111,19 @@ def test_a_model_that_runs_only_batch_one_compiles_with_the_other_check_skipped(
     other = art.manifest.parity["other_batch"]
     assert (other["batch"], other["status"]) == (2, "skipped")
     assert "cannot be reshaped" in other["reason"]
+
+
+def test_a_variant_that_fails_is_left_out_out_loud(tmp_path: Path, monkeypatch: Any) -> None:
+    from infer.optimize import specialize
+
+    def broken(function: Any) -> Any:
+        raise RuntimeError("no copy today")
+
+    monkeypatch.setattr(specialize, "copy_with_new_vars", broken)
+    path = save(onnx_models.conv_net(batch="N"), tmp_path)
+    with pytest.warns(infer.FallbackWarning, match="without its batch-1 variant.*no copy today"):
+        art = infer.compile(path, output=tmp_path / "a.infer")
+    assert art.manifest.pipeline["name"] == "cpu-default"
+    assert art.manifest.pipeline["batch_one_variants"] == 0
+    assert art.manifest.parity["status"] == "passed"
+    assert "other_batch" not in art.manifest.parity
