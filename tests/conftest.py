@@ -52,6 +52,19 @@ def isolated_cache(
     yield cache
 
 
+def run_python(script: str, *args: str) -> str:
+    """Return the stdout of script run by this interpreter in a fresh process (the state a
+    process starts in: nothing imported, no threads started)."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return result.stdout
+
+
 def save(model: onnx.ModelProto, directory: Path, name: str = "model.onnx") -> Path:
     path = directory / name
     onnx.save(model, path)

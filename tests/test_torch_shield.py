@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import infer
 from tests import onnx_models
-from tests.conftest import save
+from tests.conftest import run_python, save
 
 _LOAD_AND_RUN = """
 import sys
@@ -29,11 +27,4 @@ print(torch.ones(3).sum().item())
 def test_loading_an_artifact_does_not_import_torch(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     artifact = infer.compile(save(onnx_models.mlp(), tmp_path), output=tmp_path / "m.infer").path
-    result = subprocess.run(
-        [sys.executable, "-c", _LOAD_AND_RUN, str(artifact)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    assert result.stdout.split() == ["False", "3.0"]
+    assert run_python(_LOAD_AND_RUN, str(artifact)).split() == ["False", "3.0"]

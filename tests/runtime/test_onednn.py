@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from infer.runtime import onednn
-from tests.conftest import requires_bf16, requires_int8, save, to_bf16
+from tests.conftest import requires_bf16, requires_int8, run_python, save, to_bf16
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="oneDNN is not installed")
 
@@ -513,21 +513,12 @@ def test_small_convolutions_of_a_two_thread_session_open_no_openmp_team(tmp_path
     # it is made: made while two threads were set, each call woke a second thread, which then
     # spun beside the caller for as long as the session ran (Silero VAD: 44 or 66 µs a window,
     # by the run). In a fresh process, the other threads' CPU time is measured over the runs.
-    import subprocess
-    import sys
-
     import infer
     from tests import onnx_models
 
     path = save(onnx_models.conv_net(batch=1), tmp_path)
     artifact = infer.compile(path, output=tmp_path / "m.infer").path
-    result = subprocess.run(
-        [sys.executable, "-c", _THREAD_CPU, str(artifact)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    main, others = map(int, result.stdout.split())
+    printed = run_python(_THREAD_CPU, str(artifact))
+    main, others = map(int, printed.split())
     assert main > 0
-    assert others <= main // 10, result.stdout
+    assert others <= main // 10, printed
