@@ -12,7 +12,14 @@ from typing import Any
 
 from infer.errors import CompileError
 
-__all__ = ["TargetSpec", "host_cpu_features", "host_cpu_name", "parse_target"]
+__all__ = [
+    "RUNTIME_ONLY_ENV",
+    "TargetSpec",
+    "host_cpu_features",
+    "host_cpu_name",
+    "parse_target",
+    "require_compiler",
+]
 
 DEFAULT_CUDA_ARCHS = ("sm_80",)
 # CPU flags that change which instructions generated code may use.
@@ -37,6 +44,25 @@ def host_cpu_features() -> frozenset[str]:
         if line.startswith("flags"):
             return frozenset(line.split(":", 1)[1].split()) & ISA_FLAGS
     return frozenset()
+
+
+# TVM's switch for loading its runtime library without the compiler's (tvm/base.py): a process
+# that only runs artifacts holds ~110 MiB less.
+RUNTIME_ONLY_ENV = "TVM_USE_RUNTIME_LIB"
+
+
+def require_compiler() -> None:
+    """Raise CompileError when this process loaded TVM's runtime library alone (what
+    RUNTIME_ONLY_ENV=1 asks for, and TVM's fallback when its compiler library cannot load):
+    such a process runs artifacts but cannot compile or tune, nor name the host CPU for LLVM."""
+    import tvm.base
+
+    if getattr(tvm.base, "_RUNTIME_ONLY", False):
+        raise CompileError(
+            f"this process loaded TVM's runtime library only ({RUNTIME_ONLY_ENV}=1, or TVM's "
+            "compiler library failed to load): it runs compiled artifacts (infer.load on an "
+            f"artifact directory) but cannot compile; unset {RUNTIME_ONLY_ENV} to compile"
+        )
 
 
 @functools.cache
@@ -103,6 +129,7 @@ def parse_target(
     target: str | dict[str, Any] | None = None, num_cores: int | None = None
 ) -> TargetSpec:
     """Return the TargetSpec for 'llvm', 'llvm -mcpu=..', 'cuda', 'cuda -arch=sm_80,sm_86' or a dict."""
+    require_compiler()
     if target is None:
         target = "llvm"
     if isinstance(target, str) and target.strip().startswith("{"):

@@ -52,15 +52,17 @@ def isolated_cache(
     yield cache
 
 
-def run_python(script: str, *args: str) -> str:
+def run_python(script: str, *args: str, env: dict[str, str] | None = None) -> str:
     """Return the stdout of script run by this interpreter in a fresh process (the state a
-    process starts in: nothing imported, no threads started)."""
+    process starts in: nothing imported, no threads started), with env added to the
+    environment."""
     result = subprocess.run(
         [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
+        env={**os.environ, **(env or {})},
     )
     return result.stdout
 

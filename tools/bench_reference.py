@@ -167,7 +167,8 @@ def main() -> None:
         f"{builds} (no tuning), batch 1, {infer.__version__} vs {ort}, on "
         f"{platform.processor() or platform.machine()} ({_cpu_name()}). Median (p90) of at least "
         f"{args.repeat} runs and {args.min_seconds:g} s after {args.warmup} warm-up; each runtime "
-        "in a process of its own; ratio = infer / ONNX Runtime (below 1: infer is faster)"
+        "in a process of its own (infer's with TVM's runtime library only); ratio = infer / ONNX "
+        "Runtime (below 1: infer is faster)"
         + ("." if args.precision == "fp32" else ", ONNX Runtime in float32.")
     )
     text = f"{header}\n\n{markdown_table(rows)}\n\n{roofline_table(rows, args.precision)}\n"
