@@ -4,7 +4,7 @@ tvm_ffi and tvm.relax import torch on their first import, whenever it is install
 torch tensors in FFI calls; infer passes numpy arrays and DLPack tensors only. On this machine
 (torch 2.13, CPU) that import cost 1.4-1.7 s and ~200 MiB in every process that loads an
 artifact: Silero VAD's `import infer` + load + first run took 2.6 s and peaked at 418 MiB, and
-0.87 s and 222 MiB without it.
+0.97 s and 222 MiB with this finder.
 
 The finder below answers only imports of torch made from TVM's modules, with ImportError,
 which they expect when torch is missing. Once torch is imported by anyone else (a user's code,

@@ -11,6 +11,7 @@ runtime in a process of its own (`infer bench`): same seeded inputs, warm-up, me
     python tools/bench_reference.py --markdown docs/benchmarks.md --plot docs/benchmarks.png
     python tools/bench_reference.py --precision bf16     # bf16 builds against ORT's float32
     python tools/bench_reference.py --precision int8     # int8, calibrated on seeded inputs
+    python tools/bench_reference.py --tune 64            # tuned builds (infer tune, <= 20 min each)
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from infer.optimize.precision import PRECISIONS
 from infer.progress import Progress
 
 SEED = 0
+# The issue's bound on tuning a model of the reference set: 20 minutes on these 2 cores.
+TUNE_BUDGET_S = 20 * 60
 BERT_SEQUENCE = 128
 IMAGE = 224
 
@@ -134,17 +137,36 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None, help="write the table here too")
     parser.add_argument("--plot", type=Path, default=None, help="a bar chart of the ratios (PNG)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument(
+        "--tune", type=int, default=None, metavar="TRIALS",
+        help="tune each model first (infer tune, TRIALS trials per kernel) and time that build",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tune-budget", type=float, default=TUNE_BUDGET_S, metavar="SECONDS",
+        help=f"tuning time per model at most (default {TUNE_BUDGET_S:g}: the issue's bound)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.tune is not None and args.precision != "fp32":
+        parser.error("--tune times float32 builds: tuning schedules TVM's float32 kernels")
     progress = Progress("auto")
     rows: list[BenchRow] = []
     for name in args.only:
         source = model_source(name, progress)
         try:
-            with progress.stage(f"compile {name}"):
-                artifact = infer.compile(
-                    source, precision=args.precision, progress=progress,
-                    calibration=calibration(source) if args.precision == "int8" else None,
-                ).path  # fmt: skip
+            if args.tune is not None:
+                with progress.stage(f"tune {name}"):
+                    tuned = infer.tune(
+                        source, trials=args.tune, time_budget=args.tune_budget,
+                        threads=max(args.threads), progress=progress,
+                    )  # fmt: skip
+                assert tuned.artifact is not None  # compile_after
+                artifact = tuned.artifact.path
+            else:
+                with progress.stage(f"compile {name}"):
+                    artifact = infer.compile(
+                        source, precision=args.precision, progress=progress,
+                        calibration=calibration(source) if args.precision == "int8" else None,
+                    ).path  # fmt: skip
         except ModelError as exc:  # int8 of a model without dense operators on weights
             progress.log(f"{name}: skipped in {args.precision}: {exc}")
             continue
@@ -163,8 +185,15 @@ def main() -> None:
         sys.exit("nothing was timed")
     ort = rows[0].results["onnxruntime"].version
     builds = "Default builds" if args.precision == "fp32" else f"{args.precision} builds"
+    tuning = "no tuning"
+    if args.tune is not None:
+        builds = "Tuned builds"
+        tuning = (
+            f"infer tune: {args.tune} trials per kernel, at most {args.tune_budget:g} s per "
+            f"model, at {max(args.threads)} threads"
+        )
     header = (
-        f"{builds} (no tuning), batch 1, {infer.__version__} vs {ort}, on "
+        f"{builds} ({tuning}), batch 1, {infer.__version__} vs {ort}, on "
         f"{platform.processor() or platform.machine()} ({_cpu_name()}). Median (p90) of at least "
         f"{args.repeat} runs and {args.min_seconds:g} s after {args.warmup} warm-up; each runtime "
         "in a process of its own (infer's with TVM's runtime library only); ratio = infer / ONNX "

@@ -258,3 +258,33 @@ def test_a_compile_reads_a_repaired_copy_and_leaves_the_database_alone(
     assert (db / RECORD_FILE).read_bytes() == before
     assert artifact.manifest.tuning_database == database_digest(result.report.database)
     assert artifact.manifest.pipeline["tuned_kernels"] == len(result.report.tasks)
+
+
+def test_a_kernel_metaschedule_cannot_search_keeps_the_fixed_schedule(tmp_path: Path) -> None:
+    # Relu after a layout change fuses into a kernel with a Let binding (NaN-preserving max),
+    # which MetaSchedule's search rejects ("Do not have a default for prim.Let"). The tuning
+    # goes on without it, and the compile after it is checked like any other.
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Unsqueeze", ["x", "axes"], ["u"]),
+        helper.make_node("Relu", ["u"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["y"], perm=[0, 2, 1, 3]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "relu_between_layouts",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64, 1, 32])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = save(model, tmp_path)
+    result = infer.tune(str(path), trials=2, threads=1, database=tmp_path / "db")
+    (task,) = result.report.tasks
+    assert (task.tuned_us, task.chosen) == (None, "default")
+    assert result.artifact is not None
+    assert result.artifact.manifest.parity["status"] == "passed"
+    x = np.random.default_rng(0).standard_normal((4, 64, 32), dtype=np.float32)
+    (got,) = result.artifact.load(threads=1).run(None, {"x": x})
+    np.testing.assert_array_equal(got, _reference(path, x))
