@@ -52,6 +52,7 @@ from infer.parity import (
 from infer.progress import Progress
 from infer.reference import ReferenceFailed, ReferenceSession, SpecReference
 from infer.runtime.session import Session
+from infer.signature import TensorSpec
 from infer.sources import ModelSource, resolve_model
 from infer.target import parse_target
 
@@ -156,6 +157,7 @@ def _run_samples(
 
 def _check_other_batch(
     loaded: LoadedModel,
+    specs: Sequence[TensorSpec],
     artifact_dir: Path,
     threads: int,
     seed: int,
@@ -164,14 +166,14 @@ def _check_other_batch(
     progress: Progress,
 ) -> dict[str, Any]:
     """Return the parity, at another batch, of a build whose main has a batch-1 variant (see
-    optimize/specialize.py): the first check ran one of its two functions, this runs the other.
+    optimize/specialize.py), specs its inputs: the first check ran one of its two functions,
+    this runs the other.
 
     The feeds are the first check's with each batched input stacked twice (a batch of 1) or cut
     to its first item. Skipped, and said, when ONNX Runtime cannot run the model at that batch.
     """
     import numpy as np
 
-    specs = ArtifactManifest.read(artifact_dir).inputs
     batched = {s.name for s in specs if s.is_tensor and s.shape and isinstance(s.shape[0], str)}
     if not batched:  # the batch is of a segment's intermediate tensor: feeds cannot set it
         return {"status": "skipped", "reason": "no input of the model has a symbolic first axis"}
@@ -466,7 +468,7 @@ def _compile_loaded(
             if manifest.pipeline.get("batch_one_variants"):
                 with progress.stage("check at another batch"):
                     manifest.parity["other_batch"] = _check_other_batch(
-                        loaded, staged, threads, seed, check_dims, first, progress
+                        loaded, manifest.inputs, staged, threads, seed, check_dims, first, progress
                     )
         else:
             manifest.parity = {"status": "not checked", "reason": "--no-check"}

@@ -8,7 +8,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
-__all__ = ["op_name", "replace_main", "weight_params"]
+__all__ = ["input_params", "op_name", "replace_main", "weight_params"]
 
 
 def op_name(expr: Any) -> str | None:
@@ -16,6 +16,13 @@ def op_name(expr: Any) -> str | None:
     if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
         return str(expr.op.name)
     return None
+
+
+def input_params(main: Any) -> list[Any]:
+    """Return main's model inputs: its first `num_input` parameters, all of them without it."""
+    if main.attrs and "num_input" in main.attrs:
+        return list(main.params[: int(main.attrs["num_input"])])
+    return list(main.params)
 
 
 def weight_params(main: Any) -> set[Any]:

@@ -5,7 +5,7 @@ between tensors of unknown sizes: every intermediate tensor gets a buffer of its
 VM's pool. The run's working set then outgrows the caches, and memory-bound layers read cold
 data (EfficientNet-Lite0's 112x112x96 depthwise convolution: 61 µs hot, 243 µs in the model).
 With the batch bound to 1, the plan is static: tensors whose lifetimes do not overlap share
-storage, and the model runs ~8% faster (EfficientNet-Lite0: 10.8-12.8 -> 9.7-10.2 ms at 1
+storage, and the model runs ~8% faster (EfficientNet-Lite0: 10.3-12.8 -> 9.6-10.2 ms at 1
 thread). The kernels stay shared: only the Relax function is copied, so the compile barely grows.
 
 This runs in the lowering pipeline after the kernels are fused and scheduled, before the memory
@@ -20,6 +20,8 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.utils import copy_with_new_vars
 
+from infer.optimize.relax_main import input_params
+
 __all__ = ["ANY_BATCH", "BATCH_ONE", "batch_dim", "specialize_batch_one"]
 
 # The functions main dispatches to (their names in the compiled library).
@@ -33,10 +35,8 @@ def batch_dim(function: Any) -> Any | None:
 
     Only then does binding it make every input's shape static (and the memory plan with it).
     """
-    count = function.attrs.get("num_input") if function.attrs is not None else None
-    inputs = function.params[: int(count)] if count is not None else function.params
     found: set[Any] = set()
-    for param in inputs:
+    for param in input_params(function):
         info = param.ty
         if not isinstance(info, relax.TensorType):
             if isinstance(info, relax.ShapeType | relax.TupleType):

@@ -498,8 +498,8 @@ def _tune_locked(
                     )  # fmt: skip
                 except CompileError as exc:
                     # MetaSchedule cannot search some kernels (TIR with Let bindings, such as
-                    # the fast-math polynomials: "Do not have a default for prim.Let"). The
-                    # kernel keeps the fixed schedule; the others are still tuned.
+                    # NaN-preserving Relu fused after an add: "Do not have a default for
+                    # prim.Let"). The kernel keeps the fixed schedule; the others are still tuned.
                     report(f"{label}: not tuned, {exc}; it keeps the fixed schedule")
                     task.trials = trials
                     state.save()
