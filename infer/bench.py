@@ -6,6 +6,12 @@ runtime's alone. Both processes feed the same seeded inputs, warm up, then time 
 or more: as many as fill MIN_SECONDS, so that a model of a fraction of a millisecond is not
 judged on a few milliseconds of a shared machine's time. infer's process loads TVM's runtime
 library only (TVM_USE_RUNTIME_LIB=1), as any process that runs artifacts without compiling can.
+
+A shared machine drifts: on a 2-vCPU cloud host, ResNet-50's median moved 0.94x-1.21x of ONNX
+Runtime's between back-to-back single runs, and a 1024^3 GEMM 69-89 GFLOP/s over minutes. So a
+cell runs in `rounds` (bench_row): each round times both runtimes back to back, the first one
+alternating, and the ratio is the median of the rounds' ratios, which drift cancels out of;
+the table gives their range beside it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,7 @@ import numpy as np
 
 from infer.artifact.manifest import ArtifactManifest
 from infer.errors import InferError, InputError
+from infer.progress import Progress
 from infer.reference import SessionOnOnnxRuntime
 from infer.signature import TensorSpec
 from infer.target import RUNTIME_ONLY_ENV
@@ -38,6 +46,7 @@ __all__ = [
     "RuntimeResult",
     "batch_dims",
     "bench_cell",
+    "bench_row",
     "cell_dims",
     "markdown_table",
     "plot_rows",
@@ -47,6 +56,7 @@ __all__ = [
 RUNTIMES = ("infer", "onnxruntime")
 DEFAULT_REPEAT = 30
 DEFAULT_WARMUP = 5
+DEFAULT_ROUNDS = 3
 # Timed runs fill at least this long (the warm-up's slowest run sets the count).
 MIN_SECONDS = 2.0
 MAX_REPEAT = 20_000
@@ -102,6 +112,27 @@ class RuntimeResult:
         }
 
     @classmethod
+    def combine(cls, results: Sequence[RuntimeResult]) -> RuntimeResult:
+        """Return one runtime's rounds as one result: the median of their medians (and of their
+        p90s, load times and baselines), all their runs, the highest peak RSS."""
+        latencies = [r.latency for r in results]
+        runs = sum(x.runs for x in latencies)
+        return cls(
+            runtime=results[0].runtime,
+            version=results[0].version,
+            latency=LatencyStats(
+                runs=runs,
+                median_ms=float(np.median([x.median_ms for x in latencies])),
+                p90_ms=float(np.median([x.p90_ms for x in latencies])),
+                min_ms=min(x.min_ms for x in latencies),
+                mean_ms=sum(x.mean_ms * x.runs for x in latencies) / runs,
+            ),
+            load_s=float(np.median([r.load_s for r in results])),
+            base_rss_mb=float(np.median([r.base_rss_mb for r in results])),
+            peak_rss_mb=max(r.peak_rss_mb for r in results),
+        )
+
+    @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RuntimeResult:
         """Return the result read back from to_json's data."""
         return cls(
@@ -116,17 +147,39 @@ class RuntimeResult:
 
 @dataclass(frozen=True)
 class BenchRow:
-    """A cell and each runtime's result."""
+    """A cell, each runtime's result over its rounds, and each round's ratio."""
 
     cell: BenchCell
     results: Mapping[str, RuntimeResult]
+    # infer's median over ONNX Runtime's in each round (back-to-back processes); empty: the
+    # ratio of results' medians.
+    round_ratios: tuple[float, ...] = ()
+
+    @classmethod
+    def from_rounds(
+        cls, cell: BenchCell, rounds: Sequence[Mapping[str, RuntimeResult]]
+    ) -> BenchRow:
+        """Return the row of a cell timed in rounds, each holding every runtime's result."""
+        return cls(
+            cell,
+            {name: RuntimeResult.combine([r[name] for r in rounds]) for name in RUNTIMES},
+            tuple(_ratio(r) for r in rounds),
+        )
 
     @property
     def ratio(self) -> float:
-        """Return infer's median latency over ONNX Runtime's (below 1: infer is faster)."""
-        return (
-            self.results["infer"].latency.median_ms / self.results["onnxruntime"].latency.median_ms
-        )
+        """Return infer's latency over ONNX Runtime's (below 1: infer is faster): the median of
+        the rounds' ratios."""
+        if self.round_ratios:
+            return float(np.median(self.round_ratios))
+        return _ratio(self.results)
+
+    def ratio_text(self) -> str:
+        """Return the ratio, with the range of the rounds' ratios when there are several."""
+        text = f"{self.ratio:.2f}x"
+        if len(self.round_ratios) > 1:
+            text += f" ({min(self.round_ratios):.2f}-{max(self.round_ratios):.2f})"
+        return text
 
     def cells(self) -> list[str]:
         """Return the row as table cells: model, threads, batch, both latencies, ratio, RSS."""
@@ -137,7 +190,7 @@ class BenchRow:
             str(self.cell.batch),
             f"{ours.latency.median_ms:.4g} ({ours.latency.p90_ms:.4g})",
             f"{ort.latency.median_ms:.4g} ({ort.latency.p90_ms:.4g})",
-            f"{self.ratio:.2f}x",
+            self.ratio_text(),
             f"{ours.peak_rss_mb:.0f} / {ort.peak_rss_mb:.0f}",
         ]
 
@@ -153,7 +206,12 @@ class BenchRow:
             "warmup": self.cell.warmup,
             **{name: r.to_json() for name, r in self.results.items()},
             "ratio_vs_onnxruntime": self.ratio,
+            "round_ratios": list(self.round_ratios),
         }
+
+
+def _ratio(results: Mapping[str, RuntimeResult]) -> float:
+    return results["infer"].latency.median_ms / results["onnxruntime"].latency.median_ms
 
 
 def batch_dims(specs: Sequence[TensorSpec]) -> set[str]:
@@ -278,6 +336,27 @@ def bench_cell(cell: BenchCell, runtime: str) -> RuntimeResult:
     return RuntimeResult.from_json(_run_worker(runtime, _cell_json(cell), where))
 
 
+def bench_row(
+    cell: BenchCell, rounds: int = DEFAULT_ROUNDS, progress: Progress | None = None
+) -> BenchRow:
+    """Return the cell timed in rounds of one fresh worker process per runtime, back to back;
+    odd rounds start with the other runtime, so that a machine speeding up or slowing down
+    over the rounds favours neither."""
+    if rounds < 1:
+        raise InputError(f"rounds: expected >= 1, got {rounds}")
+    results: list[dict[str, RuntimeResult]] = []
+    for number in range(rounds):
+        order = RUNTIMES if number % 2 == 0 else RUNTIMES[::-1]
+        results.append({})
+        for runtime in order:
+            where = f"{cell.label}, threads {cell.threads}, batch {cell.batch}: {runtime}"
+            if rounds > 1:
+                where += f", round {number + 1}/{rounds}"
+            with progress.stage(where) if progress is not None else nullcontext():
+                results[-1][runtime] = bench_cell(cell, runtime)
+    return BenchRow.from_rounds(cell, results)
+
+
 def markdown_table(rows: Sequence[BenchRow]) -> str:
     """Return the rows as a markdown table (medians, p90s, peak RSS and the ratio)."""
     lines = [
@@ -330,8 +409,8 @@ def _ratio_chart(
 def plot_rows(rows: Sequence[BenchRow], path: Path) -> None:
     """Write a bar chart of the ratios (infer's median over ONNX Runtime's) to path."""
     notes = [
-        f"{r.ratio:.2f}x ({r.results['infer'].latency.median_ms:.2f} vs "
-        f"{r.results['onnxruntime'].latency.median_ms:.2f} ms)"
+        f"{r.ratio_text()}: {r.results['infer'].latency.median_ms:.2f} vs "
+        f"{r.results['onnxruntime'].latency.median_ms:.2f} ms"
         for r in rows
     ]
     _ratio_chart(

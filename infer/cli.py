@@ -16,6 +16,7 @@ import click
 import numpy as np
 
 from infer.bench import DEFAULT_REPEAT as BENCH_REPEAT
+from infer.bench import DEFAULT_ROUNDS as BENCH_ROUNDS
 from infer.bench import DEFAULT_WARMUP as BENCH_WARMUP
 from infer.bench import MIN_SECONDS as BENCH_SECONDS
 from infer.errors import InferError, InputError, PipelineError
@@ -691,6 +692,13 @@ def _tuning_table(report: Any) -> Any:
     help="More timed runs than --repeat when they take less than this.",
 )
 @click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=BENCH_ROUNDS,
+    show_default=True,
+    help="Processes per runtime, alternating: the ratio is the median of the rounds' ratios.",
+)
+@click.option(
     "--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of another symbolic dim."
 )
 @click.option(
@@ -722,15 +730,16 @@ def _tuning_table(report: Any) -> Any:
 @click.option("--model", "task_model", default=None, help="With --task: the pipeline's model.")
 def bench_command(
     models: tuple[str, ...], threads_list: str, batch_list: str, repeat: int, warmup: int, min_seconds: float,
-    dims: tuple[str, ...], shapes: tuple[str, ...], pipeline: str | None, tuning: str | None,
+    rounds: int, dims: tuple[str, ...], shapes: tuple[str, ...], pipeline: str | None, tuning: str | None,
     precision: str, calibration: Path | None, plot: Path | None, markdown: Path | None,
     as_json: bool, task: str | None, task_model: str | None,
 ) -> None:  # fmt: skip
     """Time MODELS (names, .onnx files or artifacts) against ONNX Runtime at equal threads.
 
-    Each runtime runs in a process of its own per (model, threads, batch): same seeded inputs,
-    warm-up, then the median and p90 of --repeat runs, and the process's peak RSS. With --task,
-    MODELS are input files for the task's pipeline.
+    Each runtime runs in a process of its own per (model, threads, batch) and round: same
+    seeded inputs, warm-up, then the median and p90 of --repeat runs, and the process's peak
+    RSS. The runtimes alternate over --rounds rounds; the ratio is the median of the rounds'
+    ratios, with their range. With --task, MODELS are input files for the task's pipeline.
     """
     if task is not None:
         _bench_task(
@@ -750,10 +759,9 @@ def bench_command(
     from infer.api import reference_file
     from infer.artifact.manifest import ArtifactManifest
     from infer.bench import (
-        RUNTIMES,
         BenchCell,
         BenchRow,
-        bench_cell,
+        bench_row,
         cell_dims,
         markdown_table,
         plot_rows,
@@ -803,14 +811,9 @@ def bench_command(
                 )
     rows: list[BenchRow] = []
     for i, cell in enumerate(cells, 1):
-        results = {}
-        for runtime in RUNTIMES:
-            with progress.stage(
-                f"[{i}/{len(cells)}] {cell.label}, threads {cell.threads}, batch {cell.batch}: {runtime}"
-            ):
-                results[runtime] = bench_cell(cell, runtime)
-        rows.append(BenchRow(cell, results))
-        progress.log(f"{cell.label}: ratio {rows[-1].ratio:.2f}x")
+        progress.log(f"[{i}/{len(cells)}] {cell.label}, threads {cell.threads}, batch {cell.batch}")
+        rows.append(bench_row(cell, rounds, progress))
+        progress.log(f"{cell.label}: ratio {rows[-1].ratio_text()}")
     table = markdown_table(rows)
     if markdown is not None:
         markdown.write_text(table + "\n", encoding="utf-8")
@@ -823,7 +826,8 @@ def bench_command(
 
     out = Table(
         caption=f"median (p90) of at least {repeat} runs and {min_seconds:g} s after {warmup} warm-up; "
-        "each runtime in its own process"
+        f"each runtime in its own process, {rounds} round{'s' if rounds > 1 else ''}; ratio: "
+        "median (range) of the rounds' ratios"
     )
     for column in ("model", "threads", "batch", "infer ms", "ORT ms", "ratio", "peak RSS MiB"):
         out.add_column(column, justify="left" if column == "model" else "right")

@@ -12,13 +12,17 @@ import infer
 from infer.bench import (
     BenchCell,
     BenchRow,
+    RuntimeResult,
     bench_cell,
+    bench_row,
     cell_dims,
     markdown_table,
     plot_rows,
 )
 from infer.cli import cli
 from infer.errors import InferError, InputError
+from infer.progress import Progress
+from infer.timing import LatencyStats
 from tests import onnx_models
 from tests.conftest import save
 
@@ -52,6 +56,44 @@ def test_each_runtime_reports_latency_memory_and_version(
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
 
 
+def test_rounds_alternate_the_runtimes_and_the_ratio_is_their_median(
+    mlp_artifact: Path, tmp_path: Path
+) -> None:
+    cell = BenchCell("mlp", mlp_artifact, threads=1, batch=2, repeat=4, warmup=1, min_seconds=0)
+    log = tmp_path / "progress.txt"
+    with log.open("w") as stream:
+        row = bench_row(cell, rounds=3, progress=Progress("plain", stream))
+    started = [line for line in log.read_text().splitlines() if line.endswith(" ...")]
+    # Each round is a fresh process per runtime, the first runtime alternating.
+    assert [line.split(": ")[-1] for line in started] == [
+        "infer, round 1/3 ...", "onnxruntime, round 1/3 ...",
+        "onnxruntime, round 2/3 ...", "infer, round 2/3 ...",
+        "infer, round 3/3 ...", "onnxruntime, round 3/3 ...",
+    ]  # fmt: skip
+    assert len(row.round_ratios) == 3
+    assert row.ratio == sorted(row.round_ratios)[1]
+    assert row.results["infer"].latency.runs == 12
+    lo, hi = min(row.round_ratios), max(row.round_ratios)
+    assert row.cells()[5] == f"{row.ratio:.2f}x ({lo:.2f}-{hi:.2f})"
+    assert json.loads(json.dumps(row.to_json()))["round_ratios"] == list(row.round_ratios)
+    with pytest.raises(InputError, match="rounds: expected >= 1, got 0"):
+        bench_row(cell, rounds=0)
+
+
+def test_combined_rounds_take_the_median_of_medians_and_the_highest_peak() -> None:
+    def result(median: float, runs: int, peak: float) -> RuntimeResult:
+        latency = LatencyStats(runs, median, median * 2, median / 2, median + 1)
+        return RuntimeResult("infer", "v", latency, median, 100.0, peak)
+
+    combined = RuntimeResult.combine(
+        [result(1.0, 10, 300), result(9.0, 30, 200), result(2.0, 10, 250)]
+    )
+    assert combined.latency.median_ms == 2.0 and combined.latency.p90_ms == 4.0
+    assert combined.latency.min_ms == 0.5 and combined.latency.runs == 50
+    assert combined.latency.mean_ms == pytest.approx((2 * 10 + 10 * 30 + 3 * 10) / 50)
+    assert combined.peak_rss_mb == 300 and combined.load_s == 2.0
+
+
 def test_a_batch_needs_a_symbolic_leading_dim(tmp_path: Path) -> None:
     fixed = infer.compile(
         save(onnx_models.conv_net(batch=1), tmp_path), output=tmp_path / "c.infer"
@@ -76,7 +118,8 @@ def test_cli_bench_prints_rows_and_writes_markdown(mlp_artifact: Path, tmp_path:
     result = CliRunner().invoke(
         cli,
         ["--quiet", "bench", str(mlp_artifact), "--threads", "1,2", "--batch", "1,3",
-         "--repeat", "3", "--warmup", "1", "--json", "--markdown", str(tmp_path / "t.md")],
+         "--repeat", "3", "--warmup", "1", "--rounds", "1", "--json",
+         "--markdown", str(tmp_path / "t.md")],
         catch_exceptions=False,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -86,6 +129,7 @@ def test_cli_bench_prints_rows_and_writes_markdown(mlp_artifact: Path, tmp_path:
         assert r["ratio_vs_onnxruntime"] == pytest.approx(
             r["infer"]["latency"]["median_ms"] / r["onnxruntime"]["latency"]["median_ms"]
         )
+        assert r["round_ratios"] == [r["ratio_vs_onnxruntime"]]
     assert len((tmp_path / "t.md").read_text().splitlines()) == 2 + 4
 
 
