@@ -315,9 +315,10 @@ def _export_tvm(compiled: _Compiled, directory: Path, name: str, stage: Stage) -
     if any(gv.name_hint == TRANSFORM_PARAMS for gv in compiled.mod.get_global_vars()):
         with stage("transform weights"):
             params = _transform_params(directory / LIBRARY_FILE, params, name)
+    from infer.optimize.relax_main import input_params
+
     main = compiled.mod["main"]
-    num_input = int(main.attrs["num_input"])
-    param_names = [str(p.name) for p in main.params[num_input:]]
+    param_names = [str(p.name) for p in main.params[len(input_params(main)) :]]
     if len(set(param_names)) != len(param_names):
         param_names = [f"p{i}:{n}" for i, n in enumerate(param_names)]
     if len(param_names) != len(params):
