@@ -15,7 +15,7 @@ from typing import Any
 import onnx
 
 from infer.artifact.cache import CompileCache, cache_key
-from infer.artifact.manifest import ORT_SEGMENT, TVM_SEGMENT, ArtifactManifest
+from infer.artifact.manifest import ORT_SEGMENT, TVM_SEGMENT, ArtifactManifest, sha256_file
 from infer.artifact.store import build_atomically, write_file_atomically
 from infer.build import BuildOptions, ImportFailure, build_artifact, tool_versions
 from infer.config import available_cpus, cache_dir, default_num_threads
@@ -51,6 +51,7 @@ from infer.parity import (
 )
 from infer.progress import Progress
 from infer.reference import ReferenceFailed, ReferenceSession, SpecReference
+from infer.runtime.onednn import CHOICES_FILE
 from infer.runtime.session import Session
 from infer.signature import TensorSpec
 from infer.sources import ModelSource, resolve_model
@@ -96,17 +97,23 @@ def _parity(
     dims: Mapping[str, int] | None,
     converted: Converted | None = None,
     samples: Sequence[Mapping[str, Any]] = (),
+    measure: bool = False,
 ) -> tuple[ParityReport, ParityReport | None]:
     """Return the artifact's parity against ONNX Runtime, and against the framework when given:
-    on seeded random feeds, or on the samples given (each output's results stacked)."""
+    on seeded random feeds, or on the samples given (each output's results stacked). With
+    measure, the run picks each library call's fastest kernel and writes the choices into the
+    artifact (the caller hashes the file), so that the kernels checked are those that ship."""
     session = Session(artifact_dir, threads=threads)
+    measuring = measure and session._measure_library_kernels()
     reference: ReferenceSession | SpecReference
     try:
-        reference = ReferenceSession(proto, threads)
+        reference = ReferenceSession(proto, threads, spin=False)
         feeds, got, want = _reference_run(session, reference, seed, dims, samples)
     except ReferenceFailed as exc:
         reference = SpecReference(proto, why=str(exc))
         feeds, got, want = _reference_run(session, reference, seed, dims, samples)
+    if measuring:
+        session._write_library_choices()
     outputs = session.get_outputs()
     quantized = any(n.op_type in QUANTIZING_OPS for n in iter_nodes(proto.graph))
     precision = session.manifest.precision
@@ -455,7 +462,11 @@ def _compile_loaded(
             with progress.stage(stage):
                 proto = loaded.proto  # as in source_model: the model as given
                 first = samples[:CHECK_SAMPLES]
-                report, own = _parity(proto, staged, threads, seed, check_dims, converted, first)
+                report, own = _parity(
+                    proto, staged, threads, seed, check_dims, converted, first, measure=True
+                )
+                if (staged / CHOICES_FILE).is_file():  # the kernels its run measured
+                    manifest.files[CHOICES_FILE] = sha256_file(staged / CHOICES_FILE)
                 manifest.parity = report.to_json()
                 if own is not None:
                     manifest.parity["framework"] = own.to_json()

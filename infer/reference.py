@@ -29,12 +29,16 @@ class ReferenceFailed(CompileError):
 class ReferenceSession:
     """An onnxruntime.InferenceSession on the CPU with a fixed number of intra-op threads."""
 
-    def __init__(self, model: onnx.ModelProto | str, threads: int) -> None:
-        """model is a ModelProto or the path of an .onnx file (external data beside it)."""
+    def __init__(self, model: onnx.ModelProto | str, threads: int, *, spin: bool = True) -> None:
+        """model is a ModelProto or the path of an .onnx file (external data beside it). Without
+        spin, its threads sleep as soon as a run ends instead of ONNX Runtime's default busy
+        wait (a compile times kernels right after its reference run)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 4  # its errors come back as exceptions, which we report

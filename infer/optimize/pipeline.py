@@ -23,7 +23,7 @@ __all__ = [
 # Kept in step with infer.optimize.cpu_schedule.SCHEDULE_REVISION (which imports TVM).
 SCHEDULE_REVISION = 10
 # Bumped when infer.optimize.offload changes what it hands to the library (part of cache keys).
-OFFLOAD_REVISION = 6
+OFFLOAD_REVISION = 7
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import dataclasses
 import json
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 from infer.errors import ArtifactError, InferError
 
 __all__ = [
+    "CHOICES_FILE",
     "CONV2D",
     "INT8",
     "LIBRARY",
@@ -34,10 +36,15 @@ __all__ = [
     "active",
     "available",
     "library_version",
+    "read_choices",
     "register",
+    "write_choices",
 ]
 
 LIBRARY = "onednn-cpu-gomp"
+# An artifact's record of the implementation its compile measured fastest for each call
+# (OnednnState.choices), at its root: {"threads": n, "kernels": {call key: choice}}.
+CHOICES_FILE = "onednn_kernels.json"
 # The config precision of calls on an 8-bit source (a quantized model's dequantize folded in).
 INT8 = "int8"
 # The global function names compiled graphs call; their last argument is a JSON config string.
@@ -54,7 +61,7 @@ _STREAM_IN_ORDER = 1
 _FORWARD_INFERENCE = 96
 _CONVOLUTION_DIRECT = 1
 _DECONVOLUTION_DIRECT = 10
-_QUERY_WEIGHTS_MD, _QUERY_SCRATCHPAD_MD = 131, 136
+_QUERY_IMPL_INFO_STR, _QUERY_WEIGHTS_MD, _QUERY_SCRATCHPAD_MD = 8, 131, 136
 _ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS, _ARG_SCRATCHPAD = 1, 17, 33, 41, 80
 _ARG_ATTR_SCALES, _ARG_ATTR_ZERO_POINTS = 4096, 8192
 # Each primitive gets its own scratchpad: the library's default one belongs to the thread that
@@ -168,6 +175,10 @@ class _Library:
         ):
             getattr(lib, name).restype = ctypes.c_int
         lib.dnnl_primitive_desc_query_md.restype = p
+        lib.dnnl_primitive_desc_query.restype = ctypes.c_int
+        lib.dnnl_primitive_desc_query.argtypes = [p, ctypes.c_int, ctypes.c_int, p]
+        lib.dnnl_primitive_desc_next_impl.restype = ctypes.c_int
+        lib.dnnl_primitive_desc_next_impl.argtypes = [p]
         lib.dnnl_primitive_desc_query_md.argtypes = [p, ctypes.c_int, ctypes.c_int]
         lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
         lib.dnnl_memory_desc_get_size.argtypes = [p]
@@ -328,13 +339,11 @@ class _Kernel:
         pd: ctypes.c_void_p,
         roles: Sequence[tuple[int, Any]],
         packed: tuple[Any, np.ndarray] | None,
-        release: Sequence[Any] = (),
         fixed: Sequence[tuple[int, int, np.ndarray]] = (),
     ) -> None:
-        """pd is consumed; roles are (DNNL_ARG_*, memory descriptor) in execution order;
-        release lists the descriptors this kernel's builder made, destroyed once the memory
-        objects (which copy them) exist; fixed are (DNNL_ARG_*, data type, 1-d array) passed
-        to every execution (int8 scales and zero points)."""
+        """pd is consumed; roles are (DNNL_ARG_*, memory descriptor) in execution order (the
+        memory objects copy the descriptors); fixed are (DNNL_ARG_*, data type, 1-d array)
+        passed to every execution (int8 scales and zero points)."""
         self.lib = lib
         self.primitive = ctypes.c_void_p()
         lib.check(lib.lib.dnnl_primitive_create(ctypes.byref(self.primitive), pd), "primitive")
@@ -369,9 +378,9 @@ class _Kernel:
         self.packed_handle = None if packed is None else _aligned_address(packed[1])
         # A reorder that converts the source to the compute type first, and its output buffer.
         self.convert: tuple[_Kernel, np.ndarray] | None = None
+        # The primitive and oneDNN's implementation running it: "convolution jit_1x1:avx2".
+        self.implementation = ""
         lib.lib.dnnl_primitive_desc_destroy(pd)
-        for md in {md.value for md in release if md is not None}:
-            lib.lib.dnnl_memory_desc_destroy(ctypes.c_void_p(md))
 
     def __call__(self, handles: Sequence[int | None]) -> None:
         lib = self.lib.lib
@@ -412,8 +421,15 @@ MAX_KERNELS = 512
 class OnednnState:
     """The kernels and packed weights of one session, and the threads oneDNN may use."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, choices: dict[str, str] | None = None) -> None:
         self.threads = threads
+        # oneDNN's implementation for each call a compile measured (CHOICES_FILE): call key ->
+        # "<primitive> <implementation>"; calls not in it take oneDNN's first.
+        self.choices: dict[str, str] = dict(choices or {})
+        # Set by a compile: a kernel made for a call key not in choices times every
+        # implementation oneDNN offers for it (both primitives of a matmul on weights) and
+        # keeps the fastest, into choices; the same key's later kernels (other weights) take it.
+        self.measure = False
         self.kernels: dict[tuple[Any, ...], _Kernel] = {}
         self.packed: dict[int, list[tuple[Any, np.ndarray]]] = {}
         # Per-channel scales of the weights packed in int8, by (address, channel axis).
@@ -485,6 +501,16 @@ def _reorder(lib: _Library, src: Any, dst: Any, what: str) -> tuple[_Kernel, np.
     return kernel, np.empty(lib.lib.dnnl_memory_desc_get_size(dst) + _ALIGN, dtype=np.uint8)
 
 
+def _implementation(lib: _Library, pd: Any) -> str:
+    """Return the name of the implementation primitive descriptor pd stands on."""
+    name = ctypes.c_char_p()
+    lib.check(
+        lib.lib.dnnl_primitive_desc_query(pd, _QUERY_IMPL_INFO_STR, 0, ctypes.byref(name)),
+        "implementation query",
+    )
+    return (name.value or b"").decode()
+
+
 def _copy_md(lib: _Library, md: Any) -> ctypes.c_void_p:
     copy = ctypes.c_void_p()
     lib.check(lib.lib.dnnl_memory_desc_clone(ctypes.byref(copy), ctypes.c_void_p(md)), "clone")
@@ -539,24 +565,24 @@ def _unit_height(layout: str, shape: Sequence[int]) -> tuple[str, tuple[int, ...
     return layout[:at] + "H" + layout[at:], (*shape[:at], 1, *shape[at:])
 
 
-def _conv2d_kernel(
+def _conv2d_recipes(
     lib: _Library,
-    state: OnednnState,
     config: dict[str, Any],
     x: Any,
     w: Any,
     has_bias: bool,
     out: Any,
     quant: _Quant | None,
-) -> _Kernel:
-    return _convolution(
-        lib, state, config, tuple(x.shape), w, tuple(w.shape), tuple(out.shape), has_bias, quant
-    )
+) -> list[_Recipe]:
+    return [
+        _convolution(
+            lib, config, tuple(x.shape), w, tuple(w.shape), tuple(out.shape), has_bias, quant
+        )
+    ]
 
 
 def _convolution(
     lib: _Library,
-    state: OnednnState,
     config: dict[str, Any],
     x_shape: tuple[int, ...],
     w: Any,
@@ -564,8 +590,8 @@ def _convolution(
     y_shape: tuple[int, ...],
     has_bias: bool,
     quant: _Quant | None = None,
-) -> _Kernel:
-    """Return the convolution (or deconvolution) kernel of config on tensors of these shapes,
+) -> _Recipe:
+    """Return the recipe of config's convolution (or deconvolution) on tensors of these shapes,
     stored in config's layouts; w is the weight tensor, packed once into oneDNN's layout. With
     quant, the source is 8-bit and the weights are quantized to int8 as they are packed."""
     data_layout, kernel_layout = config["data_layout"], config["kernel_layout"]
@@ -600,7 +626,6 @@ def _convolution(
     top, left, bottom, right = padding
     dilation = [d - 1 for d in dilation]
     attr = lib.attr([tuple(op) for op in config["post_ops"]], quant)
-    pd = ctypes.c_void_p()
     # A transposed convolution is oneDNN's deconvolution: the same arguments, weights (O, I, ...)
     # with O its output channels (the second dim of ONNX's / Relax's IOHW).
     transposed = config.get("transposed", False)
@@ -609,48 +634,53 @@ def _convolution(
         if transposed
         else lib.lib.dnnl_convolution_forward_primitive_desc_create
     )
-    lib.check(
-        create(
-            ctypes.byref(pd),
-            lib.engine,
-            _FORWARD_INFERENCE,
-            _DECONVOLUTION_DIRECT if transposed else _CONVOLUTION_DIRECT,
-            compute_src,
-            any_w,
-            bias,
-            dst,
-            _Dims(*strides),
-            _Dims(*dilation),
-            _Dims(top, left),
-            _Dims(bottom, right),
-            attr,
-        ),
-        f"{'de' if transposed else ''}convolution {list(src_dims)} * {[o, i, kh, kw]} "
-        f"groups {groups}{_precision_note(config)}",
-    )
+
+    def describe() -> ctypes.c_void_p:
+        pd = ctypes.c_void_p()
+        lib.check(
+            create(
+                ctypes.byref(pd),
+                lib.engine,
+                _FORWARD_INFERENCE,
+                _DECONVOLUTION_DIRECT if transposed else _CONVOLUTION_DIRECT,
+                compute_src,
+                any_w,
+                bias,
+                dst,
+                _Dims(*strides),
+                _Dims(*dilation),
+                _Dims(top, left),
+                _Dims(bottom, right),
+                attr,
+            ),
+            f"{'de' if transposed else ''}convolution {list(src_dims)} * {[o, i, kh, kw]} "
+            f"groups {groups}{_precision_note(config)}",
+        )
+        return pd
+
     # The output channels' axis of the weight tensor as stored, counted from its end (a
     # matmul's (K, N) weights come here as HWIO).
     out_axis = config["kernel_layout"].index("O") - len(config["kernel_layout"])
-    return _finish(
-        lib, state, pd, attr, (src, compute_src), dst, bias, w, user_w, any_w, pack=True,
-        quant=quant, out_axis=out_axis,
+    return _Recipe(
+        "deconvolution" if transposed else "convolution", describe, attr, (src, compute_src),
+        dst, bias, w, user_w, any_w, pack=True, quant=quant, out_axis=out_axis,
     )  # fmt: skip
 
 
-def _matmul_kernel(
+def _matmul_recipes(
     lib: _Library,
-    state: OnednnState,
     config: dict[str, Any],
     x: Any,
     w: Any,
     has_bias: bool,
     out: Any,
     quant: _Quant | None,
-) -> _Kernel:
+) -> list[_Recipe]:
+    """Return the ways to make config's matmul: on weights, oneDNN's matmul and its 1x1
+    convolution over the rows (the one expected faster first); on two activations, the matmul."""
     x_shape, w_shape, y_shape = tuple(x.shape), tuple(w.shape), tuple(out.shape)
     on_weights = config["weights"]
-    if on_weights and w_shape[0] <= w_shape[1]:
-        return _rows_times_weights(lib, state, config, x_shape, w, has_bias, quant)
+    rows_quant = quant
     if on_weights:  # (..., M, K) @ (K, N): the rows of x flattened into one M
         k, n = w_shape
         m = int(np.prod(x_shape[:-1], dtype=np.int64))
@@ -672,34 +702,43 @@ def _matmul_kernel(
         user_w = wanted_w = lib.md(ws, _dense_strides(ws))
         bias = None
     attr = lib.attr([tuple(op) for op in config["post_ops"]], quant)
-    pd = ctypes.c_void_p()
-    lib.check(
-        lib.lib.dnnl_matmul_primitive_desc_create(
-            ctypes.byref(pd), lib.engine, compute_src, wanted_w, bias, dst, attr
-        ),
-        f"matmul {list(x_shape)} @ {list(w_shape)}{_precision_note(config)}",
-    )
-    return _finish(
-        lib, state, pd, attr, (src, compute_src), dst, bias, w, user_w, wanted_w,
+
+    def describe() -> ctypes.c_void_p:
+        pd = ctypes.c_void_p()
+        lib.check(
+            lib.lib.dnnl_matmul_primitive_desc_create(
+                ctypes.byref(pd), lib.engine, compute_src, wanted_w, bias, dst, attr
+            ),
+            f"matmul {list(x_shape)} @ {list(w_shape)}{_precision_note(config)}",
+        )
+        return pd
+
+    matmul = _Recipe(
+        "matmul", describe, attr, (src, compute_src), dst, bias, w, user_w, wanted_w,
         pack=on_weights, quant=quant, out_axis=-1,
     )  # fmt: skip
+    if not on_weights:
+        return [matmul]
+    rows = _rows_times_weights(lib, config, x_shape, w, has_bias, rows_quant)
+    # The order without a measured choice: see _rows_times_weights.
+    return [matmul, rows] if w_shape[0] > w_shape[1] else [rows, matmul]
 
 
 def _rows_times_weights(
     lib: _Library,
-    state: OnednnState,
     config: dict[str, Any],
     x_shape: tuple[int, ...],
     w: Any,
     has_bias: bool,
     quant: _Quant | None = None,
-) -> _Kernel:
+) -> _Recipe:
     """(..., M, K) @ (K, N) as oneDNN's 1x1 convolution over M pixels of K channels (NHWC).
 
-    On AVX2, oneDNN 3.2's f32 matmul is its gemm:jit; its 1x1 convolution (brgconv_1x1:avx2)
-    packs the weights once and, measured on BERT-base's projections at 128 rows, takes 8.9 ms
-    for 768 -> 3072 (gemm 17.9 ms) and 2.2 ms for 768 -> 768 (gemm 2.4 ms), but 27.8 ms for
-    3072 -> 768 (gemm 10.4 ms): so it takes the weights with K <= N.
+    On AVX2, oneDNN 3.2's f32 matmul is its gemm:jit; its first 1x1 convolution
+    (brgconv_1x1:avx2) packs the weights once and, measured on BERT-base's projections at 128
+    rows, takes 8.9 ms for 768 -> 3072 (gemm 17.9 ms) and 2.2 ms for 768 -> 768 (gemm 2.4 ms),
+    but 27.8 ms for 3072 -> 768 (gemm 10.4 ms): so by default the weights with K <= N take it.
+    A compile measures every implementation of both (see OnednnState.measure).
     """
     k, n = tuple(w.shape)
     m = int(np.prod(x_shape[:-1], dtype=np.int64))
@@ -710,60 +749,94 @@ def _rows_times_weights(
         "precision": config.get("precision", "fp32"),
     }  # fmt: skip
     return _convolution(
-        lib, state, one_by_one, (1, 1, m, k), w, (1, 1, k, n), (1, 1, m, n), has_bias, quant
+        lib, one_by_one, (1, 1, m, k), w, (1, 1, k, n), (1, 1, m, n), has_bias, quant
     )
 
 
-def _finish(
-    lib: _Library,
-    state: OnednnState,
-    pd: Any,
-    attr: Any,
-    sources: tuple[Any, Any],
-    dst: Any,
-    bias: Any,
-    w: Any,
-    user_w: Any,
-    wanted_w: Any,
-    *,
-    pack: bool,
-    quant: _Quant | None = None,
-    out_axis: int = -1,
-) -> _Kernel:
-    """Return the kernel of primitive descriptor pd, its weights packed once (pack) or read in
-    place; the attributes and descriptors made for it are released. sources are the f32 source
-    the graph passes and the one pd computes on: when they differ (bf16), the kernel converts
-    the source with a reorder first. With quant, the f32 weights are quantized per channel of
-    out_axis (their axis in w) before packing, and the scales and zero point go with every
-    execution."""
-    if attr is not None:
-        lib.lib.dnnl_primitive_attr_destroy(attr)
-    src, compute_src = sources
-    int8_axis = out_axis if quant is not None else None
-    packed = state.pack(lib, pd, w, user_w, int8_axis) if pack else None
-    fixed: list[tuple[int, int, np.ndarray]] = []
-    if quant is not None:
-        fixed = [
-            (_ARG_ATTR_SCALES | _ARG_SRC, _F32, np.array([quant.scale], np.float32)),
-            (_ARG_ATTR_SCALES | _ARG_WEIGHTS, _F32, state.weight_scales[w.data_ptr(), out_axis]),
+@dataclasses.dataclass
+class _Recipe:
+    """One way to make a kernel: the primitive (kind) that describe() returns a new descriptor
+    of, on the attributes and memory descriptors here, which live until release().
+
+    sources are the f32 source the graph passes and the one the primitive computes on: when
+    they differ (bf16), the kernel converts the source with a reorder first. The weights w are
+    packed once into the layout the primitive wants (pack) or read in place; with quant, the
+    f32 weights are quantized per channel of out_axis (their axis in w) before packing, and
+    the scales and zero point go with every execution."""
+
+    kind: str
+    describe: Callable[[], ctypes.c_void_p]
+    attr: Any
+    sources: tuple[Any, Any]
+    dst: Any
+    bias: Any
+    w: Any
+    user_w: Any
+    wanted_w: Any
+    pack: bool
+    quant: _Quant | None = None
+    out_axis: int = -1
+
+    def implementations(self, lib: _Library) -> list[str]:
+        """Return the names of oneDNN's implementations of this primitive, best expected first
+        (a name offered twice counts once: kernel() finds the first)."""
+        pd, names = self.describe(), []
+        try:
+            while True:
+                name = _implementation(lib, pd)
+                if name not in names:
+                    names.append(name)
+                if lib.lib.dnnl_primitive_desc_next_impl(pd) != _SUCCESS:
+                    return names
+        finally:
+            lib.lib.dnnl_primitive_desc_destroy(pd)
+
+    def kernel(self, lib: _Library, state: OnednnState, implementation: str | None) -> _Kernel:
+        """Return the kernel of this recipe, run by the named implementation (oneDNN's first
+        when None, or when this CPU offers none of that name)."""
+        pd = self.describe()
+        if implementation is not None:
+            while _implementation(lib, pd) != implementation:
+                if lib.lib.dnnl_primitive_desc_next_impl(pd) != _SUCCESS:
+                    lib.lib.dnnl_primitive_desc_destroy(pd)
+                    pd = self.describe()
+                    break
+        src, compute_src = self.sources
+        quant, w = self.quant, self.w
+        int8_axis = self.out_axis if quant is not None else None
+        packed = state.pack(lib, pd, w, self.user_w, int8_axis) if self.pack else None
+        fixed: list[tuple[int, int, np.ndarray]] = []
+        if quant is not None:
+            scales = state.weight_scales[w.data_ptr(), self.out_axis]
+            fixed = [
+                (_ARG_ATTR_SCALES | _ARG_SRC, _F32, np.array([quant.scale], np.float32)),
+                (_ARG_ATTR_SCALES | _ARG_WEIGHTS, _F32, scales),
+            ]
+            if quant.zero:
+                zero = np.array([quant.zero], np.int32)
+                fixed.append((_ARG_ATTR_ZERO_POINTS | _ARG_SRC, _S32, zero))
+        roles = [
+            (_ARG_SRC, compute_src),
+            (_ARG_WEIGHTS, packed[0] if packed else self.user_w),
+            (_ARG_DST, self.dst),
         ]
-        if quant.zero:
-            fixed.append((_ARG_ATTR_ZERO_POINTS | _ARG_SRC, _S32, np.array([quant.zero], np.int32)))
-    roles = [
-        (_ARG_SRC, compute_src),
-        (_ARG_WEIGHTS, packed[0] if packed else user_w),
-        (_ARG_DST, dst),
-    ]
-    if bias is not None:
-        roles.insert(2, (_ARG_BIAS, bias))
-    convert = None
-    if compute_src.value != src.value and not lib.lib.dnnl_memory_desc_equal(src, compute_src):
-        convert = _reorder(lib, src, compute_src, "source conversion")
-    kernel = _Kernel(
-        lib, pd, roles, packed, release=(src, compute_src, dst, bias, user_w, wanted_w), fixed=fixed
-    )
-    kernel.convert = convert
-    return kernel
+        if self.bias is not None:
+            roles.insert(2, (_ARG_BIAS, self.bias))
+        convert = None
+        if compute_src.value != src.value and not lib.lib.dnnl_memory_desc_equal(src, compute_src):
+            convert = _reorder(lib, src, compute_src, "source conversion")
+        name = f"{self.kind} {_implementation(lib, pd)}"
+        kernel = _Kernel(lib, pd, roles, packed, fixed=fixed)
+        kernel.convert = convert
+        kernel.implementation = name
+        return kernel
+
+    def release(self, lib: _Library) -> None:
+        if self.attr is not None:
+            lib.lib.dnnl_primitive_attr_destroy(self.attr)
+        descriptors = (*self.sources, self.dst, self.bias, self.user_w, self.wanted_w)
+        for md in {md.value for md in descriptors if md is not None}:
+            lib.lib.dnnl_memory_desc_destroy(ctypes.c_void_p(md))
 
 
 def _source_quant(x: Any, scale: Any, zero: Any) -> _Quant:
@@ -778,8 +851,104 @@ def _source_quant(x: Any, scale: Any, zero: Any) -> _Quant:
     return _Quant(types[dtype], scale_value, zero_value)
 
 
-_BUILDERS = {CONV2D: _conv2d_kernel, MATMUL: _matmul_kernel}
+# A compile times each implementation once, then MEASURE_RUNS times more, and keeps the least
+# time; one whose first run takes MEASURE_CUTOFF times the best so far is dropped there.
+MEASURE_RUNS = 5
+MEASURE_CUTOFF = 3.0
+
+
+def _handles(kernel: _Kernel, x: Any, w: Any, bias: Any, out: Any) -> list[int]:
+    """Return the data addresses of a call to kernel, in its memory objects' order."""
+    weight = kernel.packed_handle if kernel.packed_handle is not None else w.data_ptr()
+    if bias is None:
+        return [x.data_ptr(), weight, out.data_ptr()]
+    return [x.data_ptr(), weight, bias.data_ptr(), out.data_ptr()]
+
+
+def _seconds(kernel: _Kernel, handles: list[int]) -> float:
+    started = time.perf_counter()
+    kernel(handles)
+    return time.perf_counter() - started
+
+
+def _fastest(
+    lib: _Library, state: OnednnState, recipes: Sequence[_Recipe], handles: Any
+) -> _Kernel:
+    """Return the fastest kernel of recipes on this call's tensors (handles(kernel) gives its
+    addresses): every implementation of every recipe, timed. oneDNN's reference code ("ref:")
+    is left out: it takes seconds where the others take milliseconds. The weights the others
+    packed are let go."""
+    address = recipes[0].w.data_ptr()
+    packed_before = list(state.packed.get(address, []))
+    best, best_seconds = None, float("inf")
+    for recipe in recipes:
+        try:
+            implementations = recipe.implementations(lib)
+        except InferError:  # oneDNN has no such primitive for these types here
+            continue
+        for implementation in implementations:
+            if implementation.startswith("ref:"):
+                continue
+            kernel = recipe.kernel(lib, state, implementation)
+            addresses = handles(kernel)
+            first = _seconds(kernel, addresses)  # includes the first touch of its memory
+            if first > MEASURE_CUTOFF * best_seconds:
+                continue
+            seconds = min(_seconds(kernel, addresses) for _ in range(MEASURE_RUNS))
+            if seconds < best_seconds:
+                best, best_seconds = kernel, seconds
+    if best is None:
+        return recipes[0].kernel(lib, state, None)
+    kept = [buffer for _, buffer in packed_before]
+    if best.packed is not None:
+        kept.append(best.packed[1])
+    state.packed[address] = [
+        pack for pack in state.packed.get(address, []) if any(pack[1] is k for k in kept)
+    ]
+    return best
+
+
+def _chosen(
+    lib: _Library, state: OnednnState, recipes: Sequence[_Recipe], choice: str | None
+) -> _Kernel:
+    """Return the kernel choice names ("<primitive> <implementation>"), else the first
+    recipe's with oneDNN's first implementation."""
+    if choice is not None:
+        kind, _, implementation = choice.partition(" ")
+        for recipe in recipes:
+            if recipe.kind == kind:
+                return recipe.kernel(lib, state, implementation)
+    return recipes[0].kernel(lib, state, None)
+
+
+_BUILDERS = {CONV2D: _conv2d_recipes, MATMUL: _matmul_recipes}
 _CONFIGS: dict[str, dict[str, Any]] = {}
+
+
+def write_choices(directory: Path, state: OnednnState) -> None:
+    """Write state's choices into directory's CHOICES_FILE."""
+    record = {"threads": state.threads, "kernels": dict(sorted(state.choices.items()))}
+    (directory / CHOICES_FILE).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def read_choices(path: Path) -> dict[str, str]:
+    """Return the choices in path (a CHOICES_FILE); ArtifactError when it is not one."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: unreadable: {exc}") from None
+    kernels = record.get("kernels") if isinstance(record, dict) else None
+    if not isinstance(kernels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in kernels.items()
+    ):
+        raise ArtifactError(f"{path}: field kernels: expected an object of strings")
+    return kernels
+
+
+def choice_key(name: str, config_text: str, x_shape: Sequence[int], w_shape: Sequence[int]) -> str:
+    """Return the key of a call's kernel in OnednnState.choices: what makes the kernel, without
+    the addresses of its weights (calls alike in all but those run alike)."""
+    return f"{name} {list(x_shape)} {list(w_shape)} {config_text}"
 
 
 def _entry(name: str) -> Any:
@@ -815,15 +984,21 @@ def _entry(name: str) -> Any:
             threads = 1 if config.get("single_thread") else state.threads
             lib.set_threads(threads)
             quant = _source_quant(x, scale, zero) if quantized else None
-            kernel = build(lib, state, config, x, w, bias is not None, out, quant)
+            recipes = build(lib, config, x, w, bias is not None, out, quant)
+            choice = choice_key(name, config_text, x.shape, w.shape)
+            try:
+                if state.measure and choice not in state.choices:  # once per choice key
+                    kernel = _fastest(lib, state, recipes, lambda k: _handles(k, x, w, bias, out))
+                    state.choices[choice] = kernel.implementation
+                else:
+                    kernel = _chosen(lib, state, recipes, state.choices.get(choice))
+            finally:
+                for recipe in recipes:
+                    recipe.release(lib)
             kernel.threads = threads
             state.keep(key, kernel)
         lib.set_threads(kernel.threads)
-        weight = kernel.packed_handle if kernel.packed_handle is not None else w.data_ptr()
-        if bias is None:
-            kernel([x.data_ptr(), weight, out.data_ptr()])
-        else:
-            kernel([x.data_ptr(), weight, bias.data_ptr(), out.data_ptr()])
+        kernel(_handles(kernel, x, w, bias, out))
         if _FAST is not None and state.table is not None:
             # Addresses the kernel was made for: packed weights, an int8 source's scale and
             # zero point (the arguments before the config).

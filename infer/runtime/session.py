@@ -118,7 +118,12 @@ class Session:
             from infer.runtime import onednn
 
             onednn.register()
-            self._onednn = onednn.OnednnState(self.threads)
+            choices = (
+                onednn.read_choices(self.path / onednn.CHOICES_FILE)
+                if onednn.CHOICES_FILE in self.manifest.files
+                else None
+            )
+            self._onednn = onednn.OnednnState(self.threads, choices)
             self._library_state = onednn.active(self._onednn)
         self._check_feeds = FeedChecker(self.manifest.inputs)
         # Narrow types (float8, int4, ...) run as uint8 codes: feeds and outputs are views.
@@ -257,6 +262,22 @@ class Session:
             seen |= set(step.inputs) | set(step.outputs)
         releases.reverse()
         return releases
+
+    def _measure_library_kernels(self) -> bool:
+        """Make each library kernel made from now on the fastest of oneDNN's implementations
+        on its call, timed (a compile's parity run); False when the artifact calls no library."""
+        if self._onednn is None:
+            return False
+        self._onednn.measure = True
+        self._onednn.choices.clear()
+        return True
+
+    def _write_library_choices(self) -> str:
+        """Write the implementations measured into the artifact; return the file's name."""
+        from infer.runtime import onednn
+
+        onednn.write_choices(self.path, self._onednn)
+        return onednn.CHOICES_FILE
 
     def placement(self) -> dict[str, Any]:
         """Return where the model runs: nodes and segments on TVM and on ONNX Runtime."""

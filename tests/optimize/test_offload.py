@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import infer
 from infer.cli import cli
+from infer.errors import ArtifactError
 from infer.optimize import offload
 from infer.runtime import onednn
 from tests import onnx_models
@@ -80,6 +81,28 @@ def test_convolutions_with_bias_and_relu_run_on_onednn(tmp_path: Path) -> None:
     shown = CliRunner().invoke(cli, ["--quiet", "inspect", str(tmp_path / "model.infer")])
     assert shown.exit_code == 0, shown.output
     assert f"library kernels: onednn {onednn.library_version()} (conv2d 2, matmul 1" in shown.output
+
+
+@pytest.mark.usefixtures("offload_everything")
+def test_the_compile_measures_each_calls_kernel_and_the_session_runs_that_one(
+    tmp_path: Path,
+) -> None:
+    artifact = infer.compile(onnx_models.conv_net(batch=4), output=tmp_path / "model.infer")
+    assert onednn.CHOICES_FILE in artifact.manifest.files  # hashed: tampering is refused
+    choices = onednn.read_choices(artifact.path / onednn.CHOICES_FILE)
+    assert len(choices) == 3  # two convolutions and the classifier, at the parity run's shapes
+    assert {c.split(" ")[0] for c in choices.values()} <= {"convolution", "matmul"}
+    session = infer.Session(artifact.path, threads=2)
+    x = np.random.default_rng(5).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    session.run(None, {"x": x})
+    ran = {
+        onednn.choice_key(name, config, x_shape, w_shape): kernel.implementation
+        for (name, config, x_shape, w_shape, *_), kernel in session._onednn.kernels.items()
+    }
+    assert ran == choices
+    (artifact.path / onednn.CHOICES_FILE).write_text("{}")
+    with pytest.raises(ArtifactError, match="modified or damaged"):
+        infer.Session(artifact.path)
 
 
 @pytest.mark.usefixtures("offload_everything")

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from infer.errors import ArtifactError
 from infer.runtime import onednn
 from tests.conftest import requires_bf16, requires_int8, run_python, save, to_bf16
 
@@ -139,6 +140,136 @@ def test_a_session_state_packs_each_weight_once_per_layout() -> None:
             np.testing.assert_allclose(out.numpy(), x @ w.numpy(), rtol=1e-4, atol=1e-4)
     assert len(state.kernels) == 2  # one primitive per input shape
     assert sum(len(v) for v in state.packed.values()) <= 2  # reused when the layout is the same
+
+
+def _offered(name: str, config: dict[str, Any], x: Any, w: Any, bias: Any, out: Any) -> list[str]:
+    """Return every choice ("<primitive> <implementation>") a compile may make for this call."""
+    lib = onednn._library()
+    recipes = onednn._BUILDERS[name](lib, config, x, w, bias is not None, out, None)
+    try:
+        return [
+            f"{recipe.kind} {implementation}"
+            for recipe in recipes
+            for implementation in recipe.implementations(lib)
+            if not implementation.startswith("ref:")
+        ]
+    finally:
+        for recipe in recipes:
+            recipe.release(lib)
+
+
+# (name, x, w, bias, config, reference): a 3x3 convolution (NHWC, ReLU), a 1x1 one, matmuls on
+# weights with K > N and K < N (each offered as oneDNN's matmul and as a 1x1 convolution).
+def _calls() -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, str, np.ndarray]]:
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 16, 9, 9), dtype=np.float32)
+    b = rng.standard_normal(24, dtype=np.float32)
+    calls = []
+    for k, pads in ((3, [1, 1, 1, 1]), (1, [0, 0, 0, 0])):
+        w = rng.standard_normal((24, 16, k, k), dtype=np.float32)
+        want = ort_conv(x, w, b, True, pads=pads).transpose(0, 2, 3, 1)
+        config = _conv_config(padding=pads)
+        calls.append(
+            (onednn.CONV2D, x.transpose(0, 2, 3, 1), w.transpose(2, 3, 1, 0), b, config, want)
+        )
+    for k, n in ((48, 20), (20, 48)):
+        rows = rng.standard_normal((3, 7, k), dtype=np.float32)
+        w = rng.standard_normal((k, n), dtype=np.float32)
+        bias = rng.standard_normal(n, dtype=np.float32)
+        config = json.dumps({"weights": True, "post_ops": [["relu", 0.0, 0.0]]})
+        calls.append((onednn.MATMUL, rows, w, bias, config, np.maximum(rows @ w + bias, 0)))
+    return calls
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_every_kernel_a_compile_may_choose_computes_the_call(index: int) -> None:
+    # A compile keeps whichever implementation is fastest here: each must be right, and a
+    # state given the choice must run exactly that one.
+    import tvm
+
+    onednn.register()
+    name, x, w, b, config, want = _calls()[index]
+    function = tvm.get_global_func(name)
+    args = [tensor(x), tensor(w), tensor(b)]
+    key = onednn.choice_key(name, config, x.shape, w.shape)
+    offered = _offered(name, json.loads(config), *args, tensor(want))
+    kinds = {choice.split(" ")[0] for choice in offered}
+    assert kinds == ({"convolution"} if name == onednn.CONV2D else {"convolution", "matmul"})
+    for choice in offered:
+        state = onednn.OnednnState(threads=1, choices={key: choice})
+        out = tensor(np.full(want.shape, np.nan, np.float32))
+        with onednn.active(state):
+            function(*args, config, out)
+        (kernel,) = state.kernels.values()
+        assert kernel.implementation == choice
+        np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4, err_msg=choice)
+
+
+def test_a_measuring_state_keeps_the_fastest_and_records_it(monkeypatch: Any) -> None:
+    import tvm
+
+    onednn.register()
+    name, x, w, b, config, want = _calls()[3]
+    args = [tensor(x), tensor(w), tensor(b)]
+    offered = _offered(name, json.loads(config), *args, tensor(want))
+    assert len(offered) >= 2
+    # The timer, not the kernels, made predictable: the last one offered is the fastest.
+    run_by: list[str] = []
+    real_seconds = onednn._seconds
+
+    def seconds(kernel: Any, handles: list[int]) -> float:
+        real_seconds(kernel, handles)
+        run_by.append(kernel.implementation)
+        return 1.0 + len(offered) - offered.index(kernel.implementation)
+
+    monkeypatch.setattr(onednn, "_seconds", seconds)
+    state = onednn.OnednnState(threads=1)
+    state.measure = True
+    out = tensor(np.full(want.shape, np.nan, np.float32))
+    with onednn.active(state):
+        tvm.get_global_func(name)(*args, config, out)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
+    (kernel,) = state.kernels.values()
+    assert kernel.implementation == offered[-1]
+    assert state.choices == {onednn.choice_key(name, config, x.shape, w.shape): offered[-1]}
+    assert set(run_by) == set(offered)  # each timed (none past 3x the best so far here)
+    assert run_by.count(offered[0]) == 1 + onednn.MEASURE_RUNS
+    assert [len(packs) for packs in state.packed.values()] == [1]  # the losers' packs let go
+    # Another layer of the same shapes (other weights) takes the choice without timing again.
+    timed = len(run_by)
+    other = np.random.default_rng(13).standard_normal(w.shape).astype(np.float32)
+    with onednn.active(state):
+        tvm.get_global_func(name)(args[0], tensor(other), args[2], config, out)
+    np.testing.assert_allclose(out.numpy(), np.maximum(x @ other + b, 0), rtol=1e-4, atol=1e-4)
+    assert len(run_by) == timed and len(state.kernels) == 2
+    assert {k.implementation for k in state.kernels.values()} == {offered[-1]}
+
+
+def test_a_choice_this_cpu_does_not_offer_takes_onednns_first() -> None:
+    import tvm
+
+    onednn.register()
+    name, x, w, b, config, want = _calls()[0]
+    args = [tensor(x), tensor(w), tensor(b)]
+    key = onednn.choice_key(name, config, x.shape, w.shape)
+    state = onednn.OnednnState(threads=1, choices={key: "convolution brgconv:avx1024"})
+    out = tensor(np.full(want.shape, np.nan, np.float32))
+    with onednn.active(state):
+        tvm.get_global_func(name)(*args, config, out)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
+    (kernel,) = state.kernels.values()
+    assert kernel.implementation == _offered(name, json.loads(config), *args, out)[0]
+
+
+def test_a_choices_file_that_is_not_one_is_refused(tmp_path: Path) -> None:
+    state = onednn.OnednnState(threads=2, choices={"k": "matmul gemm:jit:f32"})
+    onednn.write_choices(tmp_path, state)
+    path = tmp_path / onednn.CHOICES_FILE
+    assert onednn.read_choices(path) == {"k": "matmul gemm:jit:f32"}
+    for text in ("{", '{"kernels": {"k": 3}}', "[]"):
+        path.write_text(text)
+        with pytest.raises(ArtifactError, match=onednn.CHOICES_FILE):
+            onednn.read_choices(path)
 
 
 @pytest.mark.parametrize(("strides", "pads"), [([2, 2], [0, 0, 0, 0]), ([2, 1], [1, 0, 1, 1])])
