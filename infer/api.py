@@ -467,6 +467,7 @@ def _compile_loaded(
                 )
                 if (staged / CHOICES_FILE).is_file():  # the kernels its run measured
                     manifest.files[CHOICES_FILE] = sha256_file(staged / CHOICES_FILE)
+                    manifest.write(staged)  # the check at another batch runs them too
                 manifest.parity = report.to_json()
                 if own is not None:
                     manifest.parity["framework"] = own.to_json()

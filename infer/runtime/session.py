@@ -272,12 +272,11 @@ class Session:
         self._onednn.choices.clear()
         return True
 
-    def _write_library_choices(self) -> str:
-        """Write the implementations measured into the artifact; return the file's name."""
+    def _write_library_choices(self) -> None:
+        """Write the implementations measured into the artifact (onednn.CHOICES_FILE)."""
         from infer.runtime import onednn
 
         onednn.write_choices(self.path, self._onednn)
-        return onednn.CHOICES_FILE
 
     def placement(self) -> dict[str, Any]:
         """Return where the model runs: nodes and segments on TVM and on ONNX Runtime."""

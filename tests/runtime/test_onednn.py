@@ -245,6 +245,47 @@ def test_a_measuring_state_keeps_the_fastest_and_records_it(monkeypatch: Any) ->
     assert {k.implementation for k in state.kernels.values()} == {offered[-1]}
 
 
+@pytest.mark.parametrize(("others", "kept"), [(0.97, 0), (0.9, 1)])
+def test_another_implementation_must_beat_onednns_first_by_the_margin(
+    monkeypatch: Any, others: float, kept: int
+) -> None:
+    import tvm
+
+    onednn.register()
+    name, x, w, b, config, want = _calls()[0]
+    args = [tensor(x), tensor(w), tensor(b)]
+    offered = _offered(name, json.loads(config), *args, tensor(want))
+    real_seconds = onednn._seconds
+
+    def seconds(kernel: Any, handles: list[int]) -> float:
+        real_seconds(kernel, handles)
+        return 1.0 if kernel.implementation == offered[0] else others
+
+    monkeypatch.setattr(onednn, "_seconds", seconds)
+    state = onednn.OnednnState(threads=1)
+    state.measure = True
+    out = tensor(np.full(want.shape, np.nan, np.float32))
+    with onednn.active(state):
+        tvm.get_global_func(name)(*args, config, out)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
+    assert list(state.choices.values()) == [offered[kept]]
+
+
+@pytest.mark.parametrize(("each", "runs"), [(1e-3, 5), (1e-4, 11), (1e-7, 200)])
+def test_kernels_of_microseconds_are_timed_more_often(
+    monkeypatch: Any, each: float, runs: int
+) -> None:
+    calls: list[float] = []
+
+    def seconds(_kernel: Any, _handles: list[int]) -> float:
+        calls.append(each * (1 + len(calls) % 3))
+        return calls[-1]
+
+    monkeypatch.setattr(onednn, "_seconds", seconds)
+    assert onednn._least_seconds(None, []) == each  # type: ignore[arg-type]
+    assert len(calls) == runs
+
+
 def test_a_choice_this_cpu_does_not_offer_takes_onednns_first() -> None:
     import tvm
 
