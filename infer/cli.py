@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -1227,6 +1228,16 @@ def inspect_command(model: str, as_json: bool) -> None:
                 f"library kernels: {offload['library']} {offload['version']} ({counts})",
                 markup=False,
             )
+            from infer.runtime import onednn
+
+            if onednn.CHOICES_FILE in manifest.files:
+                path = Path(ref.model) / onednn.CHOICES_FILE  # type: ignore[arg-type]
+                chosen = collections.Counter(onednn.read_choices(path).values())
+                console.print(
+                    "implementations measured fastest: "
+                    + ", ".join(f"{name} {n}" for name, n in chosen.most_common()),
+                    markup=False,
+                )
         if manifest.tuning_database:
             console.print(
                 f"tuned: {manifest.pipeline.get('tuned_kernels', 0)} kernels scheduled from "

@@ -81,6 +81,8 @@ def test_convolutions_with_bias_and_relu_run_on_onednn(tmp_path: Path) -> None:
     shown = CliRunner().invoke(cli, ["--quiet", "inspect", str(tmp_path / "model.infer")])
     assert shown.exit_code == 0, shown.output
     assert f"library kernels: onednn {onednn.library_version()} (conv2d 2, matmul 1" in shown.output
+    measured = shown.output.split("implementations measured fastest: ")[1].splitlines()[0]
+    assert sum(int(part.rsplit(" ", 1)[1]) for part in measured.split(", ")) == 3
 
 
 @pytest.mark.usefixtures("offload_everything")
