@@ -923,12 +923,13 @@ def _fastest(
                 best, best_seconds = kernel, seconds
     if best is None:
         return recipes[0].kernel(lib, state, None)
-    kept = [buffer for _, buffer in packed_before]
-    if best.packed is not None:
-        kept.append(best.packed[1])
-    state.packed[address] = [
-        pack for pack in state.packed.get(address, []) if any(pack[1] is k for k in kept)
-    ]
+    if address in state.packed:
+        kept = [buffer for _, buffer in packed_before]
+        if best.packed is not None:
+            kept.append(best.packed[1])
+        state.packed[address] = [
+            pack for pack in state.packed[address] if any(pack[1] is k for k in kept)
+        ]
     return best
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -205,22 +206,26 @@ def test_every_kernel_a_compile_may_choose_computes_the_call(index: int) -> None
         np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4, err_msg=choice)
 
 
-def test_a_measuring_state_keeps_the_fastest_and_records_it(monkeypatch: Any) -> None:
+def _measured(
+    monkeypatch: Any, index: int, time_of: Callable[[list[str], str], float]
+) -> tuple[onednn.OnednnState, list[str], list[str], list[Any]]:
+    """Run call index in a measuring state whose timer says time_of(offered, implementation)
+    (the kernels still run); return the state, the choices offered, those timed in order, and
+    the call's tensors (the state knows packed weights by address: keep them alive). The timer,
+    not the kernels, is made predictable."""
     import tvm
 
     onednn.register()
-    name, x, w, b, config, want = _calls()[3]
+    name, x, w, b, config, want = _calls()[index]
     args = [tensor(x), tensor(w), tensor(b)]
     offered = _offered(name, json.loads(config), *args, tensor(want))
-    assert len(offered) >= 2
-    # The timer, not the kernels, made predictable: the last one offered is the fastest.
-    run_by: list[str] = []
+    timed: list[str] = []
     real_seconds = onednn._seconds
 
     def seconds(kernel: Any, handles: list[int]) -> float:
         real_seconds(kernel, handles)
-        run_by.append(kernel.implementation)
-        return 1.0 + len(offered) - offered.index(kernel.implementation)
+        timed.append(kernel.implementation)
+        return time_of(offered, kernel.implementation)
 
     monkeypatch.setattr(onednn, "_seconds", seconds)
     state = onednn.OnednnState(threads=1)
@@ -229,19 +234,32 @@ def test_a_measuring_state_keeps_the_fastest_and_records_it(monkeypatch: Any) ->
     with onednn.active(state):
         tvm.get_global_func(name)(*args, config, out)
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
+    return state, offered, timed, args
+
+
+def test_a_measuring_state_keeps_the_fastest_and_records_it(monkeypatch: Any) -> None:
+    import tvm
+
+    # The last one offered is the fastest.
+    state, offered, timed, _args = _measured(
+        monkeypatch, 3, lambda offered, name: 1.0 + len(offered) - offered.index(name)
+    )
+    assert len(offered) >= 2
     (kernel,) = state.kernels.values()
     assert kernel.implementation == offered[-1]
+    name, x, w, b, config, _ = _calls()[3]
     assert state.choices == {onednn.choice_key(name, config, x.shape, w.shape): offered[-1]}
-    assert set(run_by) == set(offered)  # each timed (none past 3x the best so far here)
-    assert run_by.count(offered[0]) == 1 + onednn.MEASURE_RUNS
+    assert set(timed) == set(offered)  # each timed (none past 3x the best so far here)
+    assert timed.count(offered[0]) == 1 + onednn.MEASURE_RUNS
     assert [len(packs) for packs in state.packed.values()] == [1]  # the losers' packs let go
     # Another layer of the same shapes (other weights) takes the choice without timing again.
-    timed = len(run_by)
+    count = len(timed)
     other = np.random.default_rng(13).standard_normal(w.shape).astype(np.float32)
+    out = tensor(np.zeros((3, 7, 48), np.float32))
     with onednn.active(state):
-        tvm.get_global_func(name)(args[0], tensor(other), args[2], config, out)
+        tvm.get_global_func(name)(tensor(x), tensor(other), tensor(b), config, out)
     np.testing.assert_allclose(out.numpy(), np.maximum(x @ other + b, 0), rtol=1e-4, atol=1e-4)
-    assert len(run_by) == timed and len(state.kernels) == 2
+    assert len(timed) == count and len(state.kernels) == 2
     assert {k.implementation for k in state.kernels.values()} == {offered[-1]}
 
 
@@ -249,25 +267,9 @@ def test_a_measuring_state_keeps_the_fastest_and_records_it(monkeypatch: Any) ->
 def test_another_implementation_must_beat_onednns_first_by_the_margin(
     monkeypatch: Any, others: float, kept: int
 ) -> None:
-    import tvm
-
-    onednn.register()
-    name, x, w, b, config, want = _calls()[0]
-    args = [tensor(x), tensor(w), tensor(b)]
-    offered = _offered(name, json.loads(config), *args, tensor(want))
-    real_seconds = onednn._seconds
-
-    def seconds(kernel: Any, handles: list[int]) -> float:
-        real_seconds(kernel, handles)
-        return 1.0 if kernel.implementation == offered[0] else others
-
-    monkeypatch.setattr(onednn, "_seconds", seconds)
-    state = onednn.OnednnState(threads=1)
-    state.measure = True
-    out = tensor(np.full(want.shape, np.nan, np.float32))
-    with onednn.active(state):
-        tvm.get_global_func(name)(*args, config, out)
-    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4)
+    state, offered, _, _args = _measured(
+        monkeypatch, 0, lambda offered, name: 1.0 if name == offered[0] else others
+    )
     assert list(state.choices.values()) == [offered[kept]]
 
 
