@@ -74,6 +74,13 @@ def _same_lines(ours: list[dict[str, Any]], theirs: Any) -> None:
         assert abs(r["score"] - score) < 1e-3
 
 
+def _equal_lines(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    """Two builds' lines: the same texts and boxes, scores equal to float rounding (each compile
+    runs oneDNN's calls on the implementations it measured fastest, which may differ)."""
+    assert [(r["text"], r["box"]) for r in got] == [(r["text"], r["box"]) for r in want]
+    np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], rtol=1e-5)
+
+
 def test_lines_equal_rapidocr(ocr: Any, rapidocr: Any, pages: list[Path]) -> None:
     results = ocr(pages)
     assert len(results) == len(pages)
@@ -134,7 +141,7 @@ def test_fixed_size_detector_gives_the_same_lines(
     config = {**ocr.config, "det": {**ocr.config["det"], "fixed_sizes": [[736, 1472]]}}
     with session_cache(tmp_path_factory):
         fixed = infer.pipeline("ocr", config=config, threads=1)
-        assert fixed(pages[0]) == ocr(pages[0])
+        _equal_lines(fixed(pages[0]), ocr(pages[0]))
     assert "det-736x1472" in fixed.models.found
 
 
@@ -153,7 +160,7 @@ def test_bundle_from_the_cli(
     )
     assert result.exit_code == 0, result.output
     ran = json.loads(result.output[result.output.index("[") :])
-    assert ran[0]["result"] == ocr(pages[0])
+    _equal_lines(ran[0]["result"], ocr(pages[0]))
 
     # A component changed after the build is refused, naming it.
     manifest = bundle / "rec" / "manifest.json"
