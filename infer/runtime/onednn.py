@@ -6,7 +6,9 @@ run in the compiled dispatch (infer/runtime/dispatch.py) without entering Python
 The library is the `onednn-cpu-gomp` wheel (oneDNN 3.2 on GNU OpenMP), whose brgemm kernels run
 fp32 Conv and MatMul at ONNX Runtime's speed on this CPU (TVM_NOTES.md); TVM compiles the rest.
 Each kernel is created on first use for one input shape and kept in the running session's state,
-so that packed weights live as long as the session that owns them and no longer.
+so that packed weights live as long as the session that owns them and no longer. It runs on the
+implementation the compile measured fastest for its call (CHOICES_FILE, see _fastest), else on
+oneDNN's first.
 """
 
 from __future__ import annotations
