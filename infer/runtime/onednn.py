@@ -177,11 +177,11 @@ class _Library:
         ):
             getattr(lib, name).restype = ctypes.c_int
         lib.dnnl_primitive_desc_query_md.restype = p
+        lib.dnnl_primitive_desc_query_md.argtypes = [p, ctypes.c_int, ctypes.c_int]
         lib.dnnl_primitive_desc_query.restype = ctypes.c_int
         lib.dnnl_primitive_desc_query.argtypes = [p, ctypes.c_int, ctypes.c_int, p]
         lib.dnnl_primitive_desc_next_impl.restype = ctypes.c_int
         lib.dnnl_primitive_desc_next_impl.argtypes = [p]
-        lib.dnnl_primitive_desc_query_md.argtypes = [p, ctypes.c_int, ctypes.c_int]
         lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
         lib.dnnl_memory_desc_get_size.argtypes = [p]
         lib.dnnl_memory_desc_equal.restype = ctypes.c_int
@@ -682,7 +682,7 @@ def _matmul_recipes(
     convolution over the rows (the one expected faster first); on two activations, the matmul."""
     x_shape, w_shape, y_shape = tuple(x.shape), tuple(w.shape), tuple(out.shape)
     on_weights = config["weights"]
-    rows_quant = quant
+    rows = _rows_times_weights(lib, config, x_shape, w, has_bias, quant) if on_weights else None
     if on_weights:  # (..., M, K) @ (K, N): the rows of x flattened into one M
         k, n = w_shape
         m = int(np.prod(x_shape[:-1], dtype=np.int64))
@@ -719,9 +719,8 @@ def _matmul_recipes(
         "matmul", describe, attr, (src, compute_src), dst, bias, w, user_w, wanted_w,
         pack=on_weights, quant=quant, out_axis=-1,
     )  # fmt: skip
-    if not on_weights:
+    if rows is None:
         return [matmul]
-    rows = _rows_times_weights(lib, config, x_shape, w, has_bias, rows_quant)
     # The order without a measured choice: see _rows_times_weights.
     return [matmul, rows] if w_shape[0] > w_shape[1] else [rows, matmul]
 
