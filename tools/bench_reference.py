@@ -300,7 +300,9 @@ def roofline_table(rows: list[BenchRow], precision: str) -> str:
     flops: dict[Path, int] = {}
     lines = [
         f"Roofline: the ceiling is one {CEILING_GEMM}^3 oneDNN GEMM in {precision} at the same "
-        "threads; a multiply-add counts two FLOPs.",
+        "threads; a multiply-add counts two FLOPs, a convolution those of its direct form "
+        "(infer computes 3x3 ones as Winograd F(4x4, 3x3), with a quarter of the "
+        "multiplications: its share can pass 100%).",
         "",
         "| model | threads | GFLOP | infer GFLOP/s | ONNX Runtime GFLOP/s | ceiling GFLOP/s | infer share |",
         "|---|---:|---:|---:|---:|---:|---:|",

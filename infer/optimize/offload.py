@@ -30,10 +30,16 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from infer.optimize.relax_main import op_name, replace_main, weight_params
+from infer.optimize.relax_main import Bindings, op_name, replace_main, weight_params
 from infer.runtime.onednn import INT8
 
-__all__ = ["MIN_OFFLOAD_MACS", "MIN_PARALLEL_MACS", "offload_to_onednn"]
+__all__ = [
+    "MIN_OFFLOAD_MACS",
+    "MIN_PARALLEL_MACS",
+    "activation_post_op",
+    "dequantized",
+    "offload_to_onednn",
+]
 
 # Silero VAD's 1-d convolutions and LSTM matmuls (12-264 K multiply-adds) took 8-50x longer in
 # TVM than in oneDNN.
@@ -179,7 +185,7 @@ def _one_element_const(expr: Any, values: dict[Any, Any]) -> Any:
             return None
 
 
-def _activation(
+def activation_post_op(
     call: Any, produced: Any, values: dict[Any, Any]
 ) -> tuple[str, float, float] | None:
     """Return the oneDNN eltwise post-op (name, alpha, beta) that call applies to produced."""
@@ -225,14 +231,14 @@ def _bound(expr: Any, values: dict[Any, Any], op: str, dtype: str | None = None)
     return value if dtype is None or str(value.attrs.dtype) == dtype else None
 
 
-def _dequantized(expr: Any, values: dict[Any, Any], weights: set[Any]) -> tuple[Any, ...] | None:
+def dequantized(expr: Any, values: dict[Any, Any], weights: set[Any]) -> tuple[Any, ...] | None:
     """Return (8-bit tensor, scale, zero point) when expr dequantizes an 8-bit tensor with one
     scale and zero point, as canonicalize writes it: (astype(q, int32) - zero) as float32 times
     scale; else None. A transpose of that (the NHWC layout starting at a convolution) comes
     back as the transpose of the 8-bit tensor, a quarter of the bytes."""
     transposed = _bound(expr, values, "relax.permute_dims")
     if transposed is not None:
-        inner = _dequantized(transposed.args[0], values, weights)
+        inner = dequantized(transposed.args[0], values, weights)
         if inner is None:
             return None
         return (relax.op.permute_dims(inner[0], transposed.attrs.axes), *inner[1:])
@@ -258,32 +264,11 @@ def _plan(
 ) -> tuple[dict[Any, Any], set[Any]]:
     """Return {var: (packed function, arguments, type)} for the last binding of each chain,
     and the vars to drop."""
-    values: dict[Any, Any] = {}
-    uses: dict[Any, int] = {}
-    order: list[Any] = []
-    users: dict[Any, Any] = {}  # var -> the (last) binding that reads it
-    for block in func.body.blocks:
-        for binding in block.bindings:
-            plain = isinstance(binding, relax.VarBinding)  # not a match_cast
-            if plain:
-                values[binding.var] = binding.value
-                order.append(binding.var)
-            for var in relax.analysis.free_vars(binding.value):
-                uses[var] = uses.get(var, 0) + 1
-                if plain:
-                    users[var] = binding.var
-    for var in relax.analysis.free_vars(func.body.body):
-        uses[var] = uses.get(var, 0) + 1
-
-    def sole_user(var: Any) -> Any:
-        # The one binding that reads var, when var is read once and not a function output.
-        if uses.get(var) != 1 or not isinstance(var, relax.DataflowVar):
-            return None
-        return users.get(var)
-
+    bindings = Bindings(func)
+    values, sole_user = bindings.values, bindings.sole_user
     replace: dict[Any, Any] = {}
     drop: set[Any] = set()
-    for var in order:
+    for var in bindings.order:
         call = values[var]
         name = op_name(call)
         if name in _CONVOLUTIONS:
@@ -310,7 +295,10 @@ def _plan(
             if bias is not None:
                 drop.add(last)
                 last, user = user, sole_user(user)
-        while user is not None and (post := _activation(values[user], last, values)) is not None:
+        while (
+            user is not None
+            and (post := activation_post_op(values[user], last, values)) is not None
+        ):
             post_ops.append(list(post))
             drop.add(last)
             last, user = user, sole_user(user)
@@ -325,7 +313,7 @@ def _plan(
         on_weights = config["weights"] if name == "relax.matmul" else not config["transposed"]
         quantized = None
         if on_weights and int8_kernels:
-            quantized = _dequantized(call.args[0], values, weights)
+            quantized = dequantized(call.args[0], values, weights)
         reduced = (
             precision in _CONVERTED
             and not config["single_thread"]

@@ -25,6 +25,8 @@ SCHEDULE_REVISION = 10
 # Bumped when infer.optimize.offload changes what it hands to the library, or an offloaded build
 # what it holds (7: the kernel choices); part of cache keys.
 OFFLOAD_REVISION = 7
+# Bumped when infer.optimize.winograd changes what it builds; part of cache keys.
+WINOGRAD_REVISION = 1
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class Pipeline:
     # A model with a symbolic batch also gets main compiled for batch 1, with a static memory
     # plan, chosen per call (infer.optimize.specialize).
     batch_one: bool = False
+    # 3x3 stride-1 float32 convolutions as Winograd F(4x4, 3x3), their products in the kernel
+    # library (infer.optimize.winograd); only with offload.
+    winograd: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form stored in manifests and cache keys."""
@@ -69,6 +74,7 @@ class Pipeline:
             "take_mode": "clip",  # infer.optimize.bounds
             "fast_math": self.fast_math,
             "batch_one": self.batch_one,
+            "winograd_revision": WINOGRAD_REVISION if self.winograd else 0,
         }
 
 
@@ -98,6 +104,20 @@ _CPU_LAYOUTS = (
 PIPELINES: dict[str, Pipeline] = {
     "cpu-default": Pipeline(
         "cpu-default",
+        "llvm",
+        _PRE_PASSES,
+        "parallel-vectorize",
+        _CPU_LAYOUTS,
+        lift_params=True,
+        fallback="cpu-nchw",
+        offload="onednn",
+        fast_math=True,
+        batch_one=True,
+        winograd=True,
+    ),
+    # The default without Winograd: every convolution direct, as oneDNN computes it.
+    "cpu-direct": Pipeline(
+        "cpu-direct",
         "llvm",
         _PRE_PASSES,
         "parallel-vectorize",
@@ -177,14 +197,27 @@ def run_pipeline(
             lambda m, _ctx: _convert_layout(m, layouts), opt_level=0, name="ConvertLayout"
         )
         steps.append(("ConvertLayout", convert))
+    onednn = pipeline.offload == "onednn" and _onednn_ready()
+    counts = offloaded if offloaded is not None else {}
+    from infer.optimize.precision import has_int8_dot_products
+
+    int8 = onednn and has_int8_dot_products(target)
+    if onednn and pipeline.winograd and precision == "fp32":
+        from infer.optimize.cpu_schedule import vector_bits
+        from infer.optimize.winograd import winograd_convolutions
+
+        bits = vector_bits(target)
+        winograd = tvm.transform.module_pass(
+            lambda m, _ctx: winograd_convolutions(m, counts, bits, int8),
+            opt_level=0,
+            name="Winograd",
+        )
+        steps.append(("Winograd", winograd))
     if pipeline.lift_params:
         steps.append(("LiftTransformParams", relax.transform.LiftTransformParams()))
-    if pipeline.offload == "onednn" and _onednn_ready():
+    if onednn:
         from infer.optimize.offload import offload_to_onednn
-        from infer.optimize.precision import has_int8_dot_products
 
-        counts = offloaded if offloaded is not None else {}
-        int8 = has_int8_dot_products(target)
         offload = tvm.transform.module_pass(
             lambda m, _ctx: offload_to_onednn(m, counts, precision, int8),
             opt_level=0,

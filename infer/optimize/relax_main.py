@@ -8,7 +8,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
-__all__ = ["input_params", "op_name", "replace_main", "weight_params"]
+__all__ = ["Bindings", "input_params", "op_name", "replace_main", "weight_params"]
 
 
 def op_name(expr: Any) -> str | None:
@@ -35,3 +35,33 @@ def replace_main(mod: Any, rewrite: Any, main: Any) -> Any:
     """Return mod with main replaced, through the builder of the mutator that rewrote it."""
     rewrite.builder_.update_func(mod.get_global_var("main"), main)
     return rewrite.builder_.get()
+
+
+class Bindings:
+    """The bindings of a function's body: values[var] for every plain binding (not match_cast),
+    in order, and who reads each var."""
+
+    def __init__(self, func: Any) -> None:
+        self.values: dict[Any, Any] = {}
+        self.order: list[Any] = []
+        self.uses: dict[Any, int] = {}
+        self.users: dict[Any, Any] = {}  # var -> the (last) plain binding that reads it
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                plain = isinstance(binding, relax.VarBinding)
+                if plain:
+                    self.values[binding.var] = binding.value
+                    self.order.append(binding.var)
+                for var in relax.analysis.free_vars(binding.value):
+                    self.uses[var] = self.uses.get(var, 0) + 1
+                    if plain:
+                        self.users[var] = binding.var
+        for var in relax.analysis.free_vars(func.body.body):
+            self.uses[var] = self.uses.get(var, 0) + 1
+
+    def sole_user(self, var: Any) -> Any:
+        """Return the one binding that reads var, when var is read once and is not a function
+        output; else None."""
+        if self.uses.get(var) != 1 or not isinstance(var, relax.DataflowVar):
+            return None
+        return self.users.get(var)

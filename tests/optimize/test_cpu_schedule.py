@@ -78,7 +78,7 @@ def test_both_cpu_pipelines_match_onnxruntime(pipeline: str, tmp_path: Path) -> 
 def test_unknown_pipeline_lists_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(
         infer.CompileError,
-        match=r"pipeline 'fast' does not exist for target llvm; valid: cpu-default, cpu-nchw, cpu-naive",
+        match=r"pipeline 'fast' does not exist for target llvm; valid: cpu-default, cpu-direct, cpu-nchw, cpu-naive",
     ):
         infer.compile(onnx_models.mlp(), pipeline="fast")
 
