@@ -57,7 +57,8 @@ class Pipeline:
     # plan, chosen per call (infer.optimize.specialize).
     batch_one: bool = False
     # 3x3 stride-1 float32 convolutions as Winograd F(4x4, 3x3), their products in the kernel
-    # library (infer.optimize.winograd); only with offload.
+    # library (infer.optimize.winograd); only with offload, and with lift_params (which takes
+    # the weights' transform out of main).
     winograd: bool = False
 
     def to_json(self) -> dict[str, Any]:
