@@ -206,14 +206,17 @@ def _weight_transform(w: Any, channels: int, outputs: int) -> Any:
     return relax.op.reshape(both, (1, 1, channels, _SIDE * _SIDE * outputs))
 
 
-def _static(expr: Any) -> tuple[int, ...] | None:
+def _static(expr: Any, batch: bool = False) -> tuple[Any, ...] | None:
+    """Return a float32 tensor's dims as ints, else None; with batch, the first may be
+    symbolic (a TIR expression), as a model's batch often is."""
     ty = expr.ty
     if not isinstance(ty, relax.TensorType) or str(ty.dtype) != "float32":
         return None
     values = getattr(ty.shape, "values", None)
-    if values is None or not all(isinstance(v, tirx.IntImm) for v in values):
+    if not values or not all(isinstance(v, tirx.IntImm) for v in values[int(batch) :]):
         return None
-    return tuple(int(v) for v in values)
+    first = values[0] if batch and not isinstance(values[0], tirx.IntImm) else int(values[0])
+    return (first, *(int(v) for v in values[1:]))
 
 
 def _eligible(call: Any, fixed: set[Any], lanes: int) -> bool:
@@ -230,7 +233,7 @@ def _eligible(call: Any, fixed: set[Any], lanes: int) -> bool:
         return False
     if kernel not in fixed:  # a constant's transform would not be lifted: run every call
         return False
-    shapes = _static(data), _static(kernel), _static(call)
+    shapes = _static(data, batch=True), _static(kernel), _static(call, batch=True)
     if None in shapes:
         return False
     _, (kh, kw, channels, outputs), (_, height, width, _) = shapes  # type: ignore[misc]
@@ -269,7 +272,7 @@ def _plan(
             continue
         if int8_kernels and dequantized(call.args[0], bindings.values, fixed) is not None:
             continue  # an int8 convolution in oneDNN
-        outputs = _static(call)[-1]  # type: ignore[index]
+        outputs = _static(call, batch=True)[-1]  # type: ignore[index]
         last, bias, activation = var, None, None
         user = bindings.sole_user(last)
         if user is not None and op_name(bindings.values[user]) == "relax.add":
@@ -318,8 +321,8 @@ class _Rewrite(PyExprMutator):  # type: ignore[misc]
             return
         call, bias, activation = self.replace[binding.var]
         data, kernel = (self.visit_expr(arg) for arg in call.args)
-        n, height, width, channels = _static(call.args[0])  # type: ignore[misc]
-        _, out_height, out_width, outputs = _static(call)  # type: ignore[misc]
+        n, height, width, channels = _static(call.args[0], batch=True)  # type: ignore[misc]
+        _, out_height, out_width, outputs = _static(call, batch=True)  # type: ignore[misc]
         top, left, _, _ = (int(p) for p in call.attrs.padding)
         rows, columns = -(-out_height // TILE), -(-out_width // TILE)
         # Padded so that every tile is whole: bottom and right take what the tiles need.

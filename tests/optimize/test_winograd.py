@@ -58,7 +58,7 @@ def _model(
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def eligible_model() -> onnx.ModelProto:
+def eligible_model(batch: int | str = 2) -> onnx.ModelProto:
     """Three 3x3 stride-1 convolutions of 16 -> 32 -> 32 -> 16 channels on a 14x15 image, batch
     2 (tiles cut at the edges): padded with bias and ReLU, unpadded with Clip (ReLU6) and no
     bias, asymmetric padding with its output read twice (no fold) and added to a residual."""
@@ -116,10 +116,13 @@ def direct_model() -> onnx.ModelProto:
     return _model(nodes, weights, [1, 16, 16, 16], outputs)
 
 
-def compile_and_compare(model: onnx.ModelProto, tmp_path: Path, **options: object) -> dict:
-    """Compile model, run it against ONNX Runtime on seeded inputs; return the offload counts."""
+def compile_and_compare(
+    model: onnx.ModelProto, tmp_path: Path, batch: int = 1, **options: object
+) -> dict:
+    """Compile model, run it against ONNX Runtime on seeded inputs (a symbolic batch at batch);
+    return the offload counts."""
     artifact = infer.compile(model, output=tmp_path / "model.infer", **options)  # type: ignore[arg-type]
-    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    shape = [d.dim_value or batch for d in model.graph.input[0].type.tensor_type.shape.dim]
     feeds = {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
     want = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
     got = infer.Session(artifact.path, threads=2).run(None, feeds)
@@ -130,6 +133,11 @@ def compile_and_compare(model: onnx.ModelProto, tmp_path: Path, **options: objec
 
 def test_eligible_convolutions_run_as_winograd(tmp_path: Path) -> None:
     counts = compile_and_compare(eligible_model(), tmp_path)
+    assert counts.get("winograd") == 3
+
+
+def test_a_symbolic_batch_runs_as_winograd(tmp_path: Path) -> None:
+    counts = compile_and_compare(eligible_model(batch="batch"), tmp_path, batch=3)
     assert counts.get("winograd") == 3
 
 
