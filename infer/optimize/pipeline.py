@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,33 +102,23 @@ _CPU_LAYOUTS = (
     (_CONV1D, ("NWC", "WIO")),
     ("relax.nn.conv2d_transpose", ("NCHW", "IOHW")),
 )
+_CPU_DEFAULT = Pipeline(
+    "cpu-default",
+    "llvm",
+    _PRE_PASSES,
+    "parallel-vectorize",
+    _CPU_LAYOUTS,
+    lift_params=True,
+    fallback="cpu-nchw",
+    offload="onednn",
+    fast_math=True,
+    batch_one=True,
+    winograd=True,
+)
 PIPELINES: dict[str, Pipeline] = {
-    "cpu-default": Pipeline(
-        "cpu-default",
-        "llvm",
-        _PRE_PASSES,
-        "parallel-vectorize",
-        _CPU_LAYOUTS,
-        lift_params=True,
-        fallback="cpu-nchw",
-        offload="onednn",
-        fast_math=True,
-        batch_one=True,
-        winograd=True,
-    ),
+    "cpu-default": _CPU_DEFAULT,
     # The default without Winograd: every convolution direct, as oneDNN computes it.
-    "cpu-direct": Pipeline(
-        "cpu-direct",
-        "llvm",
-        _PRE_PASSES,
-        "parallel-vectorize",
-        _CPU_LAYOUTS,
-        lift_params=True,
-        fallback="cpu-nchw",
-        offload="onednn",
-        fast_math=True,
-        batch_one=True,
-    ),
+    "cpu-direct": replace(_CPU_DEFAULT, name="cpu-direct", winograd=False),
     # The same schedule on the model's own layouts, for graphs ConvertLayout cannot rewrite.
     "cpu-nchw": Pipeline(
         "cpu-nchw",
