@@ -36,7 +36,9 @@ from infer.runtime.onednn import INT8
 __all__ = [
     "MIN_OFFLOAD_MACS",
     "MIN_PARALLEL_MACS",
+    "SAME_DTYPE",
     "activation_post_op",
+    "bias_of",
     "dequantized",
     "offload_to_onednn",
 ]
@@ -54,7 +56,7 @@ MIN_PARALLEL_MACS = 1 << 18
 # The precisions a float32 operator is converted to in the kernel (int8 needs a quantized model).
 _CONVERTED = ("bf16",)
 # out_dtype values that leave a float32 operator's output float32 (None prints as "None").
-_SAME_DTYPE = ("", "None", "void", "float32")
+SAME_DTYPE = ("", "None", "void", "float32")
 # Max/Min with a constant scalar: oneDNN's clip with the other side open.
 _BOUNDS = ("relax.maximum", "relax.minimum")
 _FLOAT_MAX = 3.4028234663852886e38
@@ -98,7 +100,7 @@ def _conv(call: Any, weights: set[Any]) -> tuple[dict[str, Any], int] | None:
     spatial = "W" if op_name(call) == "relax.nn.conv1d" else "HW"
     if kernel not in weights or not _is_float32(data, kernel, call):
         return None
-    if str(attrs.out_layout) != str(attrs.data_layout) or str(attrs.out_dtype) not in _SAME_DTYPE:
+    if str(attrs.out_layout) != str(attrs.data_layout) or str(attrs.out_dtype) not in SAME_DTYPE:
         return None
     data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)
     if sorted(data_layout) != sorted("NC" + spatial) or sorted(kernel_layout) != sorted(
@@ -132,7 +134,7 @@ def _conv(call: Any, weights: set[Any]) -> tuple[dict[str, Any], int] | None:
 def _matmul(call: Any, weights: set[Any]) -> tuple[dict[str, Any], int] | None:
     """Return (config, output columns) for an offloadable matmul call, else None."""
     a, b = call.args
-    if not _is_float32(a, b, call) or str(call.attrs.out_dtype) not in _SAME_DTYPE:
+    if not _is_float32(a, b, call) or str(call.attrs.out_dtype) not in SAME_DTYPE:
         return None
     a_dims, b_dims = _tensor(a)[0], _tensor(b)[0]  # type: ignore[index]
     if len(a_dims) < 2 or len(b_dims) < 2 or a in weights:
@@ -148,7 +150,7 @@ def _matmul(call: Any, weights: set[Any]) -> tuple[dict[str, Any], int] | None:
     return {"weights": on_weights, "single_thread": macs < MIN_PARALLEL_MACS}, channels
 
 
-def _bias_of(add: Any, produced: Any, weights: set[Any], channels: int, axis_last: bool) -> Any:
+def bias_of(add: Any, produced: Any, weights: set[Any], channels: int, axis_last: bool) -> Any:
     """Return the weight that add adds to produced per output channel, else None."""
     if len(add.args) != 2:
         return None
@@ -291,7 +293,7 @@ def _plan(
             and op_name(values[user]) == "relax.add"
             and (name != "relax.matmul" or config["weights"])
         ):
-            bias = _bias_of(values[user], last, weights, channels, axis_last)
+            bias = bias_of(values[user], last, weights, channels, axis_last)
             if bias is not None:
                 drop.add(last)
                 last, user = user, sole_user(user)

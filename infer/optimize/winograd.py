@@ -10,13 +10,12 @@ LiftTransformParams moves out of main: the build runs it once. The transforms ar
 written here with their own schedule: a tile's 6x6 patch is transformed in registers, one vector
 of channels at a time, rows then columns, without multiplying by the zeros of the matrices.
 
-Measured on the 2-core Zen 3 (one thread, oneDNN 3.2, the least of 15 runs): ResNet-18's
-56x56x64 convolution took 2.46 ms direct (brgconv:avx2) against 0.88 for the 36 products plus
-0.16 and 0.11 for the transforms; 28x28x128 3.28 against 0.92 + 0.08 + 0.06; 14x14x256 2.41
+Measured on the 2-core Zen 3 (one thread, oneDNN 3.2; each kernel alone, the median of 15
+runs, the transforms' of 50): ResNet-18's 56x56x64 convolution took 2.46 ms direct
+(brgconv:avx2) against 0.88 for the 36 products plus 0.16 and 0.11 for the transforms; 28x28x128 3.28 against 0.92 + 0.08 + 0.06; 14x14x256 2.41
 against 1.13 + 0.05 + 0.04. At 7x7x512 the products alone (2.84) took the direct time (2.77):
 four tiles a channel pair and 4x the weights' bytes, so outputs under MIN_OUTPUT_PIXELS stay
-direct. Needs oneDNN: the grouped products in TVM's own schedule are no faster than the direct
-convolution it replaces.
+direct. The pipeline applies it only where the products go to oneDNN (see pipeline.py).
 
 The rounding differs from direct convolution: ~1e-5 of the output's magnitude per layer where
 direct convolution's is ~1e-7 (the input transform's 5 and 4 and the output transform's 8
@@ -25,15 +24,13 @@ scale the terms); the build's parity check holds every artifact to its float32 t
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 from typing import Any
 
-import tvm
 from tvm import relax, s_tir, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from infer.optimize.offload import activation_post_op, dequantized
+from infer.optimize.offload import SAME_DTYPE, activation_post_op, bias_of, dequantized
 from infer.optimize.relax_main import Bindings, op_name, replace_main, weight_params
 
 __all__ = ["MIN_OUTPUT_PIXELS", "winograd_convolutions"]
@@ -227,7 +224,7 @@ def _eligible(call: Any, fixed: set[Any], lanes: int) -> bool:
     attrs, (data, kernel) = call.attrs, call.args
     if (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != (
         "NHWC", "HWIO", "NHWC"
-    ) or str(attrs.out_dtype) not in ("", "None", "void", "float32"):  # fmt: skip
+    ) or str(attrs.out_dtype) not in SAME_DTYPE:  # fmt: skip
         return False
     if int(attrs.groups) != 1 or any(int(v) != 1 for v in (*attrs.strides, *attrs.dilation)):
         return False
@@ -276,15 +273,8 @@ def _plan(
         last, bias, activation = var, None, None
         user = bindings.sole_user(last)
         if user is not None and op_name(bindings.values[user]) == "relax.add":
-            add = bindings.values[user]
-            other = add.args[1] if add.args[0].same_as(last) else add.args[0]
-            dims = _static(other)
-            if (
-                (other in fixed or isinstance(other, tvm.ir.GenericConst))
-                and dims
-                and (dims[-1] == outputs == math.prod(dims))
-            ):
-                bias = other
+            bias = bias_of(bindings.values[user], last, fixed, outputs, axis_last=True)
+            if bias is not None:
                 drop.add(last)
                 last, user = user, bindings.sole_user(user)
         if user is not None:
