@@ -37,6 +37,7 @@ __all__ = [
     "MIN_OFFLOAD_MACS",
     "MIN_PARALLEL_MACS",
     "SAME_DTYPE",
+    "SYMBOLIC_DIM_SIZE",
     "activation_post_op",
     "bias_of",
     "dequantized",

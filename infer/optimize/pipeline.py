@@ -25,8 +25,9 @@ SCHEDULE_REVISION = 10
 # Bumped when infer.optimize.offload changes what it hands to the library, or an offloaded build
 # what it holds (7: the kernel choices); part of cache keys.
 OFFLOAD_REVISION = 7
-# Bumped when infer.optimize.winograd changes what it builds; part of cache keys.
-WINOGRAD_REVISION = 1
+# Bumped when infer.optimize.winograd changes what it builds (2: the padding read in the input
+# transform, symbolic height and width); part of cache keys.
+WINOGRAD_REVISION = 2
 
 
 @dataclass(frozen=True)

@@ -3,34 +3,50 @@ for Convolutional Neural Networks", 2016), with 36 products a 4x4 output tile wh
 convolution takes 144.
 
 Each eligible NHWC convolution of `main` becomes
-  pad -> input transform (TVM) -> 36 matrix products (one grouped 1x1 convolution, oneDNN's)
-  -> output transform with the bias add and activation folded in (TVM),
+  input transform, reading the padding as zeros (TVM) -> 36 matrix products (one grouped 1x1
+  convolution, oneDNN's) -> output transform with the bias add and activation folded in (TVM),
 and its weights' transform (G w G^T, 4x their bytes) joins the weight-only computations that
 LiftTransformParams moves out of main: the build runs it once. The transforms are TIR kernels
 written here with their own schedule: a tile's 6x6 patch is transformed in registers, one vector
 of channels at a time, rows then columns, without multiplying by the zeros of the matrices.
+The batch, height and width may be symbolic (the kernels take them as variables).
 
 Measured on the 2-core Zen 3 (one thread, oneDNN 3.2; each kernel alone, the median of 15
 runs, the transforms' of 50): ResNet-18's 56x56x64 convolution took 2.46 ms direct
-(brgconv:avx2) against 0.88 for the 36 products plus 0.16 and 0.11 for the transforms; 28x28x128 3.28 against 0.92 + 0.08 + 0.06; 14x14x256 2.41
-against 1.13 + 0.05 + 0.04. At 7x7x512 the products alone (2.84) took the direct time (2.77):
+(brgconv:avx2) against 0.88 for the 36 products plus 0.16 and 0.11 for the transforms;
+28x28x128 3.28 against 0.92 + 0.08 + 0.06; 14x14x256 2.41 against 1.13 + 0.05 + 0.04. At 7x7x512 the products alone (2.84) took the direct time (2.77):
 four tiles a channel pair and 4x the weights' bytes, so outputs under MIN_OUTPUT_PIXELS stay
 direct. The pipeline applies it only where the products go to oneDNN (see pipeline.py).
 
 The rounding differs from direct convolution: ~1e-5 of the output's magnitude per layer where
 direct convolution's is ~1e-7 (the input transform's 5 and 4 and the output transform's 8
 scale the terms); the build's parity check holds every artifact to its float32 tolerance.
+
+Reading the padding in the input transform instead of padding a copy first takes about the
+time of the two (one thread, median of 300 calls, 3 rounds; a noisy host): 56x56x64 0.175 ms
+against 0.036 + 0.142; 28x28x128 0.082 against 0.022 + 0.067; 40x40x64 0.081 against 0.018 +
+0.049; 160x160x16 0.409 against 0.063 + 0.382, without the copy's memory, and lets height and
+width be symbolic. Its bounds are tested once per column of a tile's first stage and once per
+row read: a test per value read took 0.96 s to compile a kernel (8.8 s with symbolic sizes)
+against 0.61 (4.4), and a tile first read into registers ran slower than the copy.
 """
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from typing import Any
 
 from tvm import relax, s_tir, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from infer.optimize.offload import SAME_DTYPE, activation_post_op, bias_of, dequantized
+from infer.optimize.offload import (
+    SAME_DTYPE,
+    SYMBOLIC_DIM_SIZE,
+    activation_post_op,
+    bias_of,
+    dequantized,
+)
 from infer.optimize.relax_main import Bindings, op_name, replace_main, weight_params
 
 __all__ = ["MIN_OUTPUT_PIXELS", "winograd_convolutions"]
@@ -94,19 +110,26 @@ def _select(index: Any, expressions: list[Any]) -> Any:
     return chosen
 
 
-def _input_transform(shape: tuple[int, ...], lanes: int) -> Any:
-    """Return the PrimFunc (x, v) that writes V = B^T d B for every 6x6 tile d of the padded
-    NHWC x: v[n, tile row, tile column, xi, nu, channel]."""
-    n, height, width, channels = shape
-    rows, columns = (height - 2) // TILE, (width - 2) // TILE
-    x = te.placeholder(shape, "float32", name="x")
-    tile_shape = (n, rows, columns, _SIDE, _SIDE, channels)
+def _input_transform(
+    shape: tuple[Any, ...], top: int, left: int, tiles: tuple[Any, Any], lanes: int
+) -> Any:
+    """Return the PrimFunc (x, v) that writes V = B^T d B for every 6x6 tile d of NHWC x,
+    padded by top and left (and with zeros past its bottom and right): v[n, tile row, tile
+    column, xi, nu, channel]. The padding is read, not written: no padded copy of x."""
+    n, height, width, channels, rows, columns, side = _indices((*shape, *tiles, _SIDE))
+    x = te.placeholder((n, height, width, channels), "float32", name="x")
+    tile_shape = (n, rows, columns, side, side, channels)
+    zero = tirx.const(0.0, "float32")
 
     def by_rows(b: Any, i: Any, j: Any, xi: Any, q: Any, c: Any) -> Any:
-        return _select(
-            xi,
-            [_combination(row, lambda r: x[b, i * TILE + r, j * TILE + q, c]) for row in _B_T],
-        )
+        # Bounds: the column once for the combination, each row for its term.
+        h, w = i * TILE - top, j * TILE + q - left
+
+        def term(r: Any) -> Any:
+            return tirx.if_then_else(tirx.all(h + r >= 0, h + r < height), x[b, h + r, w, c], zero)
+
+        value = _select(xi, [_combination(row, term) for row in _B_T])
+        return tirx.if_then_else(tirx.all(w >= 0, w < width), value, zero)
 
     half = te.compute(tile_shape, by_rows, name="rows")
 
@@ -125,16 +148,18 @@ def _input_transform(shape: tuple[int, ...], lanes: int) -> Any:
 
 
 def _output_transform(
-    shape: tuple[int, ...], out_shape: tuple[int, ...], bias_shape: tuple[int, ...] | None,
+    shape: tuple[Any, ...], out_shape: tuple[Any, ...], bias_shape: tuple[int, ...] | None,
     activation: tuple[str, float, float] | None, lanes: int,
 ) -> Any:  # fmt: skip
     """Return the PrimFunc (m, [bias], y) that writes Y = A^T M A for every tile of m (as
     v above), cut to out_shape (NHWC), plus the bias, through the activation."""
-    n, rows, columns, _, _, channels = shape
+    dims = _indices((*shape, *out_shape, TILE, *(bias_shape or ())))
+    shape, out_shape, tile, bias_shape = dims[:6], dims[6:10], dims[10], dims[11:] or None
+    n, rows, columns, _, side, channels = shape
     m = te.placeholder(shape, "float32", name="m")
     bias = te.placeholder(bias_shape, "float32", name="bias") if bias_shape else None
     half = te.compute(
-        (n, rows, columns, TILE, _SIDE, channels),
+        (n, rows, columns, tile, side, channels),
         lambda b, i, j, p, q, c: _select(
             p, [_combination(row, lambda s: m[b, i, j, s, q, c]) for row in _A_T]
         ),
@@ -203,22 +228,48 @@ def _weight_transform(w: Any, channels: int, outputs: int) -> Any:
     return relax.op.reshape(both, (1, 1, channels, _SIDE * _SIDE * outputs))
 
 
-def _static(expr: Any, batch: bool = False) -> tuple[Any, ...] | None:
-    """Return a float32 tensor's dims as ints, else None; with batch, the first may be
-    symbolic (a TIR expression), as a model's batch often is."""
+def _dims(expr: Any) -> tuple[Any, ...] | None:
+    """Return a float32 tensor's dims: ints where static, TIR expressions where symbolic."""
     ty = expr.ty
     if not isinstance(ty, relax.TensorType) or str(ty.dtype) != "float32":
         return None
     values = getattr(ty.shape, "values", None)
-    if not values or not all(isinstance(v, tirx.IntImm) for v in values[int(batch) :]):
+    if not values:
         return None
-    first = values[0] if batch and not isinstance(values[0], tirx.IntImm) else int(values[0])
-    return (first, *(int(v) for v in values[1:]))
+    return tuple(int(v) if isinstance(v, tirx.IntImm) else v for v in values)
+
+
+def _tiles(size: Any) -> Any:
+    """Return how many tiles cover size outputs (an int, or a TIR expression of a symbolic one)."""
+    return -(-size // TILE) if isinstance(size, int) else tirx.floordiv(size + TILE - 1, TILE)
+
+
+def _variables(dims: tuple[Any, ...], names: str) -> tuple[Any, ...]:
+    """Return dims with each symbolic one a fresh int64 TIR variable (named by the letter of
+    names at its place): the kernel's own, bound from its arguments when it is called."""
+    return tuple(
+        d if isinstance(d, int) else tirx.Var(name, "int64")
+        for d, name in zip(dims, names, strict=True)
+    )
+
+
+def _indices(dims: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Return a kernel's dims with one index type: int64 throughout when one is a (int64)
+    variable, as mixed types fail TIR's lowering."""
+    if all(isinstance(d, int) for d in dims):
+        return dims
+    return tuple(tirx.IntImm("int64", d) if isinstance(d, int) else d for d in dims)
+
+
+def _signature(dims: tuple[Any, ...]) -> tuple[int | None, ...]:
+    """Return dims with the symbolic ones as None: what a kernel made for them depends on."""
+    return tuple(d if isinstance(d, int) else None for d in dims)
 
 
 def _eligible(call: Any, fixed: set[Any], lanes: int) -> bool:
     """Whether call is a float32 3x3 stride-1 NHWC convolution on weights (parameters, or
-    computed from them alone), large enough."""
+    computed from them alone), large enough (a symbolic height or width counts as
+    SYMBOLIC_DIM_SIZE, as in offload.py)."""
     if op_name(call) != "relax.nn.conv2d":
         return False
     attrs, (data, kernel) = call.attrs, call.args
@@ -230,13 +281,14 @@ def _eligible(call: Any, fixed: set[Any], lanes: int) -> bool:
         return False
     if kernel not in fixed:  # a constant's transform would not be lifted: run every call
         return False
-    shapes = _static(data, batch=True), _static(kernel), _static(call, batch=True)
-    if None in shapes:
+    shapes = _dims(data), _dims(kernel), _dims(call)
+    if None in shapes or not all(isinstance(d, int) for d in shapes[1]):  # type: ignore[union-attr]
         return False
-    _, (kh, kw, channels, outputs), (_, height, width, _) = shapes  # type: ignore[misc]
+    (kh, kw, channels, outputs), (_, height, width, _) = shapes[1:]  # type: ignore[misc]
+    pixels = math.prod(d if isinstance(d, int) else SYMBOLIC_DIM_SIZE for d in (height, width))
     return (
         (kh, kw) == (3, 3)
-        and height * width >= MIN_OUTPUT_PIXELS
+        and pixels >= MIN_OUTPUT_PIXELS
         and min(channels, outputs) >= MIN_CHANNELS
         and channels % lanes == 0
         and outputs % lanes == 0
@@ -269,7 +321,7 @@ def _plan(
             continue
         if int8_kernels and dequantized(call.args[0], bindings.values, fixed) is not None:
             continue  # an int8 convolution in oneDNN
-        outputs = _static(call, batch=True)[-1]  # type: ignore[index]
+        outputs = _dims(call)[-1]  # type: ignore[index]
         last, bias, activation = var, None, None
         user = bindings.sole_user(last)
         if user is not None and op_name(bindings.values[user]) == "relax.add":
@@ -311,27 +363,17 @@ class _Rewrite(PyExprMutator):  # type: ignore[misc]
             return
         call, bias, activation = self.replace[binding.var]
         data, kernel = (self.visit_expr(arg) for arg in call.args)
-        n, height, width, channels = _static(call.args[0], batch=True)  # type: ignore[misc]
-        _, out_height, out_width, outputs = _static(call, batch=True)  # type: ignore[misc]
+        n, height, width, channels = _dims(call.args[0])  # type: ignore[misc]
+        _, out_height, out_width, outputs = _dims(call)  # type: ignore[misc]
         top, left, _, _ = (int(p) for p in call.attrs.padding)
-        rows, columns = -(-out_height // TILE), -(-out_width // TILE)
-        # Padded so that every tile is whole: bottom and right take what the tiles need.
-        pad = [
-            0,
-            0,
-            top,
-            rows * TILE + 2 - height - top,
-            left,
-            columns * TILE + 2 - width - left,
-            0,
-            0,
-        ]
-        padded = self.builder_.emit(relax.op.nn.pad(data, pad))
-        padded_shape = (n, rows * TILE + 2, columns * TILE + 2, channels)
+        rows, columns = _tiles(out_height), _tiles(out_width)
         lanes = self.lanes
+        tile_dims = (n, rows, columns, _SIDE, _SIDE)
+        dims = _variables((n, height, width, rows, columns), "nhwrq")
         tiles = self._call_kernel(
-            ("input", padded_shape, lanes), lambda: _input_transform(padded_shape, lanes),
-            [padded], (n, rows, columns, _SIDE, _SIDE, channels),
+            ("input", _signature((n, height, width, rows, columns)), channels, top, left, lanes),
+            lambda: _input_transform((*dims[:3], channels), top, left, dims[3:], lanes),
+            [data], (*tile_dims, channels),
         )  # fmt: skip
         count = n * rows * columns
         flat = self.builder_.emit(relax.op.reshape(tiles, (1, 1, count, _SIDE * _SIDE * channels)))
@@ -341,18 +383,21 @@ class _Rewrite(PyExprMutator):  # type: ignore[misc]
                 flat, weights, groups=_SIDE * _SIDE, data_layout="NHWC", kernel_layout="HWIO"
             )
         )
-        tile_shape = (n, rows, columns, _SIDE, _SIDE, outputs)
-        products = self.builder_.emit(relax.op.reshape(products, tile_shape))
+        products = self.builder_.emit(relax.op.reshape(products, (*tile_dims, outputs)))
         args = [products]
         bias_shape = None
         if bias is not None:
             args.append(self.visit_expr(bias))
-            bias_shape = _static(bias)
-        out_shape = (n, out_height, out_width, outputs)
+            bias_shape = _dims(bias)
+        sizes = (n, rows, columns, out_height, out_width)
+        dims = _variables(sizes, "nrqhw")
         value = self._call_kernel(
-            ("output", tile_shape, out_shape, bias_shape, activation, lanes),
-            lambda: _output_transform(tile_shape, out_shape, bias_shape, activation, lanes),
-            args, out_shape,
+            ("output", _signature(sizes), outputs, bias_shape, activation, lanes),
+            lambda: _output_transform(
+                (*dims[:3], _SIDE, _SIDE, outputs), (dims[0], *dims[3:], outputs), bias_shape,
+                activation, lanes,
+            ),
+            args, (n, out_height, out_width, outputs),
         )  # fmt: skip
         self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
 

@@ -58,10 +58,13 @@ def _model(
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def eligible_model(batch: int | str = 2) -> onnx.ModelProto:
+def eligible_model(
+    batch: int | str = 2, height: int | str = 14, width: int | str = 15
+) -> onnx.ModelProto:
     """Three 3x3 stride-1 convolutions of 16 -> 32 -> 32 -> 16 channels on a 14x15 image, batch
     2 (tiles cut at the edges): padded with bias and ReLU, unpadded with Clip (ReLU6) and no
-    bias, asymmetric padding with its output read twice (no fold) and added to a residual."""
+    bias, asymmetric padding with its output read twice (no fold) and added to the input's
+    channel means. Any of the input's batch, height and width may be symbolic (a dim name)."""
     rng = np.random.default_rng(1)
     a, wa = _conv("a", "x", 16, 32, rng, pads=[1, 1, 1, 1])
     b, wb = _conv("b", "a_relu", 32, 32, rng, bias=False, pads=[0, 0, 0, 0])
@@ -70,22 +73,20 @@ def eligible_model(batch: int | str = 2) -> onnx.ModelProto:
         a, helper.make_node("Relu", ["a"], ["a_relu"]),
         b, helper.make_node("Clip", ["b", "low", "high"], ["b_clip"]),
         c, helper.make_node("Relu", ["c"], ["c_relu"]),
-        helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["x_cut"]),
-        helper.make_node("Add", ["c_relu", "x_cut"], ["y"]),
+        helper.make_node("GlobalAveragePool", ["x"], ["x_mean"]),
+        helper.make_node("Add", ["c_relu", "x_mean"], ["y"]),
     ]  # fmt: skip
     constants = [
         numpy_helper.from_array(np.array(0.0, np.float32), "low"),
         numpy_helper.from_array(np.array(6.0, np.float32), "high"),
-        numpy_helper.from_array(np.array([0, 0], np.int64), "starts"),
-        numpy_helper.from_array(np.array([13, 13], np.int64), "ends"),
-        numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
     ]
-    return _model(
-        nodes,
-        wa + wb + wc + constants,
-        [2, 16, 14, 15],
-        {"y": [2, 16, 13, 13], "c": [2, 16, 13, 13]},
-    )
+    out = [
+        batch,
+        16,
+        height - 1 if isinstance(height, int) else "out_height",
+        width - 2 if isinstance(width, int) else "out_width",
+    ]
+    return _model(nodes, wa + wb + wc + constants, [batch, 16, height, width], {"y": out, "c": out})
 
 
 def direct_model() -> onnx.ModelProto:
@@ -117,17 +118,24 @@ def direct_model() -> onnx.ModelProto:
 
 
 def compile_and_compare(
-    model: onnx.ModelProto, tmp_path: Path, batch: int = 1, **options: object
+    model: onnx.ModelProto,
+    tmp_path: Path,
+    shapes: list[list[int]] | None = None,
+    **options: object,
 ) -> dict:
-    """Compile model, run it against ONNX Runtime on seeded inputs (a symbolic batch at batch);
-    return the offload counts."""
+    """Compile model, run it against ONNX Runtime on seeded inputs of each of shapes (by
+    default the model's static input shape); return the offload counts."""
     artifact = infer.compile(model, output=tmp_path / "model.infer", **options)  # type: ignore[arg-type]
-    shape = [d.dim_value or batch for d in model.graph.input[0].type.tensor_type.shape.dim]
-    feeds = {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    want = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
-    got = infer.Session(artifact.path, threads=2).run(None, feeds)
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))
+    session = infer.Session(artifact.path, threads=2)
+    reference = ort.InferenceSession(model.SerializeToString())
+    static = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    for shape in shapes or [static]:
+        feeds = {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        want = reference.run(None, feeds)
+        got = session.run(None, feeds)
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))
     return dict(artifact.manifest.pipeline["offload"])
 
 
@@ -137,8 +145,15 @@ def test_eligible_convolutions_run_as_winograd(tmp_path: Path) -> None:
 
 
 def test_a_symbolic_batch_runs_as_winograd(tmp_path: Path) -> None:
-    counts = compile_and_compare(eligible_model(batch="batch"), tmp_path, batch=3)
+    counts = compile_and_compare(eligible_model(batch="batch"), tmp_path, [[3, 16, 14, 15]])
     assert counts.get("winograd") == 3
+
+
+def test_a_symbolic_height_and_width_run_as_winograd(tmp_path: Path) -> None:
+    """One build, images of three sizes (a size symbolic in the build counts as 64 pixels)."""
+    model = eligible_model(batch="n", height="height", width="width")
+    shapes = [[1, 16, 14, 15], [2, 16, 23, 9], [1, 16, 5, 34]]
+    assert compile_and_compare(model, tmp_path, shapes).get("winograd") == 3
 
 
 def test_other_convolutions_stay_direct(tmp_path: Path) -> None:

@@ -142,6 +142,8 @@ def test_bad_models_and_inputs_are_named(asr: Any, tmp_path: Path) -> None:
         asr(np.zeros(RATE, np.float32), chunk_length_s=1.0, stride_length_s=0.5)
 
 
+# 90 s; test_whisper.py's twin runs bench_task's three runtimes in the default suite.
+@pytest.mark.slow
 def test_bench_times_three_runtimes_that_agree(asr: Any, model_dir: Path, speech: Path) -> None:
     from infer.bench import bench_task
 
