@@ -14,9 +14,10 @@ The batch, height and width may be symbolic (the kernels take them as variables)
 Measured on the 2-core Zen 3 (one thread, oneDNN 3.2; each kernel alone, the median of 15
 runs, the transforms' of 50): ResNet-18's 56x56x64 convolution took 2.46 ms direct
 (brgconv:avx2) against 0.88 for the 36 products plus 0.16 and 0.11 for the transforms;
-28x28x128 3.28 against 0.92 + 0.08 + 0.06; 14x14x256 2.41 against 1.13 + 0.05 + 0.04. At 7x7x512 the products alone (2.84) took the direct time (2.77):
-four tiles a channel pair and 4x the weights' bytes, so outputs under MIN_OUTPUT_PIXELS stay
-direct. The pipeline applies it only where the products go to oneDNN (see pipeline.py).
+28x28x128 3.28 against 0.92 + 0.08 + 0.06; 14x14x256 2.41 against 1.13 + 0.05 + 0.04. At
+7x7x512 the products alone (2.84) took the direct time (2.77): four tiles a channel pair and 4x
+the weights' bytes, so outputs under MIN_OUTPUT_PIXELS stay direct. The pipeline applies it
+only where the products go to oneDNN (see pipeline.py).
 
 The rounding differs from direct convolution: ~1e-5 of the output's magnitude per layer where
 direct convolution's is ~1e-7 (the input transform's 5 and 4 and the output transform's 8

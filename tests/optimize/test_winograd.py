@@ -150,7 +150,7 @@ def test_a_symbolic_batch_runs_as_winograd(tmp_path: Path) -> None:
 
 
 def test_a_symbolic_height_and_width_run_as_winograd(tmp_path: Path) -> None:
-    """One build, images of three sizes (a size symbolic in the build counts as 64 pixels)."""
+    """One build, images of three sizes (a symbolic side counts as 64 in the size rule)."""
     model = eligible_model(batch="n", height="height", width="width")
     shapes = [[1, 16, 14, 15], [2, 16, 23, 9], [1, 16, 5, 34]]
     assert compile_and_compare(model, tmp_path, shapes).get("winograd") == 3
