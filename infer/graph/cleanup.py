@@ -16,6 +16,7 @@ __all__ = [
     "dropout_to_identity",
     "fold_conv_affine",
     "gelu_from_erf",
+    "join_gemm_pairs",
     "sum_to_add",
 ]
 
@@ -435,6 +436,112 @@ def square_pow(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def join_gemm_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy where an Add of two Gemms on constant weights is one Gemm:
+    a @ W1 + c1 + b @ W2 + c2 = [a, b] @ [W1; W2] + (c1 + c2).
+
+    An LSTM cell exported as its two linear layers (Silero VAD: the input's and the state's
+    products, 128 -> 512 each) then makes one library call where it made two, with the same
+    weight bytes. Joined only when the Add is the only reader of each Gemm, both have alpha 1
+    and an untransposed A, their weights the same output width, and a and b the same rows
+    (shape inference: equal sizes or the same named dim; an Add that broadcasts rows is left).
+    """
+    graph = model.graph
+    values = _constant_tensors(graph)
+    readers = _reader_counts(graph)
+    producers = {o: n for n in graph.node for o in n.output}
+
+    def joinable(name: str) -> onnx.NodeProto | None:
+        node: onnx.NodeProto | None = producers.get(name)
+        if node is None or node.op_type != "Gemm" or node.domain not in ("", "ai.onnx"):
+            return None
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        constant_c = len(node.input) < 3 or not node.input[2] or node.input[2] in values
+        if (
+            readers.get(name) != 1
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("transA", 0)
+            or node.input[1] not in values
+            or not constant_c
+            or values[node.input[1]].data_type not in _FLOAT_TYPES
+        ):
+            return None
+        return node
+
+    pairs = []
+    for add in graph.node:
+        if add.op_type == "Add" and add.domain in ("", "ai.onnx") and len(add.input) == 2:
+            first, second = (joinable(n) for n in add.input)
+            if first is not None and second is not None and first is not second:
+                pairs.append((add, first, second))
+    if not pairs:
+        return model
+    from infer.graph.shapes import ANONYMOUS_DIM_NAMES, inferred_types
+
+    types = inferred_types(model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    replaced: dict[str, list[onnx.NodeProto]] = {}
+    removed: set[str] = set()
+    for add, first, second in pairs:
+        weights, biases = [], []
+        for gemm in (first, second):
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}
+            w = numpy_helper.to_array(values[gemm.input[1]])
+            weights.append(w.T if attrs.get("transB", 0) else w)
+            if len(gemm.input) > 2 and gemm.input[2]:
+                biases.append(numpy_helper.to_array(values[gemm.input[2]]) * attrs.get("beta", 1.0))
+        rows = [types.get(gemm.input[0]) for gemm in (first, second)]
+        if (
+            weights[0].ndim != 2
+            or weights[1].ndim != 2
+            or weights[0].shape[1] != weights[1].shape[1]
+            or weights[0].dtype != weights[1].dtype
+            or not _same_rows(rows[0], rows[1], ANONYMOUS_DIM_NAMES)
+        ):
+            continue
+        name = add.output[0]
+        joined_w = numpy_helper.from_array(np.concatenate(weights), f"{name}__joined_w")
+        inputs = [f"{name}__joined_x", joined_w.name]
+        out.graph.initializer.append(joined_w)
+        if biases:
+            bias = sum(biases[1:], biases[0]).astype(weights[0].dtype)
+            out.graph.initializer.append(numpy_helper.from_array(bias, f"{name}__joined_b"))
+            inputs.append(f"{name}__joined_b")
+        replaced[name] = [
+            onnx.helper.make_node("Concat", [first.input[0], second.input[0]], [inputs[0]], axis=1),
+            onnx.helper.make_node("Gemm", inputs, [name], name=add.name),
+        ]
+        removed |= {first.output[0], second.output[0]}
+    if not replaced:
+        return model
+    nodes: list[onnx.NodeProto] = []
+    for node in out.graph.node:
+        if node.output and node.output[0] in removed:
+            continue
+        nodes.extend(replaced.get(node.output[0], [node]) if node.op_type == "Add" else [node])
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def _same_rows(
+    first: onnx.TypeProto | None, second: onnx.TypeProto | None, anonymous: frozenset[str]
+) -> bool:
+    """True when two matrices' types say they have the same number of rows (equal sizes, or
+    the same dim name that is not one of the anonymous ones)."""
+    dims = []
+    for t in (first, second):
+        if t is None or not t.HasField("tensor_type") or len(t.tensor_type.shape.dim) != 2:
+            return False
+        dims.append(t.tensor_type.shape.dim[0])
+    a, b = dims
+    if a.HasField("dim_value") and b.HasField("dim_value"):
+        return bool(a.dim_value == b.dim_value > 0)
+    name: str = a.dim_param
+    return name.strip() not in anonymous and name == b.dim_param
+
+
 def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
     """Return the tensor a Constant node with a `value` attribute outputs, else None."""
     if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
@@ -495,4 +602,4 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     cleaned = constants_to_initializers(cleaned)
     cleaned = conv_end_slice_to_padding(cleaned)
     cleaned = square_pow(sum_to_add(cleaned))
-    return gelu_from_erf(fold_conv_affine(dropout_to_identity(cleaned)))
+    return join_gemm_pairs(gelu_from_erf(fold_conv_affine(dropout_to_identity(cleaned))))

@@ -251,7 +251,16 @@ def _recurrence(
         f = activations[d * per_dir : (d + 1) * per_dir]
         w_t = g.op("Transpose", g.take(w, d), perm=[1, 0])  # [input, gates*hidden]
         r_t = g.op("Transpose", g.take(r, d), perm=[1, 0])  # [hidden, gates*hidden]
-        xw = g.op("MatMul", x, w_t)  # every step's input projection at once
+        h = g.take(initial_h, d) if initial_h else zeros
+        c = g.take(initial_c, d) if initial_c else zeros
+        # One step (a streaming model's cell: Silero VAD): one product [x, h] @ [W; R] where
+        # two would each pay a call. GRU's candidate multiplies h apart, so it keeps two.
+        joined = seq == 1 and kind != "GRU"
+        if joined:
+            x_h = g.op("Concat", g.take(x, 0), h, axis=1)
+            xw = g.unsqueeze(g.op("MatMul", x_h, g.op("Concat", w_t, r_t, axis=0)), [0])
+        else:
+            xw = g.op("MatMul", x, w_t)  # every step's input projection at once
         rb_h = ""
         if b:
             b_d = g.take(b, d)
@@ -271,8 +280,6 @@ def _recurrence(
                 )
             else:
                 xw = g.op("Add", xw, g.op("Add", wb, rb))
-        h = g.take(initial_h, d) if initial_h else zeros
-        c = g.take(initial_c, d) if initial_c else zeros
         peep = (
             [g.slice(g.take(p, d), k * hidden, (k + 1) * hidden, 0) for k in range(3)] if p else []
         )
@@ -286,10 +293,11 @@ def _recurrence(
                     return pre
                 return str(g.op("Clip", pre, g.const(-clip, np.float32), g.const(clip, np.float32)))
 
+            if kind != "GRU":
+                pre = xw_t if joined else g.op("Add", xw_t, g.op("MatMul", h_prev, r_t))
             if kind == "RNN":
-                h = f[0](g, gate(g.op("Add", xw_t, g.op("MatMul", h_prev, r_t))))
+                h = f[0](g, gate(pre))
             elif kind == "LSTM":
-                pre = g.op("Add", xw_t, g.op("MatMul", h_prev, r_t))
                 i, o, fg, cc = (g.slice(pre, k * hidden, (k + 1) * hidden, 1) for k in range(4))
                 if peep:
                     i = g.op("Add", i, g.op("Mul", peep[0], c_prev))

@@ -13,6 +13,7 @@ from infer.graph.cleanup import (
     conv_end_slice_to_padding,
     fold_conv_affine,
     gelu_from_erf,
+    join_gemm_pairs,
     square_pow,
     sum_to_add,
 )
@@ -321,3 +322,58 @@ def test_a_float_pow_by_two_becomes_a_product_in_subgraphs_too() -> None:
         got = ort.InferenceSession(out.SerializeToString()).run(None, feeds)
         for g, w in zip(got, want, strict=True):
             np.testing.assert_array_equal(g, w)
+
+
+def _two_gemms(rows: tuple[int | str, int | str], *, read_twice: bool = False) -> onnx.ModelProto:
+    """x @ W1^T + c1 (transB, beta 0.5) plus h @ W2 (no bias): an exported LSTM cell's gates."""
+    rng = np.random.default_rng(4)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "W1"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "c1"),
+        numpy_helper.from_array(rng.standard_normal((5, 8)).astype(np.float32), "W2"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "W1", "c1"], ["gx"], transB=1, beta=0.5),
+        helper.make_node("Gemm", ["h", "W2"], ["gh"]),
+        helper.make_node("Add", ["gx", "gh"], ["y"]),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if read_twice:
+        outputs.append(helper.make_tensor_value_info("gh", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes, "cell",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows[0], 3]),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, [rows[1], 5]),
+        ],
+        outputs, inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _gemm_count(model: onnx.ModelProto) -> int:
+    return sum(n.op_type == "Gemm" for n in model.graph.node)
+
+
+def test_an_add_of_two_gemms_on_weights_becomes_one_gemm() -> None:
+    rng = np.random.default_rng(6)
+    for rows, size in (((2, 2), 2), (("batch", "batch"), 3)):
+        model = _two_gemms(rows)
+        joined = join_gemm_pairs(model)
+        assert _gemm_count(joined) == 1
+        feeds = {
+            "x": rng.standard_normal((size, 3)).astype(np.float32),
+            "h": rng.standard_normal((size, 5)).astype(np.float32),
+        }
+        np.testing.assert_allclose(
+            run(joined, feeds)[0], run(model, feeds)[0], rtol=1e-5, atol=1e-5
+        )
+
+
+def test_gemms_with_other_readers_or_rows_the_add_broadcasts_stay_two() -> None:
+    for model in (
+        _two_gemms((1, 4)),  # [1, 8] + [4, 8] broadcasts: a concatenation could not
+        _two_gemms(("a", "b")),  # rows that may differ
+        _two_gemms((2, 2), read_twice=True),  # gh is an output too
+    ):
+        assert _gemm_count(join_gemm_pairs(model)) == 2

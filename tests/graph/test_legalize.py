@@ -18,7 +18,8 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 def recurrent_model(op: str, *, direction: str = "forward", layout: int = 0, with_state: bool = True,
-                    with_lens: bool = False, peepholes: bool = False, **attrs: Any) -> onnx.ModelProto:  # fmt: skip
+                    with_lens: bool = False, peepholes: bool = False, seq: int = SEQ,
+                    **attrs: Any) -> onnx.ModelProto:  # fmt: skip
     rng = np.random.default_rng(5)
     dirs = 2 if direction == "bidirectional" else 1
     gates = GATES[op]
@@ -32,7 +33,7 @@ def recurrent_model(op: str, *, direction: str = "forward", layout: int = 0, wit
     state_shape = [BATCH, dirs, HIDDEN] if layout else [dirs, BATCH, HIDDEN]
     graph_inputs = [
         helper.make_tensor_value_info(
-            "x", TensorProto.FLOAT, [BATCH, SEQ, INPUT] if layout else [SEQ, BATCH, INPUT]
+            "x", TensorProto.FLOAT, [BATCH, seq, INPUT] if layout else [seq, BATCH, INPUT]
         )
     ]
     if with_lens:
@@ -61,10 +62,11 @@ def recurrent_model(op: str, *, direction: str = "forward", layout: int = 0, wit
 def feeds_for(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(9)
     feeds: dict[str, np.ndarray] = {}
+    seq = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value
     for value in model.graph.input:
         shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
         if value.name == "lens":
-            feeds["lens"] = np.array([SEQ, SEQ - 2], dtype=np.int32)
+            feeds["lens"] = np.array([seq, max(seq - 2, 0)], dtype=np.int32)
         else:
             feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
     return feeds
@@ -83,6 +85,12 @@ CASES = [
     ("RNN", {}),
     ("RNN", {"activations": ["Relu", "Tanh"], "direction": "bidirectional"}),
     ("RNN", {"activations": ["HardSigmoid"], "activation_alpha": [0.3], "activation_beta": [0.4]}),
+    # One step: the input and recurrent products become one (GRU keeps two).
+    ("LSTM", {"seq": 1}),
+    ("LSTM", {"seq": 1, "direction": "bidirectional", "peepholes": True}),
+    ("LSTM", {"seq": 1, "with_lens": True, "with_state": False}),
+    ("RNN", {"seq": 1, "direction": "reverse"}),
+    ("GRU", {"seq": 1}),
 ]
 
 
@@ -102,6 +110,11 @@ def test_unrolled_recurrence_matches_onnxruntime(op: str, options: dict[str, Any
     got = ReferenceEvaluator(legal).run(None, feeds)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    directions = 2 if options.get("direction") == "bidirectional" else 1
+    products = sum(n.op_type == "MatMul" for n in legal.graph.node)
+    steps = options.get("seq", SEQ)
+    per_direction = 1 if steps == 1 and op != "GRU" else 1 + steps * (1 + (op == "GRU"))
+    assert products == directions * per_direction
 
 
 def test_a_dynamic_sequence_length_is_left_with_the_reason() -> None:
