@@ -522,6 +522,9 @@ def join_gemm_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
         nodes.extend(replaced.get(node.output[0], [node]) if node.op_type == "Add" else [node])
     del out.graph.node[:]
     out.graph.node.extend(nodes)
+    kept = [v for v in out.graph.value_info if v.name not in removed]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(kept)
     return out
 
 

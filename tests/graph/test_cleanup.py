@@ -337,9 +337,9 @@ def _two_gemms(rows: tuple[int | str, int | str], *, read_twice: bool = False) -
         helper.make_node("Gemm", ["h", "W2"], ["gh"]),
         helper.make_node("Add", ["gx", "gh"], ["y"]),
     ]
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])]
     if read_twice:
-        outputs.append(helper.make_tensor_value_info("gh", TensorProto.FLOAT, None))
+        outputs.append(helper.make_tensor_value_info("gh", TensorProto.FLOAT, [None, 8]))
     graph = helper.make_graph(
         nodes, "cell",
         [
@@ -359,8 +359,13 @@ def test_an_add_of_two_gemms_on_weights_becomes_one_gemm() -> None:
     rng = np.random.default_rng(6)
     for rows, size in (((2, 2), 2), (("batch", "batch"), 3)):
         model = _two_gemms(rows)
+        model.graph.value_info.append(
+            helper.make_tensor_value_info("gx", TensorProto.FLOAT, [None, 8])
+        )
         joined = join_gemm_pairs(model)
         assert _gemm_count(joined) == 1
+        assert not joined.graph.value_info  # no type left for a value no node makes
+        onnx.checker.check_model(joined, full_check=True)
         feeds = {
             "x": rng.standard_normal((size, 3)).astype(np.float32),
             "h": rng.standard_normal((size, 5)).astype(np.float32),
