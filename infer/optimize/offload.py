@@ -31,6 +31,7 @@ from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from infer.optimize.relax_main import Bindings, op_name, replace_main, weight_params
+from infer.runtime import onednn
 from infer.runtime.onednn import INT8
 
 __all__ = [
@@ -262,8 +263,102 @@ def dequantized(expr: Any, values: dict[Any, Any], weights: set[Any]) -> tuple[A
     return None if scale is None or zero is None else (source, scale, zero)
 
 
+def _epilogue(
+    bindings: Bindings, var: Any, channels: int, axis_last: bool, weights: set[Any], bias_ok: bool
+) -> tuple[Any, Any, list[list[Any]], list[Any]]:
+    """Return (last var, bias, post-ops, vars folded away) of the bias add and activations that
+    follow var and fold into its call."""
+    values, sole_user = bindings.values, bindings.sole_user
+    last, bias, post_ops, folded = var, None, [], []
+    user = sole_user(last)
+    if bias_ok and user is not None and op_name(values[user]) == "relax.add":
+        bias = bias_of(values[user], last, weights, channels, axis_last)
+        if bias is not None:
+            folded.append(last)
+            last, user = user, sole_user(user)
+    while user is not None and (post := activation_post_op(values[user], last, values)) is not None:
+        post_ops.append(list(post))
+        folded.append(last)
+        last, user = user, sole_user(user)
+    return last, bias, post_ops, folded
+
+
+# The depthwise convolutions oneDNN computes inside the 1x1 convolution before them (its
+# "dw" post-op): 3x3, stride 1 or 2, padding 1, NHWC. The 1x1's output (a MobileNet block's
+# expanded tensor, 6x its input) then never goes to memory whole: MobileNetV2's 16 -> 96 at
+# 112x112 and its depthwise stride 2 took 1.40 ms as two calls and 0.66 as one (one thread).
+_DEPTHWISE_STRIDES = (1, 2)
+
+
+def _depthwise_after(
+    bindings: Bindings,
+    conv: Any,
+    last: Any,
+    config: dict[str, Any],
+    channels: int,
+    weights: set[Any],
+    threads: int,
+) -> tuple[Any, dict[str, Any]] | None:
+    """Return (call, config) of the depthwise convolution that reads last, the output of the
+    convolution conv (config) and its epilogue, when conv is 1x1 and oneDNN can fold the
+    depthwise one into it; else None."""
+    layout, kernel_layout = config["data_layout"], config["kernel_layout"]
+    kernel_dims = _tensor(conv.args[1])[0]  # type: ignore[index]
+    if (
+        layout != "NHWC"
+        or [kernel_dims[kernel_layout.index(c)] for c in "HW"] != [1, 1]
+        or config["groups"] != 1
+        or config["transposed"]
+        or config["strides"] != [1, 1]
+        or any(config["padding"])
+        or config["dilation"] != [1, 1]
+        or "precision" in config
+    ):
+        return None
+    user = bindings.sole_user(last)
+    call: Any = bindings.values.get(user)
+    if op_name(call) != "relax.nn.conv2d" or not call.args[0].same_as(last):
+        return None
+    found = _conv(call, weights)
+    if found is None:
+        return None
+    dw, out_channels = found
+    kernel_layout, kernel_dims = dw["kernel_layout"], _tensor(call.args[1])[0]  # type: ignore[index]
+    stride = dw["strides"][0]
+    if (
+        dw["data_layout"] != layout
+        or dw["groups"] != channels
+        or out_channels != channels
+        or [kernel_dims[kernel_layout.index(c)] for c in "HW"] != [3, 3]
+        or dw["strides"] != [stride, stride]
+        or stride not in _DEPTHWISE_STRIDES
+        or dw["padding"] != [1, 1, 1, 1]
+        or dw["dilation"] != [1, 1]
+    ):
+        return None
+    # A build serves every thread count and batch: oneDNN must have a kernel for both at one
+    # thread and at all of them, and at batch 1 and SYMBOLIC_DIM_SIZE when the batch is symbolic
+    # (height and width must be known).
+    dims = conv.args[0].ty.shape.values
+    if not all(isinstance(d, tirx.IntImm) for d in dims[1:]):
+        return None
+    batches = {int(dims[0])} if isinstance(dims[0], tirx.IntImm) else {1, SYMBOLIC_DIM_SIZE}
+    if not all(
+        onednn.depthwise_fusable([n, *(int(d) for d in dims[1:])], channels, stride, t)
+        for n in batches
+        for t in {1, threads}
+    ):
+        return None
+    return call, dw
+
+
 def _plan(
-    func: Any, weights: set[Any], counts: dict[str, int], precision: str, int8_kernels: bool
+    func: Any,
+    weights: set[Any],
+    counts: dict[str, int],
+    precision: str,
+    int8_kernels: bool,
+    threads: int,
 ) -> tuple[dict[Any, Any], set[Any]]:
     """Return {var: (packed function, arguments, type)} for the last binding of each chain,
     and the vars to drop."""
@@ -271,7 +366,10 @@ def _plan(
     values, sole_user = bindings.values, bindings.sole_user
     replace: dict[Any, Any] = {}
     drop: set[Any] = set()
+    consumed: set[Any] = set()  # depthwise convolutions folded into the call before them
     for var in bindings.order:
+        if var in consumed:
+            continue
         call = values[var]
         name = op_name(call)
         if name in _CONVOLUTIONS:
@@ -287,24 +385,11 @@ def _plan(
         config, channels = found
         if axis_last is None:
             axis_last = config["data_layout"].endswith("C")
-        last, bias, post_ops = var, None, []
-        user = sole_user(last)
-        if (
-            user is not None
-            and op_name(values[user]) == "relax.add"
-            and (name != "relax.matmul" or config["weights"])
-        ):
-            bias = bias_of(values[user], last, weights, channels, axis_last)
-            if bias is not None:
-                drop.add(last)
-                last, user = user, sole_user(user)
-        while (
-            user is not None
-            and (post := activation_post_op(values[user], last, values)) is not None
-        ):
-            post_ops.append(list(post))
-            drop.add(last)
-            last, user = user, sole_user(user)
+        bias_ok = name != "relax.matmul" or config["weights"]
+        last, bias, post_ops, folded = _epilogue(
+            bindings, var, channels, axis_last, weights, bias_ok
+        )
+        drop.update(folded)
         config["post_ops"] = post_ops
         # Activations times activations (attention's batched matmuls) stay f32, and so do
         # grouped and depthwise convolutions: memory-bound, they gain less from bf16 than the
@@ -330,11 +415,41 @@ def _plan(
         if quantized is not None:
             source, scale, zero = quantized
             args = [source, *args[1:], scale, zero]
+        depthwise = None
+        if name == "relax.nn.conv2d" and quantized is None and not reduced:
+            depthwise = _depthwise_after(
+                bindings,
+                call,
+                last,
+                config,
+                channels,
+                weights,
+                1 if config["single_thread"] else threads,
+            )
+        if depthwise is not None:
+            dw_call, dw = depthwise
+            dw_var = sole_user(last)
+            dw_last, dw_bias, dw_post_ops, dw_folded = _epilogue(
+                bindings, dw_var, channels, True, weights, True
+            )
+            consumed.add(dw_var)
+            drop.update([last, *dw_folded])
+            last = dw_last
+            config["dw"] = {
+                "kernel_layout": dw["kernel_layout"],
+                "strides": dw["strides"],
+                "bias": dw_bias is not None,
+                "post_ops": dw_post_ops,
+            }
+            args += [dw_call.args[1], *([dw_bias] if dw_bias is not None else [])]
         args.append(tvm.ir.StringImm(json.dumps(config, sort_keys=True)))
         replace[last] = (function, args, last.ty)
+        dw = config.get("dw", {"post_ops": [], "bias": False})
+        folded_ops = len(post_ops) + (bias is not None) + len(dw["post_ops"]) + dw["bias"]
         for key, count in (
             (function.rsplit(".", 1)[-1], 1),
-            ("post_ops", len(post_ops) + (bias is not None)),
+            ("post_ops", folded_ops),
+            *([("depthwise_fused", 1)] if "dw" in config else []),
             *([(precision, 1)] if reduced else []),
             *([(INT8, 1)] if quantized is not None else []),
         ):
@@ -369,14 +484,20 @@ class _Rewrite(PyExprMutator):  # type: ignore[misc]
 
 
 def offload_to_onednn(
-    mod: Any, counts: dict[str, int], precision: str = "fp32", int8_kernels: bool = False
+    mod: Any,
+    counts: dict[str, int],
+    precision: str = "fp32",
+    int8_kernels: bool = False,
+    threads: int = 1,
 ) -> Any:
     """Return mod with main's heavy float32 convolutions and matmuls calling oneDNN, the large
     dense ones on weights computing in precision, those on dequantized 8-bit tensors in int8
-    when int8_kernels; counts gets the calls made per kind ("conv2d", "matmul"), the bias adds
-    and activations folded in, and the calls in a reduced precision ("bf16", "int8")."""
+    when int8_kernels, and 1x1 convolutions computing the depthwise one after them where oneDNN
+    has a kernel for both at threads; counts gets the calls made per kind ("conv2d", "matmul"),
+    the bias adds and activations folded in, the depthwise convolutions folded in
+    ("depthwise_fused") and the calls in a reduced precision ("bf16", "int8")."""
     main = mod["main"]
-    replace, drop = _plan(main, weight_params(main), counts, precision, int8_kernels)
+    replace, drop = _plan(main, weight_params(main), counts, precision, int8_kernels, threads)
     if not replace:
         return mod
     rewrite = _Rewrite(mod, replace, drop)

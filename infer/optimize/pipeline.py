@@ -210,8 +210,10 @@ def run_pipeline(
     if onednn:
         from infer.optimize.offload import offload_to_onednn
 
+        threads = int(target.attrs.get("num-cores", 1) or 1)
+
         offload = tvm.transform.module_pass(
-            lambda m, _ctx: offload_to_onednn(m, counts, precision, int8),
+            lambda m, _ctx: offload_to_onednn(m, counts, precision, int8, threads),
             opt_level=0,
             name="OffloadToOnednn",
         )

@@ -37,6 +37,7 @@ __all__ = [
     "OnednnState",
     "active",
     "available",
+    "depthwise_fusable",
     "library_version",
     "read_choices",
     "register",
@@ -56,7 +57,7 @@ MATMUL = "infer.onednn.matmul"
 _SONAME = "libdnnl.so.3"
 # Values from oneDNN 3.2's dnnl_types.h / dnnl_common_types.h.
 _SUCCESS = 0
-_BF16, _F32, _S32, _S8, _U8 = 2, 3, 4, 5, 6
+_UNDEF, _BF16, _F32, _S32, _S8, _U8 = 0, 2, 3, 4, 5, 6
 _FORMAT_ANY = 1
 _ENGINE_CPU = 1
 _STREAM_IN_ORDER = 1
@@ -66,6 +67,10 @@ _DECONVOLUTION_DIRECT = 10
 _QUERY_IMPL_INFO_STR, _QUERY_WEIGHTS_MD, _QUERY_SCRATCHPAD_MD = 8, 131, 136
 _ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS, _ARG_SCRATCHPAD = 1, 17, 33, 41, 80
 _ARG_ATTR_SCALES, _ARG_ATTR_ZERO_POINTS = 4096, 8192
+# The depthwise post-op's own arguments (DNNL_ARG_ATTR_POST_OP_DW | its weights or bias), and
+# the query of an execution argument's memory descriptor.
+_ARG_POST_OP_DW = 16384
+_QUERY_EXEC_ARG_MD = 255
 # Each primitive gets its own scratchpad: the library's default one belongs to the thread that
 # made the primitive, and running it from another thread (a server's worker) crashed.
 _SCRATCHPAD_MODE_USER = 1
@@ -195,6 +200,8 @@ class _Library:
             ctypes.c_float,
             ctypes.c_float,
         ]
+        lib.dnnl_post_ops_append_dw.restype = ctypes.c_int
+        lib.dnnl_post_ops_append_dw.argtypes = [p, *[ctypes.c_int] * 3, *[ctypes.c_int64] * 3]
         lib.dnnl_version.restype = ctypes.POINTER(_Version)
         self.engine = p()
         self.check(lib.dnnl_engine_create(ctypes.byref(self.engine), _ENGINE_CPU, 0), "engine")
@@ -251,10 +258,15 @@ class _Library:
         return memory
 
     def attr(
-        self, post_ops: Sequence[tuple[str, float, float]], quant: _Quant | None = None
+        self,
+        post_ops: Sequence[tuple[str, float, float]],
+        quant: _Quant | None = None,
+        depthwise: tuple[int, bool, Sequence[tuple[str, float, float]]] | None = None,
     ) -> ctypes.c_void_p:
         """Return primitive attributes: a scratchpad of the primitive's own, the post-ops, and
-        for int8 the masks of the scales and zero points passed at execution."""
+        for int8 the masks of the scales and zero points passed at execution. depthwise (stride,
+        whether it has a bias, its own post-ops) appends a 3x3 depthwise convolution with
+        padding 1 (f32)."""
         attr, ops = ctypes.c_void_p(), ctypes.c_void_p()
         self.check(self.lib.dnnl_primitive_attr_create(ctypes.byref(attr)), "attributes")
         self.check(
@@ -269,10 +281,23 @@ class _Library:
                     self.lib.dnnl_primitive_attr_set_zero_points_mask(attr, _ARG_SRC, 0),
                     "zero points",
                 )
-        if not post_ops:
+        if not post_ops and depthwise is None:
             return attr
         self.check(self.lib.dnnl_post_ops_create(ctypes.byref(ops)), "post-ops")
+        dw_stride, dw_bias, dw_post_ops = depthwise if depthwise is not None else (0, False, [])
         for name, alpha, beta in post_ops:
+            self.check(
+                self.lib.dnnl_post_ops_append_eltwise(ops, _ELTWISE[name], alpha, beta),
+                f"post-op {name}",
+            )
+        if depthwise is not None:
+            self.check(
+                self.lib.dnnl_post_ops_append_dw(
+                    ops, _F32, _F32 if dw_bias else _UNDEF, _F32, 3, dw_stride, 1
+                ),
+                "depthwise post-op",
+            )
+        for name, alpha, beta in dw_post_ops:
             self.check(
                 self.lib.dnnl_post_ops_append_eltwise(ops, _ELTWISE[name], alpha, beta),
                 f"post-op {name}",
@@ -312,6 +337,44 @@ def available() -> bool:
     return True
 
 
+def depthwise_fusable(nhwc: Sequence[int], channels: int, stride: int, threads: int) -> bool:
+    """Return whether oneDNN computes a 1x1 convolution of an NHWC input into channels, then a
+    3x3 depthwise one of stride (padding 1), as one kernel of its own (f32) on this CPU at
+    threads (it offered one at 56x56 on one thread, not on two).
+
+    Its only other way is "ref_fused_convolution": the two primitives one after the other
+    through a scratchpad of the whole 1x1 output, a buffer of each call's own. MobileNetV2 ran
+    slower with those than with two calls (10.0-12.3 ms against 8.3-10.0, one thread), while
+    the fused kernel (jit_1x1 here, offered at 112x112 and 56x56) took 0.64 ms against 1.18
+    for the two calls it replaces (16 -> 96 at 112x112, stride 2)."""
+    lib = _library()
+    lib.set_threads(threads)  # oneDNN chooses for the threads set when the primitive is made
+    n, h, w, c = nhwc
+    attr = lib.attr([], None, (stride, True, []))
+    src = lib.md([n, c, h, w], _strides("NHWC", (n, h, w, c), "NCHW"))
+    dst = lib.md([n, channels, h, w], _strides("NHWC", (n, h, w, channels), "NCHW"))
+    weights, bias = lib.md([channels, c, 1, 1]), lib.md([channels], [1])
+    pd = ctypes.c_void_p()
+    try:
+        status = lib.lib.dnnl_convolution_forward_primitive_desc_create(
+            ctypes.byref(pd), lib.engine, _FORWARD_INFERENCE, _CONVOLUTION_DIRECT, src, weights,
+            bias, dst, _Dims(1, 1), _Dims(0, 0), _Dims(0, 0), _Dims(0, 0), attr,
+        )  # fmt: skip
+        if status != _SUCCESS:
+            return False
+        while True:
+            if not _implementation(lib, pd).startswith("ref"):
+                return True
+            if lib.lib.dnnl_primitive_desc_next_impl(pd) != _SUCCESS:
+                return False
+    finally:
+        if pd.value:
+            lib.lib.dnnl_primitive_desc_destroy(pd)
+        lib.lib.dnnl_primitive_attr_destroy(attr)
+        for md in (src, dst, weights, bias):
+            lib.lib.dnnl_memory_desc_destroy(md)
+
+
 def library_version() -> str:
     """Return oneDNN's version, e.g. '3.2.0'."""
     return _library().version()
@@ -342,10 +405,12 @@ class _Kernel:
         roles: Sequence[tuple[int, Any]],
         packed: tuple[Any, np.ndarray] | None,
         fixed: Sequence[tuple[int, int, np.ndarray]] = (),
+        bound: Sequence[tuple[int, Any, np.ndarray]] = (),
     ) -> None:
         """pd is consumed; roles are (DNNL_ARG_*, memory descriptor) in execution order (the
         memory objects copy the descriptors); fixed are (DNNL_ARG_*, data type, 1-d array)
-        passed to every execution (int8 scales and zero points)."""
+        passed to every execution (int8 scales and zero points), bound (DNNL_ARG_*, memory
+        descriptor, buffer) likewise (a depthwise post-op's packed weights and bias)."""
         self.lib = lib
         self.primitive = ctypes.c_void_p()
         lib.check(lib.lib.dnnl_primitive_create(ctypes.byref(self.primitive), pd), "primitive")
@@ -358,6 +423,12 @@ class _Kernel:
             memory = lib.memory(md)
             lib.lib.dnnl_memory_desc_destroy(md)
             lib.lib.dnnl_memory_set_data_handle(memory, array.ctypes.data)
+            self.fixed_memories.append(memory)
+            args.append(_ExecArg(arg, memory.value))
+        for arg, md, buffer in bound:
+            self.fixed.append(buffer)
+            memory = lib.memory(md)
+            lib.lib.dnnl_memory_set_data_handle(memory, _aligned_address(buffer))
             self.fixed_memories.append(memory)
             args.append(_ExecArg(arg, memory.value))
         # The primitive's own scratchpad (a user-managed one; none when it needs none).
@@ -465,13 +536,24 @@ class OnednnState:
             self.table = None
 
     def pack(
-        self, lib: _Library, pd: Any, weight: Any, user_md: Any, int8_axis: int | None = None
+        self,
+        lib: _Library,
+        pd: Any,
+        weight: Any,
+        user_md: Any,
+        int8_axis: int | None = None,
+        argument: int | None = None,
     ) -> tuple[Any, np.ndarray]:
         """Return (memory descriptor, buffer) of weight reordered to the layout pd wants, reusing
         an earlier reorder of the same weight into the same layout. With int8_axis, user_md is
         int8 and the weight is quantized per channel of that axis first, its scales kept in
-        weight_scales: once per session, not once per input shape."""
-        wanted = lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_WEIGHTS_MD, 0)
+        weight_scales: once per session, not once per input shape. argument: the execution
+        argument the weight is (its weights when None)."""
+        wanted = (
+            lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_WEIGHTS_MD, 0)
+            if argument is None
+            else lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_EXEC_ARG_MD, argument)
+        )
         address = weight.data_ptr()
         for md, buffer in self.packed.get(address, []):
             if lib.lib.dnnl_memory_desc_equal(md, wanted):
@@ -583,6 +665,32 @@ def _conv2d_recipes(
     ]
 
 
+@dataclasses.dataclass
+class _Depthwise:
+    """The 3x3 depthwise convolution a convolution computes after itself (oneDNN's dw post-op):
+    its weights as stored (packed with the kernel), its bias, and the final output's memory
+    descriptor (the convolution's own dst is the 1x1's output, never written)."""
+
+    w: Any
+    user_w: Any
+    bias: Any
+    dst: Any
+
+
+def _depthwise(lib: _Library, config: dict[str, Any], w: Any, bias: Any, out: Any) -> _Depthwise:
+    """Return the depthwise post-op of config's convolution on weights w (and bias) into out."""
+    layout = config["dw"]["kernel_layout"]
+    o_stride, i_stride, h_stride, w_stride = _strides(layout, tuple(w.shape), "OIHW")
+    channels = tuple(w.shape)[layout.index("O")]
+    # (groups, outputs per group, inputs per group, height, width): a channel per group.
+    user_w = lib.md([channels, 1, 1, 3, 3], [o_stride, o_stride, i_stride, h_stride, w_stride])
+    data_layout, shape = config["data_layout"], tuple(out.shape)
+    dst = lib.md(
+        [shape[data_layout.index(c)] for c in "NCHW"], _strides(data_layout, shape, "NCHW")
+    )
+    return _Depthwise(w, user_w, bias, dst)
+
+
 def _convolution(
     lib: _Library,
     config: dict[str, Any],
@@ -604,6 +712,11 @@ def _convolution(
         data_layout, x_shape = _unit_height(data_layout, x_shape)
         kernel_layout, w_shape = _unit_height(kernel_layout, w_shape)
         strides, dilation, padding = [1, *strides], [1, *dilation], [0, padding[0], 0, padding[1]]
+    if "dw" in config:  # the 1x1's output, which the depthwise post-op reads
+        y_shape = tuple(
+            w_shape[kernel_layout.index("O")] if c == "C" else x_shape[i]
+            for i, c in enumerate(data_layout)
+        )
     src_dims = [x_shape[data_layout.index(c)] for c in "NCHW"]
     dst_dims = [y_shape[data_layout.index(c)] for c in "NCHW"]
     dtype = _S8 if quant else _COMPUTE_TYPES[config.get("precision", "fp32")]
@@ -627,7 +740,11 @@ def _convolution(
     bias = lib.md([o], [1]) if has_bias else None
     top, left, bottom, right = padding
     dilation = [d - 1 for d in dilation]
-    attr = lib.attr([tuple(op) for op in config["post_ops"]], quant)
+    dw = config.get("dw")
+    depthwise = (
+        None if dw is None else (dw["strides"][0], dw["bias"], [tuple(op) for op in dw["post_ops"]])
+    )
+    attr = lib.attr([tuple(op) for op in config["post_ops"]], quant, depthwise)
     # A transposed convolution is oneDNN's deconvolution: the same arguments, weights (O, I, ...)
     # with O its output channels (the second dim of ONNX's / Relax's IOHW).
     transposed = config.get("transposed", False)
@@ -777,6 +894,7 @@ class _Recipe:
     pack: bool
     quant: _Quant | None = None
     out_axis: int = -1
+    depthwise: _Depthwise | None = None
 
     def implementations(self, lib: _Library) -> list[str]:
         """Return the names of oneDNN's implementations of this primitive, best expected first
@@ -816,10 +934,13 @@ class _Recipe:
             if quant.zero:
                 zero = np.array([quant.zero], np.int32)
                 fixed.append((_ARG_ATTR_ZERO_POINTS | _ARG_SRC, _S32, zero))
+        dst, bound = self.dst, list[tuple[int, Any, np.ndarray]]()
+        if self.depthwise is not None:
+            dst, bound = self._depthwise_arguments(lib, state, pd)
         roles = [
             (_ARG_SRC, compute_src),
             (_ARG_WEIGHTS, packed[0] if packed else self.user_w),
-            (_ARG_DST, self.dst),
+            (_ARG_DST, dst),
         ]
         if self.bias is not None:
             roles.insert(2, (_ARG_BIAS, self.bias))
@@ -827,10 +948,35 @@ class _Recipe:
         if compute_src.value != src.value and not lib.lib.dnnl_memory_desc_equal(src, compute_src):
             convert = _reorder(lib, src, compute_src, "source conversion")
         name = f"{self.kind} {_implementation(lib, pd)}"
-        kernel = _Kernel(lib, pd, roles, packed, fixed=fixed)
+        kernel = _Kernel(lib, pd, roles, packed, fixed=fixed, bound=bound)
         kernel.convert = convert
         kernel.implementation = name
         return kernel
+
+    def _depthwise_arguments(
+        self, lib: _Library, state: OnednnState, pd: Any
+    ) -> tuple[Any, list[tuple[int, Any, np.ndarray]]]:
+        """Return the final output's descriptor and the depthwise post-op's (argument,
+        descriptor, buffer): its weights packed as pd wants them, its bias copied."""
+        dw = self.depthwise
+        assert dw is not None
+        wanted_dst = lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_EXEC_ARG_MD, _ARG_DST)
+        if not lib.lib.dnnl_memory_desc_equal(wanted_dst, dw.dst):
+            raise InferError("oneDNN depthwise post-op: its output is not in the graph's layout")
+        weights = _ARG_POST_OP_DW | _ARG_WEIGHTS
+        md, buffer = state.pack(lib, pd, dw.w, dw.user_w, argument=weights)
+        bound = [(weights, md, buffer)]
+        if dw.bias is not None:
+            bias_md = lib.lib.dnnl_primitive_desc_query_md(
+                pd, _QUERY_EXEC_ARG_MD, _ARG_POST_OP_DW | _ARG_BIAS
+            )
+            values = np.from_dlpack(dw.bias).reshape(-1).astype(np.float32)
+            copy = np.empty(values.nbytes + _ALIGN, dtype=np.uint8)
+            start = _aligned_address(copy) - copy.ctypes.data
+            copy[start : start + values.nbytes] = values.view(np.uint8)
+            # (the descriptor is pd's: the kernel's memory object copies it before pd goes)
+            bound.append((_ARG_POST_OP_DW | _ARG_BIAS, ctypes.c_void_p(bias_md), copy))
+        return dw.dst, bound
 
     def release(self, lib: _Library) -> None:
         if self.attr is not None:
@@ -864,6 +1010,10 @@ MEASURE_CUTOFF = 3.0
 # 3x3 convolution at two threads: brgconv:avx2 1.46 and jit:avx2 1.47 ms alone, 1.64 and 2.28 ms
 # a call in the model's run).
 MEASURE_MARGIN = 0.05
+# Implementations never measured: oneDNN's reference code (seconds where the others take
+# milliseconds), and its reference composition of a fused depthwise post-op (see
+# depthwise_fusable: fast on the measurement's hot data, slow in a model).
+_REFERENCE = ("ref:", "ref_fused")
 
 
 def _handles(kernel: _Kernel, x: Any, w: Any, bias: Any, out: Any) -> list[int]:
@@ -907,7 +1057,7 @@ def _fastest(
         except InferError:  # oneDNN has no such primitive for these types here
             continue
         for implementation in implementations:
-            if implementation.startswith("ref:"):
+            if implementation.startswith(_REFERENCE):
                 continue
             try:
                 kernel = recipe.kernel(lib, state, implementation)
@@ -981,8 +1131,9 @@ def _entry(name: str) -> Any:
     build, lib = _BUILDERS[name], _library()
 
     def call(*args: Any) -> None:
-        # (x, w, [bias], [scale, zero point], config, out): the config string is baked into
-        # the graph at compile time; int8 calls pass the scale and zero point of their 8-bit x.
+        # (x, w, [bias], [scale, zero point] | [dw weights, [dw bias]], config, out): the config
+        # string is baked into the graph at compile time; int8 calls pass the scale and zero
+        # point of their 8-bit x, a convolution with a depthwise post-op that one's weights.
         x, w, out, config_text = args[0], args[1], args[-1], args[-2]
         state = _state()
         state.python_calls += 1
@@ -995,6 +1146,12 @@ def _entry(name: str) -> Any:
             if len(tensors) < 2:
                 raise InferError(f"{name}: an int8 call needs its source's scale and zero point")
             scale, zero, tensors = tensors[-2], tensors[-1], tensors[:-2]
+        dw_tensors: tuple[Any, ...] = ()
+        if "dw" in config:
+            count = 2 if config["dw"]["bias"] else 1
+            if len(tensors) < count:
+                raise InferError(f"{name}: a depthwise post-op needs its weights in the call")
+            dw_tensors, tensors = tensors[-count:], tensors[:-count]
         bias = tensors[0] if tensors else None
         # A primitive is made for both operands' shapes (an attention's keys grow while its
         # query stays one row); weights packed once are also told apart by their address, and
@@ -1003,6 +1160,7 @@ def _entry(name: str) -> Any:
         key: tuple[Any, ...] = (name, config_text, tuple(x.shape), tuple(w.shape), packed_weights)
         if quantized:
             key += (scale.data_ptr(), zero.data_ptr())
+        key += tuple(t.data_ptr() for t in dw_tensors)  # packed into the kernel too
         kernel = state.kernels.get(key)
         if kernel is None:
             # Set while the primitive is made: oneDNN splits the work for the threads there
@@ -1011,6 +1169,12 @@ def _entry(name: str) -> Any:
             lib.set_threads(threads)
             quant = _source_quant(x, scale, zero) if quantized else None
             recipes = build(lib, config, x, w, bias is not None, out, quant)
+            depthwise = None
+            if dw_tensors:
+                dw_bias = dw_tensors[1] if len(dw_tensors) > 1 else None
+                depthwise = _depthwise(lib, config, dw_tensors[0], dw_bias, out)
+                for recipe in recipes:
+                    recipe.depthwise = depthwise
             choice = choice_key(name, config_text, x.shape, w.shape)
             try:
                 if state.measure and choice not in state.choices:  # once per choice key
@@ -1021,6 +1185,9 @@ def _entry(name: str) -> Any:
             finally:
                 for recipe in recipes:
                     recipe.release(lib)
+                if depthwise is not None:
+                    lib.lib.dnnl_memory_desc_destroy(depthwise.user_w)
+                    lib.lib.dnnl_memory_desc_destroy(depthwise.dst)
             kernel.threads = threads
             state.keep(key, kernel)
         lib.set_threads(kernel.threads)
@@ -1031,6 +1198,8 @@ def _entry(name: str) -> Any:
             required = (0b10 if packed_weights else 0) | (
                 0b11 << (len(args) - 4) if quantized else 0
             )
+            if dw_tensors:  # the depthwise weights (and bias) before the config
+                required |= ((1 << len(dw_tensors)) - 1) << (len(args) - 2 - len(dw_tensors))
             _remember(_FAST, kernel, required, 2 if bias is not None else -1)
 
     return call

@@ -317,3 +317,63 @@ def test_a_quantized_model_computes_its_convolutions_and_matmuls_in_int8(tmp_pat
     step = float(np.diff(np.unique(want)).min())  # the output's quantization step
     assert np.abs(got - want).max() <= 1.01 * step
     assert np.mean(np.abs(got - want) < 1e-6) > 0.9
+
+
+def inverted_residual(hw: int, stride: int, dw_bias: bool = True) -> onnx.ModelProto:
+    """A MobileNetV2 block's first half and its projection: 1x1 16 -> 96, ReLU6, 3x3 depthwise
+    (stride), ReLU6, 1x1 96 -> 24."""
+    rng = np.random.default_rng(2)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    inits = [init("w1", 96, 16, 1, 1), init("b1", 96), init("w2", 96, 1, 3, 3), init("b2", 96),
+             init("w3", 24, 96, 1, 1), numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"]),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"]),
+        helper.make_node(
+            "Conv",
+            ["r1", "w2", *(["b2"] if dw_bias else [])],
+            ["c2"],
+            group=96,
+            pads=[1, 1, 1, 1],
+            strides=[stride, stride],
+        ),
+        helper.make_node("Clip", ["c2", "lo", "hi"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w3"], ["y"]),
+    ]
+    out = (hw - 1) // stride + 1
+    graph = helper.make_graph(
+        nodes, "block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24, out, out])], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("dw_bias", [True, False])
+def test_a_depthwise_convolution_runs_inside_the_1x1_before_it(
+    tmp_path: Path, dw_bias: bool
+) -> None:
+    # MobileNetV2's 112x112 block, where oneDNN has a kernel for both (at one and two threads).
+    assert onednn.depthwise_fusable([1, 112, 112, 16], 96, 2, 1)
+    x = np.random.default_rng(3).standard_normal((1, 16, 112, 112)).astype(np.float32)
+    summary = compile_and_compare(inverted_residual(112, 2, dw_bias), tmp_path, {"x": x})
+    assert summary["conv2d"] == 2 and summary["depthwise_fused"] == 1
+    # Each convolution's bias and ReLU6 (relu, then clip at 6), the depthwise one's bias if any.
+    assert summary["post_ops"] == 5 + dw_bias
+    choices = onednn.read_choices(tmp_path / "model.infer" / onednn.CHOICES_FILE)
+    fused = [v for k, v in choices.items() if '"dw"' in k]
+    assert len(fused) == 1 and not fused[0].split(" ")[1].startswith("ref")
+
+
+def test_a_depthwise_convolution_oneDNN_cannot_fuse_stays_a_call_of_its_own(
+    tmp_path: Path,
+) -> None:
+    # At 28x28 oneDNN offers only its reference composition of the two: no fusion.
+    assert not onednn.depthwise_fusable([1, 28, 28, 16], 96, 1, 1)
+    x = np.random.default_rng(4).standard_normal((1, 16, 28, 28)).astype(np.float32)
+    summary = compile_and_compare(inverted_residual(28, 1), tmp_path, {"x": x})
+    assert summary["conv2d"] == 3 and "depthwise_fused" not in summary
