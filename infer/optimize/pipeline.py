@@ -24,7 +24,7 @@ __all__ = [
 SCHEDULE_REVISION = 10
 # Bumped when infer.optimize.offload changes what it hands to the library, or an offloaded build
 # what it holds (7: the kernel choices); part of cache keys.
-OFFLOAD_REVISION = 7
+OFFLOAD_REVISION = 8
 # Bumped when infer.optimize.winograd changes what it builds (2: the padding read in the input
 # transform, symbolic height and width); part of cache keys.
 WINOGRAD_REVISION = 2
