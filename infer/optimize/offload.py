@@ -445,8 +445,9 @@ def _plan(
             args += [dw_call.args[1], *([dw_bias] if dw_bias is not None else [])]
         args.append(tvm.ir.StringImm(json.dumps(config, sort_keys=True)))
         replace[last] = (function, args, last.ty)
-        dw = config.get("dw", {"post_ops": [], "bias": False})
-        folded_ops = len(post_ops) + (bias is not None) + len(dw["post_ops"]) + dw["bias"]
+        folded_ops = len(post_ops) + (bias is not None)
+        if "dw" in config:
+            folded_ops += len(config["dw"]["post_ops"]) + config["dw"]["bias"]
         for key, count in (
             (function.rsplit(".", 1)[-1], 1),
             ("post_ops", folded_ops),
