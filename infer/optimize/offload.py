@@ -287,7 +287,7 @@ def _epilogue(
 # "dw" post-op): 3x3, stride 1 or 2, padding 1, NHWC. The 1x1's output (a MobileNet block's
 # expanded tensor, 6x its input) then never goes to memory whole. MobileNetV2's 16 -> 96 at
 # 112x112 and its depthwise stride 2, alone on inputs fresh from memory: 1.22 ms as two calls
-# and 0.67 as one at one thread, 0.72 and 0.46 at two; in the model 0.83 and 0.60 (one thread).
+# and 0.67 as one at one thread, 0.72 and 0.46 at two; in the model 1.11 and 0.74 (one thread).
 _DEPTHWISE_STRIDES = (1, 2)
 
 
