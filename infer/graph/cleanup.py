@@ -476,7 +476,7 @@ def join_gemm_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
                 pairs.append((add, first, second))
     if not pairs:
         return model
-    from infer.graph.shapes import ANONYMOUS_DIM_NAMES, inferred_types
+    from infer.graph.shapes import inferred_types
 
     types = inferred_types(model)
     out = onnx.ModelProto()
@@ -497,7 +497,7 @@ def join_gemm_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
             or weights[1].ndim != 2
             or weights[0].shape[1] != weights[1].shape[1]
             or weights[0].dtype != weights[1].dtype
-            or not _same_rows(rows[0], rows[1], ANONYMOUS_DIM_NAMES)
+            or not _same_rows(rows[0], rows[1])
         ):
             continue
         name = add.output[0]
@@ -528,9 +528,7 @@ def join_gemm_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _same_rows(
-    first: onnx.TypeProto | None, second: onnx.TypeProto | None, anonymous: frozenset[str]
-) -> bool:
+def _same_rows(first: onnx.TypeProto | None, second: onnx.TypeProto | None) -> bool:
     """True when two matrices' types say they have the same number of rows (equal sizes, or
     the same dim name that is not one of the anonymous ones)."""
     dims = []
@@ -541,8 +539,10 @@ def _same_rows(
     a, b = dims
     if a.HasField("dim_value") and b.HasField("dim_value"):
         return bool(a.dim_value == b.dim_value > 0)
-    name: str = a.dim_param
-    return name.strip() not in anonymous and name == b.dim_param
+    from infer.graph.shapes import anonymous_dim
+
+    named = a.HasField("dim_param") and not anonymous_dim(a)
+    return named and bool(a.dim_param == b.dim_param)
 
 
 def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:

@@ -13,8 +13,8 @@ from infer.errors import ModelError
 from infer.signature import Dim, TensorSpec
 
 __all__ = [
-    "ANONYMOUS_DIM_NAMES",
     "ShapeOverrides",
+    "anonymous_dim",
     "apply_shape_overrides",
     "dims_of",
     "graph_inputs",
@@ -94,7 +94,7 @@ def _spec(value: onnx.ValueInfoProto, what: str) -> TensorSpec:
     for i, dim in enumerate(tensor_type.shape.dim):
         if dim.HasField("dim_value") and dim.dim_value >= 0:
             dims.append(int(dim.dim_value))
-        elif dim.dim_param and dim.dim_param.strip() not in ANONYMOUS_DIM_NAMES:
+        elif dim.dim_param and dim.dim_param.strip() not in _ANONYMOUS_DIM_NAMES:
             dims.append(dim.dim_param)
         else:
             dims.append(f"{value.name}_dim{i}")
@@ -181,19 +181,20 @@ def apply_shape_overrides(model: onnx.ModelProto, overrides: ShapeOverrides) -> 
                     shape.dim.add().dim_value = int(d)
         elif value.name in by_name and value.type.tensor_type.HasField("shape"):
             for i, dim in enumerate(value.type.tensor_type.shape.dim):
-                if _anonymous(dim):
+                if anonymous_dim(dim):
                     dim.dim_param = f"{value.name}_dim{i}"
     return out
 
 
 # Names exporters give a dim of unknown size; as dim_param they would say "all these are equal".
-ANONYMOUS_DIM_NAMES = frozenset({"", "?", "-1", "None", "unk", "unknown"})
+_ANONYMOUS_DIM_NAMES = frozenset({"", "?", "-1", "None", "unk", "unknown"})
 
 
-def _anonymous(dim: onnx.TensorShapeProto.Dimension) -> bool:
+def anonymous_dim(dim: onnx.TensorShapeProto.Dimension) -> bool:
+    """True for a dim of unknown size that says nothing about others (no name, or a generic one)."""
     if dim.HasField("dim_value"):
         return dim.dim_value < 0
-    return dim.dim_param.strip() in ANONYMOUS_DIM_NAMES
+    return dim.dim_param.strip() in _ANONYMOUS_DIM_NAMES
 
 
 def element_types(type_protos: dict[str, onnx.TypeProto]) -> dict[str, int]:
