@@ -409,28 +409,30 @@ class _Kernel:
     ) -> None:
         """pd is consumed; roles are (DNNL_ARG_*, memory descriptor) in execution order (the
         memory objects copy the descriptors); fixed are (DNNL_ARG_*, data type, 1-d array)
-        passed to every execution (int8 scales and zero points), bound (DNNL_ARG_*, memory
-        descriptor, buffer) likewise (a depthwise post-op's packed weights and bias)."""
+        passed to every execution (int8 scales and zero points, a depthwise post-op's bias),
+        bound (DNNL_ARG_*, memory descriptor, buffer) likewise at the buffer's aligned address
+        (a depthwise post-op's packed weights)."""
         self.lib = lib
         self.primitive = ctypes.c_void_p()
         lib.check(lib.lib.dnnl_primitive_create(ctypes.byref(self.primitive), pd), "primitive")
         self.memories = [lib.memory(md) for _, md in roles]
         args = [_ExecArg(arg, m.value) for (arg, _), m in zip(roles, self.memories, strict=True)]
-        self.fixed = [array for _, _, array in fixed]  # the memory objects point into them
-        self.fixed_memories = []
+        # The memory objects of fixed and bound point into their arrays, kept here.
+        self.fixed = [array for *_, array in (*fixed, *bound)]
+        self.fixed_memories: list[ctypes.c_void_p] = []
+
+        def bind(arg: int, md: Any, address: int) -> None:
+            memory = lib.memory(md)
+            lib.lib.dnnl_memory_set_data_handle(memory, address)
+            self.fixed_memories.append(memory)
+            args.append(_ExecArg(arg, memory.value))
+
         for arg, dtype, array in fixed:
             md = lib.md([array.size], [1], dtype)
-            memory = lib.memory(md)
+            bind(arg, md, array.ctypes.data)
             lib.lib.dnnl_memory_desc_destroy(md)
-            lib.lib.dnnl_memory_set_data_handle(memory, array.ctypes.data)
-            self.fixed_memories.append(memory)
-            args.append(_ExecArg(arg, memory.value))
         for arg, md, buffer in bound:
-            self.fixed.append(buffer)
-            memory = lib.memory(md)
-            lib.lib.dnnl_memory_set_data_handle(memory, _aligned_address(buffer))
-            self.fixed_memories.append(memory)
-            args.append(_ExecArg(arg, memory.value))
+            bind(arg, md, _aligned_address(buffer))
         # The primitive's own scratchpad (a user-managed one; none when it needs none).
         scratchpad_md = ctypes.c_void_p(
             lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_SCRATCHPAD_MD, 0)
@@ -936,7 +938,8 @@ class _Recipe:
                 fixed.append((_ARG_ATTR_ZERO_POINTS | _ARG_SRC, _S32, zero))
         dst, bound = self.dst, list[tuple[int, Any, np.ndarray]]()
         if self.depthwise is not None:
-            dst, bound = self._depthwise_arguments(lib, state, pd)
+            dst, bound, dw_fixed = self._depthwise_arguments(lib, state, pd)
+            fixed += dw_fixed
         roles = [
             (_ARG_SRC, compute_src),
             (_ARG_WEIGHTS, packed[0] if packed else self.user_w),
@@ -955,9 +958,9 @@ class _Recipe:
 
     def _depthwise_arguments(
         self, lib: _Library, state: OnednnState, pd: Any
-    ) -> tuple[Any, list[tuple[int, Any, np.ndarray]]]:
-        """Return the final output's descriptor and the depthwise post-op's (argument,
-        descriptor, buffer): its weights packed as pd wants them, its bias copied."""
+    ) -> tuple[Any, list[tuple[int, Any, np.ndarray]], list[tuple[int, int, np.ndarray]]]:
+        """Return the final output's descriptor, the depthwise post-op's weights packed as pd
+        wants them (_Kernel's bound) and its bias, if any, copied (_Kernel's fixed)."""
         dw = self.depthwise
         assert dw is not None
         wanted_dst = lib.lib.dnnl_primitive_desc_query_md(pd, _QUERY_EXEC_ARG_MD, _ARG_DST)
@@ -965,18 +968,11 @@ class _Recipe:
             raise InferError("oneDNN depthwise post-op: its output is not in the graph's layout")
         weights = _ARG_POST_OP_DW | _ARG_WEIGHTS
         md, buffer = state.pack(lib, pd, dw.w, dw.user_w, argument=weights)
-        bound = [(weights, md, buffer)]
+        fixed = []
         if dw.bias is not None:
-            bias_md = lib.lib.dnnl_primitive_desc_query_md(
-                pd, _QUERY_EXEC_ARG_MD, _ARG_POST_OP_DW | _ARG_BIAS
-            )
-            values = np.from_dlpack(dw.bias).reshape(-1).astype(np.float32)
-            copy = np.empty(values.nbytes + _ALIGN, dtype=np.uint8)
-            start = _aligned_address(copy) - copy.ctypes.data
-            copy[start : start + values.nbytes] = values.view(np.uint8)
-            # (the descriptor is pd's: the kernel's memory object copies it before pd goes)
-            bound.append((_ARG_POST_OP_DW | _ARG_BIAS, ctypes.c_void_p(bias_md), copy))
-        return dw.dst, bound
+            values = np.from_dlpack(dw.bias).reshape(-1).astype(np.float32)  # a copy
+            fixed.append((_ARG_POST_OP_DW | _ARG_BIAS, _F32, values))
+        return dw.dst, [(weights, md, buffer)], fixed
 
     def release(self, lib: _Library) -> None:
         if self.attr is not None:
