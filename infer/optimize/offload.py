@@ -299,8 +299,8 @@ def _depthwise_after(
     channels: int,
     weights: set[Any],
     threads: int,
-) -> tuple[Any, dict[str, Any]] | None:
-    """Return (call, config) of the depthwise convolution that reads last, the output of the
+) -> tuple[Any, Any, dict[str, Any]] | None:
+    """Return (var, call, config) of the depthwise convolution that reads last, the output of the
     convolution conv (config) and its epilogue, when conv is 1x1 and oneDNN can fold the
     depthwise one into it; else None."""
     layout, kernel_layout = config["data_layout"], config["kernel_layout"]
@@ -350,7 +350,7 @@ def _depthwise_after(
         for t in {1, threads}
     ):
         return None
-    return call, dw
+    return user, call, dw
 
 
 def _plan(
@@ -364,7 +364,7 @@ def _plan(
     """Return {var: (packed function, arguments, type)} for the last binding of each chain,
     and the vars to drop."""
     bindings = Bindings(func)
-    values, sole_user = bindings.values, bindings.sole_user
+    values = bindings.values
     replace: dict[Any, Any] = {}
     drop: set[Any] = set()
     consumed: set[Any] = set()  # depthwise convolutions folded into the call before them
@@ -428,8 +428,7 @@ def _plan(
                 1 if config["single_thread"] else threads,
             )
         if depthwise is not None:
-            dw_call, dw = depthwise
-            dw_var = sole_user(last)
+            dw_var, dw_call, dw = depthwise
             dw_last, dw_bias, dw_post_ops, dw_folded = _epilogue(
                 bindings, dw_var, channels, True, weights, True
             )
