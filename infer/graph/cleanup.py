@@ -17,6 +17,7 @@ __all__ = [
     "fold_conv_affine",
     "gelu_from_erf",
     "join_gemm_pairs",
+    "split_to_slices",
     "sum_to_add",
 ]
 
@@ -397,7 +398,7 @@ def gelu_from_erf(model: onnx.ModelProto) -> onnx.ModelProto:
 
 # Bumped whenever the clean-ups, legalizations or foldings change the graph they hand to TVM
 # (part of compile cache keys, so that caches do not serve artifacts of older rewrites).
-GRAPH_REVISION = 3
+GRAPH_REVISION = 4
 
 
 def square_pow(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -528,6 +529,111 @@ def join_gemm_pairs(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+# Readers TVM fuses a strided_slice into (elementwise ops and layout moves): a Split read only
+# by these is worth a Slice per part.
+_SLICE_FUSING_OPS = frozenset(
+    {
+        "Abs", "Add", "Cast", "Clip", "Div", "Erf", "Exp", "HardSigmoid", "LeakyRelu", "Log",
+        "Mul", "Neg", "Pow", "Reciprocal", "Relu", "Reshape", "Sigmoid", "Softplus", "Sqrt",
+        "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
+    }
+)  # fmt: skip
+# Slice takes starts, ends and axes as inputs from this opset on.
+_SLICE_INPUTS_OPSET = 10
+
+
+def split_to_slices(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy where a Split whose parts are read only by elementwise ops and layout
+    moves is one Slice per part.
+
+    TVM imports Split as one kernel writing every part (a tuple, which no kernel fuses with);
+    a Slice fuses into the kernel of its reader. Silero VAD's LSTM cell: the four gates are
+    read straight from the product, one kernel and four tensors fewer a window. Left alone:
+    a part that is a graph output or is read by another op or a subgraph, and parts whose
+    sizes are not static.
+    """
+    from infer.graph.support import default_opset
+
+    graph = model.graph
+    splits = [n for n in graph.node if n.op_type == "Split" and n.domain in ("", "ai.onnx")]
+    if not splits or default_opset(model) < _SLICE_INPUTS_OPSET:
+        return model
+    from infer.graph.shapes import inferred_types
+
+    values = _constant_tensors(graph)
+    readers = _reader_counts(graph)
+    fusing: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type in _SLICE_FUSING_OPS and node.domain in ("", "ai.onnx"):
+            for name in node.input:
+                fusing[name] = fusing.get(name, 0) + 1
+    types = inferred_types(model)
+    replaced: dict[str, list[onnx.NodeProto]] = {}
+    initializers: list[onnx.TensorProto] = []
+    for split in splits:
+        parts = list(split.output)
+        if not all(p and readers.get(p, 0) == fusing.get(p, 0) > 0 for p in parts):
+            continue
+        sizes = _split_sizes(split, values, types.get(split.input[0]))
+        if sizes is None or len(sizes) != len(parts):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in split.attribute}
+        axis = int(attrs.get("axis", 0))
+        slices, start = [], 0
+        for part, size in zip(parts, sizes, strict=True):
+            bounds = {"starts": start, "ends": start + size, "axes": axis}
+            tensors = [
+                numpy_helper.from_array(np.array([v], np.int64), f"{part}__slice_{k}")
+                for k, v in bounds.items()
+            ]
+            initializers.extend(tensors)
+            slices.append(
+                onnx.helper.make_node(
+                    "Slice", [split.input[0], *(t.name for t in tensors)], [part], name=part
+                )
+            )
+            start += size
+        replaced[parts[0]] = slices
+    if not replaced:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes: list[onnx.NodeProto] = []
+    for node in out.graph.node:
+        is_split = node.op_type == "Split" and node.output and node.output[0] in replaced
+        nodes.extend(replaced[node.output[0]] if is_split else [node])
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    out.graph.initializer.extend(initializers)
+    return out
+
+
+def _split_sizes(
+    split: onnx.NodeProto, values: dict[str, onnx.TensorProto], data: onnx.TypeProto | None
+) -> list[int] | None:
+    """Return the sizes of a Split's parts along its axis, None when they are not static."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in split.attribute}
+    if len(split.input) > 1 and split.input[1]:
+        given = values.get(split.input[1])
+        return None if given is None else [int(v) for v in numpy_helper.to_array(given)]
+    if "split" in attrs:  # before opset 13
+        return [int(v) for v in attrs["split"]]
+    if data is None or not data.HasField("tensor_type"):
+        return None
+    dims = data.tensor_type.shape.dim
+    axis = int(attrs.get("axis", 0))
+    if not -len(dims) <= axis < len(dims) or not dims[axis].HasField("dim_value"):
+        return None
+    total, count = dims[axis].dim_value, int(attrs.get("num_outputs", len(split.output)))
+    if total % count == 0:
+        return [total // count] * count
+    if "num_outputs" not in attrs:
+        return None
+    chunk = -(-total // count)  # opset 18: equal parts of ceil(total / n), the last smaller
+    sizes = [min(chunk, total - i * chunk) for i in range(count)]
+    return sizes if all(s > 0 for s in sizes) else None
+
+
 def _same_rows(first: onnx.TypeProto | None, second: onnx.TypeProto | None) -> bool:
     """True when two matrices' types say they have the same number of rows (equal sizes, or
     the same dim name that is not one of the anonymous ones)."""
@@ -605,4 +711,5 @@ def clean(model: onnx.ModelProto) -> onnx.ModelProto:
     cleaned = constants_to_initializers(cleaned)
     cleaned = conv_end_slice_to_padding(cleaned)
     cleaned = square_pow(sum_to_add(cleaned))
-    return join_gemm_pairs(gelu_from_erf(fold_conv_affine(dropout_to_identity(cleaned))))
+    cleaned = gelu_from_erf(fold_conv_affine(dropout_to_identity(cleaned)))
+    return split_to_slices(join_gemm_pairs(cleaned))

@@ -14,6 +14,7 @@ from infer.graph.cleanup import (
     fold_conv_affine,
     gelu_from_erf,
     join_gemm_pairs,
+    split_to_slices,
     square_pow,
     sum_to_add,
 )
@@ -382,3 +383,68 @@ def test_gemms_with_other_readers_or_rows_the_add_broadcasts_stay_two() -> None:
         _two_gemms((2, 2), read_twice=True),  # gh is an output too
     ):
         assert _gemm_count(join_gemm_pairs(model)) == 2
+
+
+def _gates(
+    opset: int, how: str, *, dim: int | str = 10, reader: str = "Sigmoid", output: bool = False
+) -> onnx.ModelProto:
+    """x [2, dim] split on axis 1 in three parts (as `how` gives the sizes), read by reader,
+    Tanh and Mul: an exported recurrent cell's gates."""
+    inits, inputs, attrs = [], ["x"], {}
+    if how == "input":  # opset 13 on: the sizes as an input
+        inits.append(numpy_helper.from_array(np.array([2, 5, 3], np.int64), "sizes"))
+        inputs.append("sizes")
+    elif how == "attribute":  # before opset 13
+        attrs["split"] = [2, 5, 3]
+    elif how == "num_outputs":  # opset 18: ceil(10 / 3) = 4, 4, then 2
+        attrs["num_outputs"] = 3
+    # how == "equal": no sizes; the dim divided evenly among the outputs
+    nodes = [
+        helper.make_node("Split", inputs, ["p0", "p1", "p2"], axis=1, **attrs),
+        helper.make_node(reader, ["p0"], ["a"]),
+        helper.make_node("Tanh", ["p1"], ["b"]),
+        helper.make_node("Mul", ["p2", "p2"], ["c"]),
+    ]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, None]) for n in "abc"]
+    if output:
+        outputs.append(helper.make_tensor_value_info("p1", TensorProto.FLOAT, [2, None]))
+    graph = helper.make_graph(
+        nodes, "gates", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, dim])],
+        outputs, inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _op_count(model: onnx.ModelProto, op: str) -> int:
+    return sum(n.op_type == op for n in model.graph.node)
+
+
+def test_a_split_read_by_elementwise_ops_becomes_one_slice_per_part() -> None:
+    rng = np.random.default_rng(7)
+    for opset, how, dim in (
+        (18, "num_outputs", 10),
+        (13, "input", 10),
+        (11, "attribute", 10),
+        (13, "equal", 9),
+    ):
+        model = _gates(opset, how, dim=dim)
+        sliced = split_to_slices(model)
+        assert (_op_count(sliced, "Split"), _op_count(sliced, "Slice")) == (0, 3), how
+        onnx.checker.check_model(sliced, full_check=True)
+        feeds = {"x": rng.standard_normal((2, dim)).astype(np.float32)}
+        for got, want in zip(run(sliced, feeds), run(model, feeds), strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_splits_with_other_readers_or_sizes_not_static_stay() -> None:
+    for model in (
+        _gates(18, "num_outputs", output=True),  # a part is a graph output
+        _gates(13, "input", reader="Softmax"),  # a reader TVM does not fuse a slice into
+        _gates(18, "num_outputs", dim="n"),  # the dim is not known
+        _gates(13, "equal", dim=10),  # 10 does not divide by 3 without num_outputs
+    ):
+        assert _op_count(split_to_slices(model), "Split") == 1
+    model = _gates(13, "input")  # sizes computed at run time
+    model.graph.initializer.pop()
+    model.graph.input.append(helper.make_tensor_value_info("sizes", TensorProto.INT64, [3]))
+    assert _op_count(split_to_slices(model), "Split") == 1
