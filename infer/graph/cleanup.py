@@ -567,13 +567,18 @@ def split_to_slices(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.op_type in _SLICE_FUSING_OPS and node.domain in ("", "ai.onnx"):
             for name in node.input:
                 fusing[name] = fusing.get(name, 0) + 1
+    candidates = [
+        split
+        for split in splits
+        if all(p and readers.get(p, 0) == fusing.get(p, 0) > 0 for p in split.output)
+    ]
+    if not candidates:
+        return model
     types = inferred_types(model)
     replaced: dict[str, list[onnx.NodeProto]] = {}
     initializers: list[onnx.TensorProto] = []
-    for split in splits:
+    for split in candidates:
         parts = list(split.output)
-        if not all(p and readers.get(p, 0) == fusing.get(p, 0) > 0 for p in parts):
-            continue
         sizes = _split_sizes(split, values, types.get(split.input[0]))
         if sizes is None or len(sizes) != len(parts):
             continue
