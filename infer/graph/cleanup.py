@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -579,10 +581,10 @@ def split_to_slices(model: onnx.ModelProto) -> onnx.ModelProto:
     initializers: list[onnx.TensorProto] = []
     for split in candidates:
         parts = list(split.output)
-        sizes = _split_sizes(split, values, types.get(split.input[0]))
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in split.attribute}
+        sizes = _split_sizes(split, attrs, values, types.get(split.input[0]))
         if sizes is None or len(sizes) != len(parts):
             continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in split.attribute}
         axis = int(attrs.get("axis", 0))
         slices, start = [], 0
         for part, size in zip(parts, sizes, strict=True):
@@ -614,10 +616,13 @@ def split_to_slices(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _split_sizes(
-    split: onnx.NodeProto, values: dict[str, onnx.TensorProto], data: onnx.TypeProto | None
+    split: onnx.NodeProto,
+    attrs: dict[str, Any],
+    values: dict[str, onnx.TensorProto],
+    data: onnx.TypeProto | None,
 ) -> list[int] | None:
-    """Return the sizes of a Split's parts along its axis, None when they are not static."""
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in split.attribute}
+    """Return the sizes of a Split's parts along its axis (attrs: its attributes), None when
+    they are not static."""
     if len(split.input) > 1 and split.input[1]:
         given = values.get(split.input[1])
         return None if given is None else [int(v) for v in numpy_helper.to_array(given)]
