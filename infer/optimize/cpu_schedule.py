@@ -26,10 +26,10 @@ from tvm.target import Target
 
 from infer.target import host_cpu_features, host_cpu_name
 
-__all__ = ["SCHEDULE_REVISION", "ParallelVectorize", "vector_bits"]
+__all__ = ["SCHEDULE_REVISION", "ParallelVectorize", "RowReduction", "vector_bits"]
 
 # Bumped whenever the rule's output changes, so that compile caches do not serve older code.
-SCHEDULE_REVISION = 10
+SCHEDULE_REVISION = 11
 
 # Below this many iterations a parallel loop costs more in dispatch than it saves.
 MIN_PARALLEL_EXTENT = 2
@@ -269,6 +269,118 @@ class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
             return None
         r_outer, r_inner = sch.split(reduction[-1], factors=[None, chunk])
         return outer, [r_outer, *inner, *reduction[:-1], r_inner], r_outer
+
+
+class RowReduction(CPUScheduleRule):  # type: ignore[misc]
+    """Softmax-shaped kernels, row by row: reductions along the last axis of a (rows..., n)
+    output (a row's max and sum of exps), then the output's row from them.
+
+    ParallelVectorize puts each reduction's vector across rows, which reads with a stride of a
+    row (gathers), and inlines the exp into both the sum and the output. Here each row is one
+    parallel iteration: a reduction keeps lanes partial results read along the row (rfactor),
+    a value more than one block reads (the exps) is kept for the row, in L1, and the output is
+    written a vector at a time. One thread, Zen 5, each kernel alone: softmax over
+    (1, 12, 128, 128) with PyTorch's where(isnan(.)) after it 194 µs (122 with nan.py's
+    isnan), 68 here; LayerNormalization over (1, 128, 768) 47 µs, 21 here; in BERT-base at
+    sequence 128 the twelve softmaxes took 2.23 ms and the 25 layer norms 0.76, now 0.75 and
+    0.41. Applies when the last axis is static and lanes divide it; else ParallelVectorize does."""
+
+    def apply(self, func: Any, target: Target, _tunable: bool) -> Any:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            return self._schedule(func, vector_bits(target))
+        except Exception:  # a primitive refused this loop nest: not a row reduction
+            return None
+
+    @staticmethod
+    def _schedule(func: Any, bits: int) -> Any:
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None or len(infos) < 2:
+            return None
+        *inner, last = infos
+        if last.dom_kind().strip("S") or not any(i.is_reduction() for i in inner):
+            return None
+        extent = _static(last.iters[-1].dom)
+        lanes = bits // 32
+        rows = len(last.iters) - 1
+        if extent is None or extent % lanes or rows < 1:
+            return None
+        spatial = [i for i in infos if i.dom_kind() == "S" * (rows + 1)]
+        reductions = [i for i in inner if i.is_reduction()]
+        for info in reductions:  # its rows, then one reduction along the row, read per row
+            if (
+                info.dom_kind() != "S" * rows + "R"
+                or _static(info.iters[-1].dom) != extent
+                or not _along_rows(sch, info, spatial)
+            ):
+                return None
+        kept = []
+        for info in inner:
+            kinds = info.dom_kind()
+            if info.is_reduction():
+                continue
+            if kinds == "S" * rows:  # a value per row (layer norm's mean)
+                _try_inline(sch, [info])
+            elif kinds != "S" * (rows + 1):
+                return None
+            elif len(sch.get_consumers(info.block_rv)) > 1:
+                kept.append(info.block_rv)  # the exps: computed once, read twice
+            else:
+                sch.compute_inline(info.block_rv)
+        partial = []
+        for info in reductions:
+            _, vector = sch.split(sch.get_loops(info.block_rv)[-1], factors=[None, lanes])
+            partial.append(sch.rfactor(vector, factor_axis=rows))
+        loops = sch.get_loops(last.block_rv)
+        row = sch.fuse(*loops[:-1]) if rows > 1 else loops[0]
+        _, vector = sch.split(loops[-1], factors=[None, lanes])
+        sch.vectorize(vector)
+        total = _static(sch.get(row).extent)
+        if total is None or total * extent >= MIN_PARALLEL_WORK:
+            sch.parallel(row)
+        # every block computed inside its row, consumers first
+        root = sch.get_child_blocks(sch.get_sblock("root"))
+        for block in reversed(root[:-1]):
+            sch.compute_at(block, row)
+        for block in partial:
+            lanes_loop, steps = sch.get_loops(block)[-2:]
+            sch.reorder(steps, lanes_loop)
+            sch.vectorize(lanes_loop)
+            sch.decompose_reduction(block, steps)
+        for block in kept:
+            _, vector = sch.split(sch.get_loops(block)[-1], factors=[None, lanes])
+            sch.vectorize(vector)
+        return sch
+
+
+def _along_rows(sch: Any, reduction: Any, readers: list[Any]) -> bool:
+    """Whether a reduction runs along the last dim of what it reads (its loop var indexes
+    nothing else), and the spatial blocks of the row (readers) read its result once per row,
+    not by column: else computing it inside each row would read across rows, or recompute it
+    for every row."""
+    over = reduction.iters[-1].var
+    stmt = sch.get(reduction.block_rv)
+    written = [w.source for w in stmt.writes]
+    along = False
+    for read in stmt.reads:
+        if any(read.source.same_as(w) for w in written):
+            continue
+        uses = [
+            any(v.same_as(over) for v in tirx.analysis.undefined_vars(r.min)) for r in read.region
+        ]
+        if any(uses[:-1]):
+            return False
+        along = along or uses[-1]
+    for reader in readers:
+        column = reader.iters[-1].var
+        for read in sch.get(reader.block_rv).reads:
+            if any(read.source.same_as(w) for w in written) and any(
+                v.same_as(column) for r in read.region for v in tirx.analysis.undefined_vars(r.min)
+            ):
+                return False
+    return along
 
 
 def _fuse_for_lanes(sch: Any, info: Any, spatial: list[Any], lanes: int) -> list[Any]:

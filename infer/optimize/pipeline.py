@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 # Kept in step with infer.optimize.cpu_schedule.SCHEDULE_REVISION (which imports TVM).
-SCHEDULE_REVISION = 10
+SCHEDULE_REVISION = 11
 # Bumped when infer.optimize.offload changes what it hands to the library, or an offloaded build
 # what it holds (7: the kernel choices); part of cache keys.
 OFFLOAD_REVISION = 8
@@ -307,9 +307,9 @@ def schedule_rules() -> list[Any]:
     applies wins (tuning times the same rules as the fixed schedule a tuned one must beat)."""
     from tvm.s_tir import dlight
 
-    from infer.optimize.cpu_schedule import ParallelVectorize
+    from infer.optimize.cpu_schedule import ParallelVectorize, RowReduction
 
-    return [dlight.cpu.GEMV(), ParallelVectorize()]
+    return [dlight.cpu.GEMV(), RowReduction(), ParallelVectorize()]
 
 
 def lowering_pipeline(

@@ -167,3 +167,113 @@ def test_transposes_keep_their_inner_loops_and_values(
         value = np.random.default_rng(batch_size).standard_normal((batch_size, *shape))
         (got,) = session.run(None, {"x": value.astype(np.float32)})
         np.testing.assert_array_equal(got, value.astype(np.float32).transpose(perm))
+
+
+def _row_model(op: str, width: int, tmp_path: Path) -> Path:
+    """Softmax or LayerNormalization over the last axis (width) of (n, 4, width), as PyTorch's
+    attention writes softmax: Where(IsNaN(softmax), 0, softmax)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    initializers = []
+    if op == "Softmax":
+        nodes = [
+            helper.make_node("Softmax", ["x"], ["s"], axis=-1),
+            helper.make_node("IsNaN", ["s"], ["nan"]),
+            helper.make_node("Where", ["nan", "zero", "s"], ["y"]),
+        ]
+        initializers.append(numpy_helper.from_array(np.zeros((), np.float32), "zero"))
+    else:
+        nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1)]
+        rng = np.random.default_rng(1)
+        for name in "gb":
+            initializers.append(
+                numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), name)
+            )
+    graph = helper.make_graph(
+        nodes,
+        "rows",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, width])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return save(model, tmp_path)
+
+
+@pytest.mark.parametrize(("op", "width"), [("Softmax", 128), ("Softmax", 100),
+                                           ("LayerNormalization", 768)])  # fmt: skip
+def test_row_reductions_match_onnxruntime(op: str, width: int, tmp_path: Path) -> None:
+    # Softmax over 128 and LayerNormalization over 768 take the row schedule (RowReduction);
+    # 100 (not a multiple of the vector) the general one. Masked positions (-inf), a row masked
+    # whole and a NaN input come out as ONNX Runtime's.
+    path = _row_model(op, width, tmp_path)
+    session = infer.compile(path, output=tmp_path / "a.infer", check=False).load(threads=2)
+    reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = (np.random.default_rng(0).standard_normal((3, 4, width)) * 4).astype(np.float32)
+    if op == "Softmax":
+        x[0, 1, ::3] = -np.inf
+        x[1, 2, :] = -np.inf
+        x[2, 3, 5] = np.nan
+    (got,) = session.run(None, {"x": x})
+    (want,) = reference.run(None, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LayerNormalization"])
+def test_row_reductions_reduce_along_rows_in_vectors(op: str, tmp_path: Path) -> None:
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+    from tvm.s_tir import dlight
+
+    from infer.build import BuildOptions, _import, prepare_model
+    from infer.graph.load import load_model
+    from infer.optimize.pipeline import run_pipeline, schedule_rules
+
+    spec = parse_target("llvm", num_cores=2)
+    options = BuildOptions.make(spec)
+    width = 768 if op == "LayerNormalization" else 128
+    proto = prepare_model(load_model(_row_model(op, width, tmp_path)), options)
+    mod, _ = _import(proto, "rows")
+    target = spec.tvm_target()
+    mod = run_pipeline(mod, options.pipeline, target)
+    with target:
+        mod = tvm.transform.Sequential(cpu_generic.legalize_passes(target))(mod)
+        mod = dlight.ApplyDefaultSchedule(*schedule_rules())(mod)
+    scripts = [f.script() for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    rows = [s for s in scripts if "_rf" in s]
+    assert len(rows) == 1, scripts
+    # one parallel loop over rows; partial results a vector wide, read along the row
+    assert rows[0].count("T.parallel(") == 1
+    assert rows[0].count("T.vectorized(") >= 3
+
+
+@pytest.mark.parametrize("axis", [1, 0])
+def test_row_reduction_takes_only_reductions_along_rows(axis: int) -> None:
+    # x / sum(x) along the rows (axis 1) is scheduled row by row; along the columns (axis 0)
+    # each row would need every other row: left to ParallelVectorize.
+    import tvm
+    from tvm import te
+
+    from infer.optimize.cpu_schedule import RowReduction
+
+    x = te.placeholder((64, 128), name="x")
+    k = te.reduce_axis((0, 128 if axis == 1 else 64), name="k")
+    if axis == 1:
+        total = te.compute((64,), lambda i: te.sum(x[i, k], axis=k), name="total")
+        y = te.compute((64, 128), lambda i, j: x[i, j] / total[i], name="y")
+    else:
+        total = te.compute((128,), lambda j: te.sum(x[k, j], axis=k), name="total")
+        y = te.compute((64, 128), lambda i, j: x[i, j] / total[j], name="y")
+    func = te.create_prim_func([x, y])
+    target = parse_target("llvm", num_cores=2).tvm_target()
+    with target:
+        scheduled = RowReduction().apply(func, target, False)
+    if axis == 0:
+        assert scheduled is None
+        return
+    assert "_rf" in scheduled.mod["main"].script()
+    built = tvm.compile(scheduled.mod, target=target)
+    value = np.random.default_rng(0).random((64, 128), dtype=np.float32) + 0.5
+    out = tvm.runtime.tensor(np.zeros((64, 128), np.float32))
+    built(tvm.runtime.tensor(value), out)
+    np.testing.assert_allclose(out.numpy(), value / value.sum(1, keepdims=True), rtol=1e-6)

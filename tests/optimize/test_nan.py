@@ -61,3 +61,46 @@ def test_max_and_min_reductions_start_from_infinity_and_keep_nan(tmp_path: Path)
     np.testing.assert_array_equal(high, np.max(x, axis=1))
     np.testing.assert_array_equal(low, np.min(x, axis=0, keepdims=True))
     np.testing.assert_array_equal(top, np.max(x))
+
+
+@pytest.mark.parametrize(("onnx_type", "dtype"), [(TensorProto.FLOAT, np.float32),
+                                                  (TensorProto.DOUBLE, np.float64)])  # fmt: skip
+def test_isnan_finds_every_nan_and_nothing_else(
+    tmp_path: Path, onnx_type: int, dtype: type
+) -> None:
+    # float32's isnan is a test of the bits (nan.py): quiet and signalling NaNs of either sign
+    # and any payload are NaN; infinities, zeros, subnormals and the largest floats are not.
+    nodes = [
+        helper.make_node("IsNaN", ["x"], ["nan"]),
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node(
+            "ConstantOfShape",
+            ["shape"],
+            ["zero"],
+            value=helper.make_tensor("v", onnx_type, [1], [0.0]),
+        ),
+        helper.make_node("Where", ["nan", "zero", "x"], ["clean"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "isnan",
+        [helper.make_tensor_value_info("x", onnx_type, ["n", 64])],
+        [
+            helper.make_tensor_value_info("nan", TensorProto.BOOL, ["n", 64]),
+            helper.make_tensor_value_info("clean", onnx_type, ["n", 64]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = infer.compile(save(model, tmp_path), output=tmp_path / "a.infer", check=False).load()
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(dtype)
+    info = np.finfo(dtype)
+    special = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, info.max, -info.max,
+               info.smallest_subnormal, -info.smallest_subnormal, info.tiny]  # fmt: skip
+    x[0, : len(special)] = special
+    bits = x.view(np.uint32 if dtype == np.float32 else np.uint64)
+    exponent = 0x7F800000 if dtype == np.float32 else 0x7FF0000000000000
+    bits[1, :4] = [exponent | 1, exponent | 0x12345, (1 << (bits.itemsize * 8 - 1)) | exponent | 7,
+                   exponent | (exponent >> 1)]  # fmt: skip  # signalling, payloads, sign
+    nan, clean = session.run(None, {"x": x})
+    np.testing.assert_array_equal(nan, np.isnan(x))
+    np.testing.assert_array_equal(clean, np.where(np.isnan(x), 0, x))
