@@ -277,3 +277,25 @@ def test_row_reduction_takes_only_reductions_along_rows(axis: int) -> None:
     out = tvm.runtime.tensor(np.zeros((64, 128), np.float32))
     built(tvm.runtime.tensor(value), out)
     np.testing.assert_allclose(out.numpy(), value / value.sum(1, keepdims=True), rtol=1e-6)
+
+
+def test_a_transpose_that_gathers_is_tiled() -> None:
+    # Attention's keys as (heads, 64, seq) from (seq, heads x 64): each output vector runs
+    # along seq, a stride of 768 in the input; tiled, a vector per step of the input's row.
+    import tvm
+    from tvm import te
+
+    from infer.optimize.cpu_schedule import ParallelVectorize
+
+    x = te.placeholder((128, 768), name="x")
+    y = te.compute((12, 64, 128), lambda h, d, s: x[s, h * 64 + d], name="y")
+    target = parse_target("llvm", num_cores=2).tvm_target()
+    with target:
+        scheduled = ParallelVectorize().apply(te.create_prim_func([x, y]), target, False)
+    script = scheduled.mod["main"].script()
+    assert "T.unroll(" in script and "T.vectorized(" in script
+    built = tvm.compile(scheduled.mod, target=target)
+    value = np.random.default_rng(0).standard_normal((128, 768)).astype(np.float32)
+    out = tvm.runtime.tensor(np.zeros((12, 64, 128), np.float32))
+    built(tvm.runtime.tensor(value), out)
+    np.testing.assert_array_equal(out.numpy(), value.reshape(128, 12, 64).transpose(1, 2, 0))
