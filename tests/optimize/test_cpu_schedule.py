@@ -169,7 +169,7 @@ def test_transposes_keep_their_inner_loops_and_values(
         np.testing.assert_array_equal(got, value.astype(np.float32).transpose(perm))
 
 
-def _row_model(op: str, width: int, tmp_path: Path) -> Path:
+def _row_model(op: str, width: int | str, tmp_path: Path) -> Path:
     """Softmax or LayerNormalization over the last axis (width) of (n, 4, width), as PyTorch's
     attention writes softmax: Where(IsNaN(softmax), 0, softmax)."""
     from onnx import TensorProto, helper, numpy_helper
@@ -185,6 +185,7 @@ def _row_model(op: str, width: int, tmp_path: Path) -> Path:
     else:
         nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1)]
         rng = np.random.default_rng(1)
+        assert isinstance(width, int)
         for name in "gb":
             initializers.append(
                 numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), name)
@@ -201,22 +202,24 @@ def _row_model(op: str, width: int, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(("op", "width"), [("Softmax", 128), ("Softmax", 100),
-                                           ("LayerNormalization", 768)])  # fmt: skip
-def test_row_reductions_match_onnxruntime(op: str, width: int, tmp_path: Path) -> None:
+                                           ("Softmax", "w"), ("LayerNormalization", 768)])  # fmt: skip
+def test_row_reductions_match_onnxruntime(op: str, width: int | str, tmp_path: Path) -> None:
     # Softmax over 128 and LayerNormalization over 768 take the row schedule (RowReduction);
-    # 100 (not a multiple of the vector) the general one. Masked positions (-inf), a row masked
-    # whole and a NaN input come out as ONNX Runtime's.
+    # 100 (not a multiple of the vector) and a symbolic width (run at 128, 100 and 40) the
+    # general one. Masked positions (-inf), a row masked whole and a NaN input come out as ONNX
+    # Runtime's.
     path = _row_model(op, width, tmp_path)
     session = infer.compile(path, output=tmp_path / "a.infer", check=False).load(threads=2)
     reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = (np.random.default_rng(0).standard_normal((3, 4, width)) * 4).astype(np.float32)
-    if op == "Softmax":
-        x[0, 1, ::3] = -np.inf
-        x[1, 2, :] = -np.inf
-        x[2, 3, 5] = np.nan
-    (got,) = session.run(None, {"x": x})
-    (want,) = reference.run(None, {"x": x})
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+    for size in [width] if isinstance(width, int) else [128, 100, 40]:
+        x = (np.random.default_rng(size).standard_normal((3, 4, size)) * 4).astype(np.float32)
+        if op == "Softmax":
+            x[0, 1, ::3] = -np.inf
+            x[1, 2, :] = -np.inf
+            x[2, 3, 5] = np.nan
+        (got,) = session.run(None, {"x": x})
+        (want,) = reference.run(None, {"x": x})
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("op", ["Softmax", "LayerNormalization"])
