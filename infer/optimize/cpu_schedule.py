@@ -120,11 +120,13 @@ def _try_inline(sch: Any, blocks: list[Any]) -> list[Any]:
         blocks.pop(index)
 
 
+def _index_vars(region: Any) -> list[list[Any]]:
+    """Return the variables of each index of a buffer region, dim by dim."""
+    return [tirx.analysis.undefined_vars(r.min) for r in region.region]
+
+
 def _vars_of(region: Any) -> list[Any]:
-    found: list[Any] = []
-    for r in region.region:
-        found.extend(tirx.analysis.undefined_vars(r.min))
-    return found
+    return [v for used in _index_vars(region) for v in used]
 
 
 def _static(extent: Any) -> int | None:
@@ -379,7 +381,7 @@ def _transpose_tile(sch: Any, info: Any, spatial_iters: list[Any], lanes: int) -
     lanes divide it; None when every read runs along the vector (or broadcasts)."""
     inner = spatial_iters[-1].var
     for read in sch.get(info.block_rv).reads:
-        indices = [tirx.analysis.undefined_vars(r.min) for r in read.region]
+        indices = _index_vars(read)
         if not indices or any(v.same_as(inner) for v in indices[-1]):
             continue
         if not any(v.same_as(inner) for used in indices[:-1] for v in used):
@@ -404,9 +406,7 @@ def _along_rows(sch: Any, reduction: Any, readers: list[Any]) -> bool:
     for read in stmt.reads:
         if any(read.source.same_as(w) for w in written):
             continue
-        uses = [
-            any(v.same_as(over) for v in tirx.analysis.undefined_vars(r.min)) for r in read.region
-        ]
+        uses = [any(v.same_as(over) for v in used) for used in _index_vars(read)]
         if any(uses[:-1]):
             return False
         along = along or uses[-1]
@@ -414,7 +414,7 @@ def _along_rows(sch: Any, reduction: Any, readers: list[Any]) -> bool:
         column = reader.iters[-1].var
         for read in sch.get(reader.block_rv).reads:
             if any(read.source.same_as(w) for w in written) and any(
-                v.same_as(column) for r in read.region for v in tirx.analysis.undefined_vars(r.min)
+                v.same_as(column) for v in _vars_of(read)
             ):
                 return False
     return along

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -14,8 +15,11 @@ from tests import onnx_models
 from tests.conftest import save
 
 
-def lowered_prim_funcs(pipeline_name: str) -> list[str]:
-    """Return the TIR of every PrimFunc of the conv net after the CPU lowering."""
+def lowered_prim_funcs(
+    pipeline_name: str, model: Any = None, rules: list[Any] | None = None
+) -> list[str]:
+    """Return the TIR of every PrimFunc of model (an ONNX path or proto; the conv net by
+    default) after the CPU lowering, scheduled by rules (ParallelVectorize by default)."""
     import tvm
 
     from infer.build import BuildOptions, _import, prepare_model
@@ -25,7 +29,8 @@ def lowered_prim_funcs(pipeline_name: str) -> list[str]:
 
     spec = parse_target("llvm", num_cores=2)
     options = BuildOptions.make(spec, pipeline=pipeline_name)
-    proto = prepare_model(load_model(onnx_models.conv_net(batch=8)), options)
+    source = onnx_models.conv_net(batch=8) if model is None else model
+    proto = prepare_model(load_model(source), options)
     mod, _ = _import(proto, "conv_net")
     target = spec.tvm_target()
     mod = run_pipeline(mod, options.pipeline, target)
@@ -35,7 +40,7 @@ def lowered_prim_funcs(pipeline_name: str) -> list[str]:
     with target:
         mod = tvm.transform.Sequential(cpu_generic.legalize_passes(target))(mod)
         if options.pipeline.schedule == "parallel-vectorize":
-            mod = dlight.ApplyDefaultSchedule(ParallelVectorize())(mod)
+            mod = dlight.ApplyDefaultSchedule(*(rules or [ParallelVectorize()]))(mod)
     return [f.script() for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
 
 
@@ -224,25 +229,11 @@ def test_row_reductions_match_onnxruntime(op: str, width: int | str, tmp_path: P
 
 @pytest.mark.parametrize("op", ["Softmax", "LayerNormalization"])
 def test_row_reductions_reduce_along_rows_in_vectors(op: str, tmp_path: Path) -> None:
-    import tvm
-    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
-    from tvm.s_tir import dlight
+    from infer.optimize.pipeline import schedule_rules
 
-    from infer.build import BuildOptions, _import, prepare_model
-    from infer.graph.load import load_model
-    from infer.optimize.pipeline import run_pipeline, schedule_rules
-
-    spec = parse_target("llvm", num_cores=2)
-    options = BuildOptions.make(spec)
     width = 768 if op == "LayerNormalization" else 128
-    proto = prepare_model(load_model(_row_model(op, width, tmp_path)), options)
-    mod, _ = _import(proto, "rows")
-    target = spec.tvm_target()
-    mod = run_pipeline(mod, options.pipeline, target)
-    with target:
-        mod = tvm.transform.Sequential(cpu_generic.legalize_passes(target))(mod)
-        mod = dlight.ApplyDefaultSchedule(*schedule_rules())(mod)
-    scripts = [f.script() for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    model = _row_model(op, width, tmp_path)
+    scripts = lowered_prim_funcs("cpu-default", model, schedule_rules())
     rows = [s for s in scripts if "_rf" in s]
     assert len(rows) == 1, scripts
     # one parallel loop over rows; partial results a vector wide, read along the row
