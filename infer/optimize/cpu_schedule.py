@@ -26,6 +26,7 @@ from typing import Any
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.s_tir.stmt import SBlockRealize
 from tvm.target import Target
 
 from infer.target import host_cpu_features, host_cpu_name
@@ -33,7 +34,7 @@ from infer.target import host_cpu_features, host_cpu_name
 __all__ = ["SCHEDULE_REVISION", "ParallelVectorize", "RowReduction", "vector_bits"]
 
 # Bumped whenever the rule's output changes, so that compile caches do not serve older code.
-SCHEDULE_REVISION = 12
+SCHEDULE_REVISION = 13
 
 # Below this many iterations a parallel loop costs more in dispatch than it saves.
 MIN_PARALLEL_EXTENT = 2
@@ -46,6 +47,9 @@ MIN_PARALLEL_WORK = 1 << 15
 PARALLEL_CHUNKS_PER_CORE = 4
 # The narrowest vector an elementwise loop is split into.
 MIN_LANES = 4
+# Marks a loop for TVM's LoopPartition to split where a predicate inside turns constant: the
+# vectors of a symbolic-width row, whole, then its partial last vector (as scalars).
+PARTITION_HINT = "pragma_loop_partition_hint"
 # Rows of outputs a reduction computes per vector step (register blocking): the largest of
 # these that divides the loop; 8 accumulators + operands fit AVX2's 16 vector registers.
 BLOCK_ROWS = (8, 7, 6, 5, 4, 3, 2)
@@ -131,6 +135,14 @@ def _vars_of(region: Any) -> list[Any]:
 
 def _static(extent: Any) -> int | None:
     return int(extent) if isinstance(extent, tirx.IntImm | int) else None
+
+
+def _same_extent(a: Any, b: Any) -> bool:
+    """Whether two loop extents are the same number, or the same symbolic expression."""
+    import tvm_ffi
+
+    static = _static(a)
+    return static == _static(b) if static is not None else bool(tvm_ffi.structural_equal(a, b))
 
 
 class ParallelVectorize(CPUScheduleRule):  # type: ignore[misc]
@@ -299,11 +311,15 @@ class RowReduction(CPUScheduleRule):  # type: ignore[misc]
     (1, 12, 128, 128) with PyTorch's where(isnan(.)) after it 194 µs (122 with nan.py's
     isnan), 68 here; LayerNormalization over (1, 128, 768) 47 µs, 21 here; in BERT-base at
     sequence 128 the twelve softmaxes took 2.23 ms and the 25 layer norms 0.76, now 0.75 and
-    0.41. Applies when the last axis is static and lanes divide it; else ParallelVectorize does.
-    A symbolic last axis (a text pipeline's sequence) stays there for now: its softmax over
-    (1, 12, n, n) takes 637 µs at n = 128. Split by lanes with a predicate, rfactor'd, it took
-    321 µs but summed past the row's end where lanes did not divide n (tests/optimize/
-    test_cpu_schedule.py runs a symbolic width at 100 and 40)."""
+    0.41. Applies when lanes divide the last axis, or the last axis is symbolic (a text
+    pipeline's sequence); a static one lanes do not divide stays with ParallelVectorize (TVM's
+    LoopPartition leaves constant loops whole: their predicated vectors would run as scalars).
+    A symbolic row ends in a partial vector: the partial sums keep their split's predicate
+    (_mask_partial_vector), and the loops carry PARTITION_HINT, so that LoopPartition splits
+    each into whole vectors and a scalar tail. Softmax over (1, 12, n, n) at n = 128 took 637 µs
+    under ParallelVectorize, 95 here (68 with n fixed: there the exps are kept, here computed
+    twice); all-MiniLM-L6-v2 compiled with a symbolic sequence went from 16.5 to 13.8 ms at
+    sequence 128, one thread (13.3 with the sequence fixed)."""
 
     def apply(self, func: Any, target: Target, _tunable: bool) -> Any:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
@@ -322,17 +338,19 @@ class RowReduction(CPUScheduleRule):  # type: ignore[misc]
         *inner, last = infos
         if last.dom_kind().strip("S") or not any(i.is_reduction() for i in inner):
             return None
-        extent = _static(last.iters[-1].dom)
+        width = last.iters[-1].dom
+        extent = _static(width)
         lanes = bits // 32
         rows = len(last.iters) - 1
-        if extent is None or extent % lanes or rows < 1:
+        if (extent is not None and extent % lanes) or rows < 1:
             return None
+        masked = extent is None  # a symbolic width: the last vector of a row is partial
         spatial = [i for i in infos if i.dom_kind() == "S" * (rows + 1)]
         reductions = [i for i in inner if i.is_reduction()]
         for info in reductions:  # its rows, then one reduction along the row, read per row
             if (
                 info.dom_kind() != "S" * rows + "R"
-                or _static(info.iters[-1].dom) != extent
+                or not _same_extent(info.iters[-1].dom, width)
                 or not _along_rows(sch, info, spatial)
             ):
                 return None
@@ -345,9 +363,11 @@ class RowReduction(CPUScheduleRule):  # type: ignore[misc]
                 _try_inline(sch, [info])
             elif kinds != "S" * (rows + 1):
                 return None
-            elif len(sch.get_consumers(info.block_rv)) > 1:
+            elif len(sch.get_consumers(info.block_rv)) > 1 and not masked:
                 kept.append(info.block_rv)  # the exps: computed once, read twice
             else:
+                # (of a symbolic width, a kept row's bounds come out of compute_at as min/max
+                # expressions that peel its first vector as scalars: computed twice is faster)
                 sch.compute_inline(info.block_rv)
         partial = []
         for info in reductions:
@@ -355,24 +375,57 @@ class RowReduction(CPUScheduleRule):  # type: ignore[misc]
             partial.append(sch.rfactor(vector, factor_axis=rows))
         loops = sch.get_loops(last.block_rv)
         row = sch.fuse(*loops[:-1]) if rows > 1 else loops[0]
-        _, vector = sch.split(loops[-1], factors=[None, lanes])
-        sch.vectorize(vector)
         total = _static(sch.get(row).extent)
-        if total is None or total * extent >= MIN_PARALLEL_WORK:
+        if total is None or extent is None or total * extent >= MIN_PARALLEL_WORK:
             sch.parallel(row)
         # every block computed inside its row, consumers first
         root = sch.get_child_blocks(sch.get_sblock("root"))
         for block in reversed(root[:-1]):
             sch.compute_at(block, row)
+        for block in [*kept, last.block_rv]:
+            steps, vector = sch.split(sch.get_loops(block)[-1], factors=[None, lanes])
+            sch.vectorize(vector)
+            if masked:
+                sch.annotate(steps, PARTITION_HINT, 1)
         for block in partial:
             lanes_loop, steps = sch.get_loops(block)[-2:]
             sch.reorder(steps, lanes_loop)
             sch.vectorize(lanes_loop)
             sch.decompose_reduction(block, steps)
-        for block in kept:
-            _, vector = sch.split(sch.get_loops(block)[-1], factors=[None, lanes])
-            sch.vectorize(vector)
+            if masked:
+                _mask_partial_vector(sch, lanes_loop, lanes, width)
+                sch.annotate(steps, PARTITION_HINT, 1)
         return sch
+
+
+def _mask_partial_vector(sch: Any, lanes_loop: Any, lanes: int, width: Any) -> None:
+    """Give the rfactor'd update block under lanes_loop back the predicate of its split (step x
+    lanes + lane < width): rfactor keeps it, compute_at drops it, and without it the row's last
+    vector adds in elements past the row's end (the next row's, or past the buffer)."""
+    loop = sch.get(lanes_loop)
+    realize = loop.body
+    if not isinstance(realize, SBlockRealize):
+        raise ValueError(f"{loop.loop_var}: holds no single block")
+    block = realize.block
+    steps = [i for i, v in enumerate(block.iter_vars) if v.iter_type == tirx.IterVar.CommReduce]
+    lane = block.iter_vars[0]  # rfactor puts the lane (its new data-parallel iter) first
+    if (
+        len(steps) != 1
+        or lane.iter_type != tirx.IterVar.DataPar
+        or _static(lane.dom.extent) != lanes
+    ):
+        raise ValueError(f"{block.name_hint}: not an rfactor'd update")
+    values = realize.iter_values
+    inside = values[steps[0]] * lanes + values[0] < width
+    given = realize.predicate
+    if not (isinstance(given, tirx.IntImm) and int(given) == 1):
+        inside = tirx.And(given, inside)
+    masked = SBlockRealize(values, inside, block)
+    replacement = tirx.For(
+        loop.loop_var, loop.min, loop.extent, loop.kind, masked, loop.thread_binding,
+        loop.annotations,
+    )  # fmt: skip
+    sch.state.replace(sch.get_sref(lanes_loop), replacement, {block: block})
 
 
 def _transpose_tile(sch: Any, info: Any, spatial_iters: list[Any], lanes: int) -> int | None:

@@ -209,14 +209,14 @@ def _row_model(op: str, width: int | str, tmp_path: Path) -> Path:
 @pytest.mark.parametrize(("op", "width"), [("Softmax", 128), ("Softmax", 100),
                                            ("Softmax", "w"), ("LayerNormalization", 768)])  # fmt: skip
 def test_row_reductions_match_onnxruntime(op: str, width: int | str, tmp_path: Path) -> None:
-    # Softmax over 128 and LayerNormalization over 768 take the row schedule (RowReduction);
-    # 100 (not a multiple of the vector) and a symbolic width (run at 128, 100 and 40) the
-    # general one. Masked positions (-inf), a row masked whole and a NaN input come out as ONNX
-    # Runtime's.
+    # Softmax over 128, over a symbolic width (run at widths the vector divides and not: its
+    # last vector is partial) and LayerNormalization over 768 take the row schedule
+    # (RowReduction); over 100 (static, not a multiple of the vector) the general one. Masked
+    # positions (-inf), a row masked whole and a NaN input come out as ONNX Runtime's.
     path = _row_model(op, width, tmp_path)
     session = infer.compile(path, output=tmp_path / "a.infer", check=False).load(threads=2)
     reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for size in [width] if isinstance(width, int) else [128, 100, 40]:
+    for size in [width] if isinstance(width, int) else [128, 100, 40, 17, 16, 6]:
         x = (np.random.default_rng(size).standard_normal((3, 4, size)) * 4).astype(np.float32)
         if op == "Softmax":
             x[0, 1, ::3] = -np.inf
@@ -227,11 +227,14 @@ def test_row_reductions_match_onnxruntime(op: str, width: int | str, tmp_path: P
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("op", ["Softmax", "LayerNormalization"])
-def test_row_reductions_reduce_along_rows_in_vectors(op: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("op", "width"), [("Softmax", 128), ("Softmax", "w"),
+                                           ("LayerNormalization", 768)])  # fmt: skip
+def test_row_reductions_reduce_along_rows_in_vectors(
+    op: str, width: int | str, tmp_path: Path
+) -> None:
+    from infer.optimize.cpu_schedule import PARTITION_HINT
     from infer.optimize.pipeline import schedule_rules
 
-    width = 768 if op == "LayerNormalization" else 128
     model = _row_model(op, width, tmp_path)
     scripts = lowered_prim_funcs("cpu-default", model, schedule_rules())
     rows = [s for s in scripts if "_rf" in s]
@@ -239,6 +242,11 @@ def test_row_reductions_reduce_along_rows_in_vectors(op: str, tmp_path: Path) ->
     # one parallel loop over rows; partial results a vector wide, read along the row
     assert rows[0].count("T.parallel(") == 1
     assert rows[0].count("T.vectorized(") >= 3
+    if isinstance(width, str):
+        # the partial sums read no further than the row's end, and the vectors of a row are
+        # split from its partial last one
+        assert rows[0].count(f"T.where(ax1 * T.int64(16) + ax0 < {width})") == 2, rows[0]
+        assert PARTITION_HINT in rows[0]
 
 
 @pytest.mark.parametrize("axis", [1, 0])
