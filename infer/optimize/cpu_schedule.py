@@ -34,7 +34,7 @@ from infer.target import host_cpu_features, host_cpu_name
 __all__ = ["SCHEDULE_REVISION", "ParallelVectorize", "RowReduction", "vector_bits"]
 
 # Bumped whenever the rule's output changes, so that compile caches do not serve older code.
-SCHEDULE_REVISION = 13
+SCHEDULE_REVISION = 14
 
 # Below this many iterations a parallel loop costs more in dispatch than it saves.
 MIN_PARALLEL_EXTENT = 2
@@ -48,7 +48,8 @@ PARALLEL_CHUNKS_PER_CORE = 4
 # The narrowest vector an elementwise loop is split into.
 MIN_LANES = 4
 # Marks a loop for TVM's LoopPartition to split where a predicate inside turns constant: the
-# vectors of a symbolic-width row, whole, then its partial last vector (as scalars).
+# vectors of a symbolic-width row, whole, then its partial last vector (as scalars); it leaves
+# loops of constant extent whole.
 PARTITION_HINT = "pragma_loop_partition_hint"
 # Rows of outputs a reduction computes per vector step (register blocking): the largest of
 # these that divides the loop; 8 accumulators + operands fit AVX2's 16 vector registers.
@@ -311,15 +312,16 @@ class RowReduction(CPUScheduleRule):  # type: ignore[misc]
     (1, 12, 128, 128) with PyTorch's where(isnan(.)) after it 194 µs (122 with nan.py's
     isnan), 68 here; LayerNormalization over (1, 128, 768) 47 µs, 21 here; in BERT-base at
     sequence 128 the twelve softmaxes took 2.23 ms and the 25 layer norms 0.76, now 0.75 and
-    0.41. Applies when lanes divide the last axis, or the last axis is symbolic (a text
-    pipeline's sequence); a static one lanes do not divide stays with ParallelVectorize (TVM's
-    LoopPartition leaves constant loops whole: their predicated vectors would run as scalars).
-    A symbolic row ends in a partial vector: the partial sums keep their split's predicate
-    (_mask_partial_vector), and the loops carry PARTITION_HINT, so that LoopPartition splits
-    each into whole vectors and a scalar tail. Softmax over (1, 12, n, n) at n = 128 took 637 µs
-    under ParallelVectorize, 95 here (68 with n fixed: there the exps are kept, here computed
-    twice); all-MiniLM-L6-v2 compiled with a symbolic sequence went from 16.5 to 13.8 ms at
-    sequence 128, one thread (13.3 with the sequence fixed)."""
+    0.41. A row whose last vector is partial (a width lanes do not divide, or a symbolic one: a
+    text pipeline's sequence) keeps its split's predicate in the partial sums
+    (_mask_partial_vector) and runs its whole vectors apart from the partial last one
+    (_split_off_partial_vector): under the predicate TVM runs every vector as scalars.
+    Softmax + where(isnan) over (1, 12, n, n): n = 100 took 389 µs under ParallelVectorize, 61
+    here; a ViT's 197 1459 and 167; a symbolic n, at 128, 637 and 95 (68 with n fixed: there
+    the exps are kept; of a symbolic width compute_at bounds a kept row by min/max expressions
+    that peel its first vector as scalars, so they are computed twice). all-MiniLM-L6-v2
+    compiled with a symbolic sequence went from 16.5 to 13.8 ms at sequence 128, one thread
+    (13.3 with the sequence fixed)."""
 
     def apply(self, func: Any, target: Target, _tunable: bool) -> Any:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
@@ -342,9 +344,10 @@ class RowReduction(CPUScheduleRule):  # type: ignore[misc]
         extent = _static(width)
         lanes = bits // 32
         rows = len(last.iters) - 1
-        if (extent is not None and extent % lanes) or rows < 1:
+        if rows < 1:
             return None
-        masked = extent is None  # a symbolic width: the last vector of a row is partial
+        # a symbolic width, or one lanes do not divide: the last vector of a row is partial
+        masked = extent is None or extent % lanes != 0
         spatial = [i for i in infos if i.dom_kind() == "S" * (rows + 1)]
         reductions = [i for i in inner if i.is_reduction()]
         for info in reductions:  # its rows, then one reduction along the row, read per row
@@ -363,11 +366,9 @@ class RowReduction(CPUScheduleRule):  # type: ignore[misc]
                 _try_inline(sch, [info])
             elif kinds != "S" * (rows + 1):
                 return None
-            elif len(sch.get_consumers(info.block_rv)) > 1 and not masked:
+            elif len(sch.get_consumers(info.block_rv)) > 1 and extent is not None:
                 kept.append(info.block_rv)  # the exps: computed once, read twice
-            else:
-                # (of a symbolic width, a kept row's bounds come out of compute_at as min/max
-                # expressions that peel its first vector as scalars: computed twice is faster)
+            else:  # (of a symbolic width: computed twice, see above)
                 sch.compute_inline(info.block_rv)
         partial = []
         for info in reductions:
@@ -386,7 +387,7 @@ class RowReduction(CPUScheduleRule):  # type: ignore[misc]
             steps, vector = sch.split(sch.get_loops(block)[-1], factors=[None, lanes])
             sch.vectorize(vector)
             if masked:
-                sch.annotate(steps, PARTITION_HINT, 1)
+                _split_off_partial_vector(sch, steps, extent, lanes)
         for block in partial:
             lanes_loop, steps = sch.get_loops(block)[-2:]
             sch.reorder(steps, lanes_loop)
@@ -394,8 +395,18 @@ class RowReduction(CPUScheduleRule):  # type: ignore[misc]
             sch.decompose_reduction(block, steps)
             if masked:
                 _mask_partial_vector(sch, lanes_loop, lanes, width)
-                sch.annotate(steps, PARTITION_HINT, 1)
+                _split_off_partial_vector(sch, steps, extent, lanes)
         return sch
+
+
+def _split_off_partial_vector(sch: Any, steps: Any, extent: int | None, lanes: int) -> None:
+    """Have the vector steps of a row run as whole vectors, then the partial last one (as
+    scalars), rather than every vector under the predicate (which TVM runs as scalars): a
+    symbolic row by TVM's LoopPartition (PARTITION_HINT), a static one here."""
+    if extent is None:
+        sch.annotate(steps, PARTITION_HINT, 1)
+    elif extent // lanes:
+        sch.loop_partition(steps, [extent // lanes, None])
 
 
 def _mask_partial_vector(sch: Any, lanes_loop: Any, lanes: int, width: Any) -> None:

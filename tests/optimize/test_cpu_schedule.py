@@ -206,13 +206,14 @@ def _row_model(op: str, width: int | str, tmp_path: Path) -> Path:
     return save(model, tmp_path)
 
 
-@pytest.mark.parametrize(("op", "width"), [("Softmax", 128), ("Softmax", 100),
-                                           ("Softmax", "w"), ("LayerNormalization", 768)])  # fmt: skip
+@pytest.mark.parametrize(("op", "width"), [("Softmax", 128), ("Softmax", 100), ("Softmax", 6),
+                                           ("Softmax", "w"), ("LayerNormalization", 768),
+                                           ("LayerNormalization", 100)])  # fmt: skip
 def test_row_reductions_match_onnxruntime(op: str, width: int | str, tmp_path: Path) -> None:
-    # Softmax over 128, over a symbolic width (run at widths the vector divides and not: its
-    # last vector is partial) and LayerNormalization over 768 take the row schedule
-    # (RowReduction); over 100 (static, not a multiple of the vector) the general one. Masked
-    # positions (-inf), a row masked whole and a NaN input come out as ONNX Runtime's.
+    # Each takes the row schedule (RowReduction): widths the vector divides, widths it does not
+    # (a row's last vector partial; 6: no whole vector at all) and a symbolic width (run at
+    # widths of both kinds). Masked positions (-inf), a row masked whole and a NaN input come
+    # out as ONNX Runtime's.
     path = _row_model(op, width, tmp_path)
     session = infer.compile(path, output=tmp_path / "a.infer", check=False).load(threads=2)
     reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -227,7 +228,7 @@ def test_row_reductions_match_onnxruntime(op: str, width: int | str, tmp_path: P
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize(("op", "width"), [("Softmax", 128), ("Softmax", "w"),
+@pytest.mark.parametrize(("op", "width"), [("Softmax", 128), ("Softmax", 100), ("Softmax", "w"),
                                            ("LayerNormalization", 768)])  # fmt: skip
 def test_row_reductions_reduce_along_rows_in_vectors(
     op: str, width: int | str, tmp_path: Path
@@ -242,11 +243,16 @@ def test_row_reductions_reduce_along_rows_in_vectors(
     # one parallel loop over rows; partial results a vector wide, read along the row
     assert rows[0].count("T.parallel(") == 1
     assert rows[0].count("T.vectorized(") >= 3
-    if isinstance(width, str):
-        # the partial sums read no further than the row's end, and the vectors of a row are
-        # split from its partial last one
+    if width == 128 or width == 768:
+        assert "T.where(" not in rows[0]
+    elif isinstance(width, str):
+        # the partial sums read no further than the row's end, and the whole vectors of a row
+        # are split from its partial last one (by TVM's LoopPartition, as it lowers)
         assert rows[0].count(f"T.where(ax1 * T.int64(16) + ax0 < {width})") == 2, rows[0]
         assert PARTITION_HINT in rows[0]
+    else:  # here: 6 whole vectors, then the partial one
+        assert rows[0].count("_partition") == 2 * 5  # max, exps, sum, softmax, where
+        assert rows[0].count("T.where(ax10 * T.int64(16) + ax0 < T.int64(100))") == 2
 
 
 @pytest.mark.parametrize("axis", [1, 0])
