@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 # Kept in step with infer.optimize.cpu_schedule.SCHEDULE_REVISION (which imports TVM).
-SCHEDULE_REVISION = 14
+SCHEDULE_REVISION = 15
 # Bumped when infer.optimize.offload changes what it hands to the library, or an offloaded build
 # what it holds (7: the kernel choices); part of cache keys.
 OFFLOAD_REVISION = 8
