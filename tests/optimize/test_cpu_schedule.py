@@ -207,13 +207,14 @@ def _row_model(op: str, width: int | str, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(("op", "width"), [("Softmax", 128), ("Softmax", 100), ("Softmax", 21),
-                                           ("Softmax", 6), ("Softmax", "w"), ("LayerNormalization", 768),
+                                           ("Softmax", 6), ("Softmax", "w"),
+                                           ("LayerNormalization", 768),
                                            ("LayerNormalization", 100)])  # fmt: skip
 def test_row_reductions_match_onnxruntime(op: str, width: int | str, tmp_path: Path) -> None:
     # The row schedule (RowReduction) takes widths the vector divides, wider ones it does not
-    # (a row's last vector partial: 100, and 21 with one whole vector) and a symbolic width (run
-    # at widths of both kinds, and narrower than a vector); ParallelVectorize takes 6. Masked positions (-inf), a row masked
-    # whole and a NaN input come out as ONNX Runtime's.
+    # (a row's last vector partial: 100, and 21 with one whole vector) and a symbolic width
+    # (run at widths of both kinds, and narrower than a vector); ParallelVectorize takes 6.
+    # Masked positions (-inf), a row masked whole and a NaN input come out as ONNX Runtime's.
     path = _row_model(op, width, tmp_path)
     session = infer.compile(path, output=tmp_path / "a.infer", check=False).load(threads=2)
     reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
