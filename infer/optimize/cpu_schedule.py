@@ -349,10 +349,10 @@ class RowReduction(CPUScheduleRule):  # type: ignore[misc]
         extent = _static(width)
         lanes = bits // 32
         rows = len(last.iters) - 1
-        if rows < 1 or (extent is not None and extent % lanes and extent < MIN_ROW_VECTORS * lanes):
-            return None
         # a symbolic width, or one lanes do not divide: the last vector of a row is partial
         masked = extent is None or extent % lanes != 0
+        if rows < 1 or (masked and extent is not None and extent < MIN_ROW_VECTORS * lanes):
+            return None
         spatial = [i for i in infos if i.dom_kind() == "S" * (rows + 1)]
         reductions = [i for i in inner if i.is_reduction()]
         for info in reductions:  # its rows, then one reduction along the row, read per row
