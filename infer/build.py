@@ -236,7 +236,7 @@ def _compile_tvm(
     quiet = drop_tvm_log_noise() if options.tuning_database else contextlib.nullcontext()
     with stage(f"compile ({options.target})"), quiet:
         try:
-            ex = _compile(mod, target, options.target, name, lowering)
+            ex = _compile(mod, target, options, name, lowering)
         except CompileError as exc:
             if not counts.get("batch_one"):
                 raise
@@ -249,7 +249,7 @@ def _compile_tvm(
             counts.clear()
             plain = dataclasses.replace(options.pipeline, batch_one=False)
             lowering = lowering_pipeline(plain, target, options.tuning_database, counts)
-            ex = _compile(mod, target, options.target, name, lowering)
+            ex = _compile(mod, target, options, name, lowering)
     return _Compiled(
         mod, params, ex, offloaded, counts.get("tuned_kernels", 0), counts.get("batch_one", 0)
     )
@@ -493,9 +493,10 @@ def _transform_params(library: Path, params: list[Any], name: str) -> list[Any]:
         raise CompileError(f"{name}: transforming the weights failed: {exc}") from None
 
 
-def _compile(mod: Any, target: Any, spec: TargetSpec, name: str, relax_pipeline: Any) -> Any:
+def _compile(mod: Any, target: Any, options: BuildOptions, name: str, relax_pipeline: Any) -> Any:
     import tvm
 
+    spec = options.target
     previous = None
     if spec.kind == "cuda":
         from infer.cuda_toolchain import ensure_cuda_codegen
@@ -503,7 +504,12 @@ def _compile(mod: Any, target: Any, spec: TargetSpec, name: str, relax_pipeline:
         previous = ensure_cuda_codegen(spec.cuda_archs)
     try:
         with target:
-            return tvm.compile(mod, target, relax_pipeline=relax_pipeline)
+            return tvm.relax.build(
+                mod,
+                target,
+                relax_pipeline=relax_pipeline,
+                exec_mode=options.pipeline.vm_exec_mode,
+            )
     except CompileError:
         raise
     except Exception as exc:

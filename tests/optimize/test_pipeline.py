@@ -83,3 +83,22 @@ def test_a_graph_without_convolutions_skips_layout_conversion(tmp_path: Path) ->
     for value in (-3.0, 2.0):
         (got,) = session.run(None, {"x": np.array(value, np.float32)})
         assert got == min(value, 0.0)
+
+
+def test_the_cpu_build_runs_main_as_generated_code(tmp_path: Path) -> None:
+    import tvm
+
+    from infer.artifact.manifest import LIBRARY_FILE
+
+    model = onnx_models.conv_net()
+    path = save(model, tmp_path)
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    (want,) = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    for pipeline, generated in (("cpu-default", True), ("cpu-naive", False)):
+        art = infer.compile(path, output=tmp_path / pipeline, pipeline=pipeline)
+        assert art.manifest.pipeline["vm_exec_mode"] == ("compiled" if generated else "bytecode")
+        # The VM lists a generated function as such; bytecode it prints instruction by instruction.
+        text = tvm.runtime.load_module(str(art.path / LIBRARY_FILE))["as_text"]()
+        assert ("@main num_inputs=" in text and "vm_tir_func" in text.split("\n")[0]) == generated
+        (got,) = art.load(threads=1).run(None, {"x": x})
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
