@@ -53,7 +53,10 @@ MIN_OFFLOAD_MACS = 1 << 12
 # counted as one pixel (kept in TVM, single-threaded): 5.2 s vs 0.83 s at 736x1472.
 SYMBOLIC_DIM_SIZE = 64
 # Smaller operators run on one of oneDNN's threads: waking the others costs more than they save.
-MIN_PARALLEL_MACS = 1 << 18
+# A (1, K) x (K, N) matmul alone in a session, at 2 threads, one thread / two: 4.3 / 4.9 µs at
+# 32 K multiply-adds, 4.7 / 5.5 at 64 K, 6.2 / 5.6 at 128 K, 12.7 / 8.0 at 256 K. Silero VAD's
+# LSTM gates (128 K) and widest convolution (198 K) on two threads: 24.4 -> 22.1 µs a window.
+MIN_PARALLEL_MACS = 1 << 17
 
 # The precisions a float32 operator is converted to in the kernel (int8 needs a quantized model).
 _CONVERTED = ("bf16",)
