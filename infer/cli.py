@@ -1199,6 +1199,13 @@ def inspect_command(model: str, as_json: bool) -> None:
             f"target: {manifest.target['kind']} {manifest.target.get('options', {})}", markup=False
         )
         console.print(f"versions: {', '.join(f'{k} {v}' for k, v in manifest.versions.items())}")
+        if manifest.pipeline.get("name"):
+            generated = manifest.pipeline.get("vm_exec_mode") == "compiled"
+            console.print(
+                f"pipeline: {manifest.pipeline['name']}, the graph run "
+                + ("as generated code" if generated else "by the VM's bytecode interpreter"),
+                markup=False,
+            )
         if manifest.frontend:
             fe = manifest.frontend
             console.print(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -377,3 +379,34 @@ def test_a_depthwise_convolution_oneDNN_cannot_fuse_stays_a_call_of_its_own(
     x = np.random.default_rng(4).standard_normal((1, 16, 28, 28)).astype(np.float32)
     summary = compile_and_compare(inverted_residual(28, 1), tmp_path, {"x": x})
     assert summary["conv2d"] == 3 and "depthwise_fused" not in summary
+
+
+def test_operators_from_min_parallel_macs_run_on_every_thread(tmp_path: Path) -> None:
+    # (1, 256) x (256, 256) is 64 K multiply-adds, under MIN_PARALLEL_MACS: one thread;
+    # (1, 256) x (256, 512) is 128 K, at it: all the session's threads.
+    assert 256 * 256 < offload.MIN_PARALLEL_MACS <= 256 * 512
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "a"], ["h"]),
+            helper.make_node("MatMul", ["h", "b"], ["y"]),
+        ],
+        "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 512])],
+        [
+            numpy_helper.from_array(rng.standard_normal((256, 256)).astype(np.float32), "a"),
+            numpy_helper.from_array(rng.standard_normal((256, 512)).astype(np.float32) / 16, "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    assert compile_and_compare(model, tmp_path, {"x": x})["matmul"] == 2
+    calls = onednn.read_choices(tmp_path / "model.infer" / onednn.CHOICES_FILE)
+    # A call's key: the function, the shapes of its source and weights, then its config.
+    single = {}
+    for key in calls:
+        found = re.fullmatch(re.escape(onednn.MATMUL) + r" \[1, 256\] \[256, (\d+)\] (\{.*\})", key)
+        assert found is not None, key
+        single[int(found[1])] = json.loads(found[2])["single_thread"]
+    assert single == {256: True, 512: False}

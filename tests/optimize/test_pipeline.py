@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 import infer
+from infer.cli import cli
 from tests import onnx_models
 from tests.conftest import save
 
@@ -102,3 +104,6 @@ def test_the_cpu_build_runs_main_as_generated_code(tmp_path: Path) -> None:
         assert ("@main num_inputs=" in text and "vm_tir_func" in text.split("\n")[0]) == generated
         (got,) = art.load(threads=1).run(None, {"x": x})
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        shown = CliRunner().invoke(cli, ["--quiet", "inspect", str(art.path)])
+        how = "as generated code" if generated else "by the VM's bytecode interpreter"
+        assert f"pipeline: {pipeline}, the graph run {how}" in shown.output
