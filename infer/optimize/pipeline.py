@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 # Kept in step with infer.optimize.cpu_schedule.SCHEDULE_REVISION (which imports TVM).
-SCHEDULE_REVISION = 15
+SCHEDULE_REVISION = 16
 # Bumped when infer.optimize.offload changes what it hands to the library, or an offloaded build
 # what it holds (7: the kernel choices; 9: MIN_PARALLEL_MACS 256 K -> 128 K); part of cache keys.
 OFFLOAD_REVISION = 9
