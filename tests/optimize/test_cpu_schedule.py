@@ -15,28 +15,33 @@ from tests import onnx_models
 from tests.conftest import save
 
 
+def optimized_module(pipeline_name: str, model: Any) -> tuple[Any, Any, Any]:
+    """Return (the Relax module, the build options, the TVM target) of model (an ONNX path or
+    proto) imported and through the named pipeline's passes, for a 2-core CPU."""
+    from infer.build import BuildOptions, _import, prepare_model
+    from infer.graph.load import load_model
+    from infer.optimize.pipeline import run_pipeline
+
+    spec = parse_target("llvm", num_cores=2)
+    options = BuildOptions.make(spec, pipeline=pipeline_name)
+    mod, _ = _import(prepare_model(load_model(model), options), "model")
+    target = spec.tvm_target()
+    return run_pipeline(mod, options.pipeline, target), options, target
+
+
 def lowered_prim_funcs(
     pipeline_name: str, model: Any = None, rules: list[Any] | None = None
 ) -> list[str]:
     """Return the TIR of every PrimFunc of model (an ONNX path or proto; the conv net by
     default) after the CPU lowering, scheduled by rules (ParallelVectorize by default)."""
     import tvm
-
-    from infer.build import BuildOptions, _import, prepare_model
-    from infer.graph.load import load_model
-    from infer.optimize.cpu_schedule import ParallelVectorize
-    from infer.optimize.pipeline import run_pipeline
-
-    spec = parse_target("llvm", num_cores=2)
-    options = BuildOptions.make(spec, pipeline=pipeline_name)
-    source = onnx_models.conv_net(batch=8) if model is None else model
-    proto = prepare_model(load_model(source), options)
-    mod, _ = _import(proto, "conv_net")
-    target = spec.tvm_target()
-    mod = run_pipeline(mod, options.pipeline, target)
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from tvm.s_tir import dlight
 
+    from infer.optimize.cpu_schedule import ParallelVectorize
+
+    source = onnx_models.conv_net(batch=8) if model is None else model
+    mod, options, target = optimized_module(pipeline_name, source)
     with target:
         mod = tvm.transform.Sequential(cpu_generic.legalize_passes(target))(mod)
         if options.pipeline.schedule == "parallel-vectorize":
@@ -343,11 +348,11 @@ def _pools() -> Any:
 
 def test_padded_pooling_reads_its_input_in_place(tmp_path: Path) -> None:
     # The padding is inlined into the pooling windows: no padded copy of the input is made.
-    funcs = [f for f in lowered_prim_funcs("cpu-default", _pools()) if "pool" in f]
+    model = _pools()
+    funcs = [f for f in lowered_prim_funcs("cpu-default", model) if "pool" in f]
     assert len(funcs) == 2
     for func in funcs:
         assert "pad_temp" not in func and "if_then_else" in func, func
-    model = _pools()
     # Negative inputs: a padded position taken as 0 would win a max or change an average.
     x = -np.abs(np.random.default_rng(1).standard_normal((1, 32, 20, 20))).astype(np.float32)
     session = infer.compile(save(model, tmp_path), output=tmp_path / "p.infer").load(threads=2)

@@ -17,6 +17,7 @@ import infer
 from infer.optimize.specialize import ANY_BATCH, BATCH_ONE, batch_dim
 from tests import onnx_models
 from tests.conftest import save
+from tests.optimize.test_cpu_schedule import optimized_module
 
 
 def _function(*shapes: tuple[object, ...]) -> relax.Function:
@@ -32,16 +33,9 @@ def _function(*shapes: tuple[object, ...]) -> relax.Function:
 def _lowered(model: Any) -> dict[str, str]:
     """Return the script of each Relax function of model after the default CPU lowering (what
     the VM's code is generated from)."""
-    from infer.build import BuildOptions, _import, prepare_model
-    from infer.graph.load import load_model
-    from infer.optimize.pipeline import lowering_pipeline, run_pipeline
-    from infer.target import parse_target
+    from infer.optimize.pipeline import lowering_pipeline
 
-    spec = parse_target("llvm", num_cores=2)
-    options = BuildOptions.make(spec)
-    mod, _ = _import(prepare_model(load_model(model), options), "conv_net")
-    target = spec.tvm_target()
-    mod = run_pipeline(mod, options.pipeline, target)
+    mod, options, target = optimized_module("cpu-default", model)
     mod = lowering_pipeline(options.pipeline, target)(mod)
     return {
         gv.name_hint: f.script() for gv, f in mod.functions_items() if isinstance(f, relax.Function)
