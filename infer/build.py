@@ -23,8 +23,9 @@ from infer.artifact.manifest import (
     TVM_SEGMENT_DIR,
     ArtifactManifest,
 )
+from infer.artifact.store import write_refusal
 from infer.config import Limits, apply_tvm_thread_environment
-from infer.errors import CompileError, FallbackWarning, UnsupportedOpError
+from infer.errors import ArtifactError, CompileError, FallbackWarning, UnsupportedOpError
 from infer.graph.cleanup import clean
 from infer.graph.indices import index_checks
 from infer.graph.limits import check_node_count, check_tensor_sizes
@@ -302,6 +303,7 @@ def tuning_kernels(model: LoadedModel, options: BuildOptions, stage: Stage) -> l
 
 def _export_tvm(compiled: _Compiled, directory: Path, name: str, stage: Stage) -> list[str]:
     """Write lib.so and params.safetensors into directory; return the weight names main takes."""
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
     with stage("export"):
@@ -310,6 +312,9 @@ def _export_tvm(compiled: _Compiled, directory: Path, name: str, stage: Stage) -
             with drop_tvm_log_noise():
                 compiled.executable.export_library(str(directory / LIBRARY_FILE))
         except Exception as exc:
+            refused = write_refusal(str(exc))
+            if refused is not None:  # the disk, not the model: no other pipeline would do better
+                raise ArtifactError(f"{name}: cannot write {LIBRARY_FILE}: {refused}") from None
             raise CompileError(f"{name}: exporting {LIBRARY_FILE} failed: {exc}") from None
     params = compiled.params
     if any(gv.name_hint == TRANSFORM_PARAMS for gv in compiled.mod.get_global_vars()):
@@ -325,10 +330,15 @@ def _export_tvm(compiled: _Compiled, directory: Path, name: str, stage: Stage) -
         raise CompileError(
             f"{name}: main takes {len(param_names)} weights, the build has {len(params)}"
         )
-    save_file(
-        {n: p.numpy() for n, p in zip(param_names, params, strict=True)},
-        str(directory / PARAMS_FILE),
-    )
+    try:
+        save_file(
+            {n: p.numpy() for n, p in zip(param_names, params, strict=True)},
+            str(directory / PARAMS_FILE),
+        )
+    except SafetensorError as exc:  # an I/O error: the OS's refusal is in its text
+        raise ArtifactError(
+            f"{name}: cannot write {PARAMS_FILE}: {write_refusal(str(exc)) or exc}"
+        ) from None
     return param_names
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import uuid
@@ -11,7 +13,15 @@ from pathlib import Path
 from infer.artifact.manifest import MANIFEST_FILE
 from infer.errors import ArtifactError
 
-__all__ = ["STAGING_MARK", "build_atomically", "publish", "staging_dir", "write_file_atomically"]
+__all__ = [
+    "STAGING_MARK",
+    "WRITE_REFUSALS",
+    "build_atomically",
+    "publish",
+    "staging_dir",
+    "write_file_atomically",
+    "write_refusal",
+]
 
 # Staging folders carry this in their name; they are never a complete artifact.
 STAGING_MARK = ".staging-"
@@ -44,22 +54,56 @@ def publish(staged: Path, final: Path) -> None:
         os.replace(staged, final)
 
 
+# What the OS says when it refuses a write; a tool that wrote for us (the linker) passes it on.
+WRITE_REFUSALS = tuple(
+    os.strerror(code)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
+)
+
+
+def write_refusal(message: str) -> str | None:
+    """Return the OS's refusal of a write that message reports (a full disk ...), else None."""
+    return next((r for r in WRITE_REFUSALS if r in message), None)
+
+
+def _unwritable(path: Path, exc: OSError) -> ArtifactError:
+    """Return the error for path that could not be written (a full disk, no permission)."""
+    reason, where = exc.strerror or str(exc), exc.filename
+    if isinstance(exc, FileExistsError) and where and not Path(where).is_dir():
+        reason = f"{where} is a file, not a folder"  # what mkdir of a parent meets
+    elif where and Path(where) != path:
+        reason = f"{reason}: {where}"
+    return ArtifactError(f"{path}: cannot write it: {reason}")
+
+
 def build_atomically(final: Path, build: Callable[[Path], None]) -> None:
-    """Run build(staging folder), then publish it as final; on failure nothing is left behind."""
-    staged = staging_dir(final)
+    """Run build(staging folder), then publish it as final; on failure nothing is left behind.
+
+    ArtifactError when the filesystem refuses a write (a full disk, no permission)."""
+    try:
+        staged = staging_dir(final)
+    except OSError as exc:
+        raise _unwritable(final, exc) from None
     try:
         build(staged)
         publish(staged, final)
+    except OSError as exc:
+        raise _unwritable(final, exc) from None
     finally:
         shutil.rmtree(staged, ignore_errors=True)
 
 
 def write_file_atomically(path: Path, data: bytes) -> None:
-    """Write data to path through a temporary file beside it: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write data to path through a temporary file beside it: never a half-written file.
+
+    ArtifactError when the filesystem refuses the write."""
     tmp = path.parent / f".{path.name}{STAGING_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(data)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # no folder, no temporary file
+            tmp.unlink(missing_ok=True)
