@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +15,11 @@ from infer.artifact.manifest import MANIFEST_FILE
 from infer.errors import ArtifactError
 
 __all__ = [
+    "MIN_FREE_BYTES",
     "STAGING_MARK",
     "WRITE_REFUSALS",
     "build_atomically",
+    "check_free_space",
     "publish",
     "staging_dir",
     "write_file_atomically",
@@ -61,6 +64,13 @@ WRITE_REFUSALS = tuple(
 )
 
 
+# A build writes its object code to the temporary folder, then lib.so and the weights beside
+# the artifact. LLVM ends the process when one of its writes fails (a full disk, silently: our
+# stderr filter's file is on that disk too), so a build is refused up front with less than this
+# free in either folder. ResNet-50's lib.so is 0.8 MB, its weights 100 MB (checked as written).
+MIN_FREE_BYTES = 64_000_000
+
+
 def write_refusal(message: str) -> str | None:
     """Return the OS's refusal of a write that message reports (a full disk ...), else None."""
     return next((r for r in WRITE_REFUSALS if r in message), None)
@@ -76,10 +86,26 @@ def _unwritable(path: Path, exc: OSError) -> ArtifactError:
     return ArtifactError(f"{path}: cannot write it: {reason}")
 
 
+def check_free_space(final: Path) -> None:
+    """ArtifactError when the folder of final or the temporary folder has under MIN_FREE_BYTES."""
+    for folder in (final.parent, Path(tempfile.gettempdir())):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            continue  # no folder yet: mkdir will say what is wrong
+        if free < MIN_FREE_BYTES:
+            raise ArtifactError(
+                f"{final}: only {free / 1e6:.1f} MB free in {folder}, a build needs "
+                f"{MIN_FREE_BYTES / 1e6:.0f} MB there (LLVM ends the process on a full disk)"
+            )
+
+
 def build_atomically(final: Path, build: Callable[[Path], None]) -> None:
     """Run build(staging folder), then publish it as final; on failure nothing is left behind.
 
-    ArtifactError when the filesystem refuses a write (a full disk, no permission)."""
+    ArtifactError when the filesystem refuses a write (a full disk, no permission), or would:
+    check_free_space first."""
+    check_free_space(final)
     try:
         staged = staging_dir(final)
     except OSError as exc:

@@ -7,10 +7,12 @@ import resource
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import infer
 from infer.artifact.store import write_file_atomically
 from infer.errors import ArtifactError
 from tests import onnx_models
@@ -55,3 +57,31 @@ def test_an_unwritable_path_is_a_named_error(tmp_path: Path) -> None:
     write_file_atomically(tmp_path / "state.json", b"{}")
     assert (tmp_path / "state.json").read_bytes() == b"{}"
     assert set(os.listdir(tmp_path)) == {"a-file", "state.json"}  # no temporary file left
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """Yield a folder on its own 2 MB filesystem (a tmpfs; skipped where mount is not allowed)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_build_where_the_disk_is_nearly_full_is_refused_before_it_writes(
+    small_filesystem: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = save(onnx_models.conv_net(), tmp_path)
+    out = small_filesystem / "conv.infer"
+    with pytest.raises(ArtifactError, match=rf"only 2\.\d MB free in {small_filesystem}, a build"):
+        infer.compile(model, output=out)
+    monkeypatch.setenv("INFER_CACHE_DIR", str(small_filesystem / "cache"))
+    with pytest.raises(ArtifactError, match=r"cache/artifacts, a build needs 64 MB there"):
+        infer.compile(model)
+    assert not (small_filesystem / "conv.infer").exists()
+    assert list((small_filesystem / "cache" / "artifacts").iterdir()) == []
