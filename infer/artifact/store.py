@@ -67,7 +67,8 @@ WRITE_REFUSALS = tuple(
 # A build writes its object code to the temporary folder, then lib.so and the weights beside
 # the artifact. LLVM ends the process when one of its writes fails (a full disk, silently: our
 # stderr filter's file is on that disk too), so a build is refused up front with less than this
-# free in either folder. ResNet-50's lib.so is 0.8 MB, its weights 100 MB (checked as written).
+# free in either folder. ResNet-50's lib.so is 0.8 MB; a later write that fails (its weights,
+# 100 MB) is caught and named instead.
 MIN_FREE_BYTES = 64_000_000
 
 
