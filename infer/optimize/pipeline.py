@@ -23,8 +23,9 @@ __all__ = [
 # Kept in step with infer.optimize.cpu_schedule.SCHEDULE_REVISION (which imports TVM).
 SCHEDULE_REVISION = 16
 # Bumped when infer.optimize.offload changes what it hands to the library, or an offloaded build
-# what it holds (7: the kernel choices; 9: MIN_PARALLEL_MACS 256 K -> 128 K); part of cache keys.
-OFFLOAD_REVISION = 9
+# what it holds (7: the kernel choices; 9: MIN_PARALLEL_MACS 256 K -> 128 K; 10: bf16 calls
+# measured in f32 too); part of cache keys.
+OFFLOAD_REVISION = 10
 # Bumped when infer.optimize.winograd changes what it builds (2: the padding read in the input
 # transform, symbolic height and width); part of cache keys.
 WINOGRAD_REVISION = 2
