@@ -54,12 +54,12 @@ INT8 = "int8"
 # The global function names compiled graphs call; their last argument is a JSON config string.
 CONV2D = "infer.onednn.conv2d"
 MATMUL = "infer.onednn.matmul"
-# A bf16 call's kernel is also measured computed in f32, as recipes of this kind suffix, and
-# kept so where that is faster: Silero VAD's STFT convolution (one input channel, a 256-wide
-# window) took 12.3 µs in bf16 and 5.4 in f32, a bf16 window 28.5 µs against f32's 24.9.
+# A compile also times a bf16 call's kernel computed in f32 (recipes of this kind suffix) and
+# keeps f32 where it is faster: Silero VAD's STFT convolution (one input channel, a 256-wide
+# window) took 12.3 µs in bf16 and 5.4 in f32; its bf16 window went from 28.5 to 24.9 µs.
 F32_KIND = "@fp32"
-# ... by this much (as MEASURE_MARGIN): timed alone, its weights stay in cache, and f32 loses
-# the half of the weight bytes that bf16 saves in a model's run.
+# ... faster by this much (as MEASURE_MARGIN): timed alone, the weights stay in cache, so f32
+# does not pay there for the twice-as-many weight bytes it reads in a model's run.
 F32_MARGIN = 0.5
 
 _SONAME = "libdnnl.so.3"
@@ -1049,7 +1049,8 @@ def _fastest(
 ) -> _Kernel:
     """Return the fastest kernel of recipes on this call's tensors (handles(kernel) gives its
     addresses): every implementation of every recipe, timed, the first one made (oneDNN's
-    first of the first recipe) ahead by MEASURE_MARGIN. oneDNN's reference code ("ref:") is
+    first of the first recipe) ahead by MEASURE_MARGIN, a bf16 call's f32 ones behind by
+    F32_MARGIN. oneDNN's reference code ("ref:") is
     left out: it takes seconds where the others take milliseconds. The weights the others
     packed are let go."""
     address = recipes[0].w.data_ptr()
